@@ -1,0 +1,434 @@
+"""Training and held-out data: bundled MNIST, a JPEG folder/tar, or a prepared tfds dataset.
+
+Images stay uint8 NHWC all the way to the device: the jitted train step draws the
+dequantisation noise and scales to [-1, 1], so the host only gathers bytes.
+
+The training stream is a grain pipeline over *indices*:
+
+    range(n) -> shuffle(seed, reshuffled each epoch) -> repeat forever
+             -> [process_index::process_count] -> batch(host_batch) -> gather
+
+Sharding the one global shuffled stream (rather than giving each host a fixed part of
+the data) means the union of the hosts' j-th batches is the same global batch j
+whatever the process count, and each host sees every example over time. The state of
+the iterator is one integer per pipeline, so `get_state`/`set_state` and orbax
+checkpoints are exact and O(1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import os
+import tarfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+DATA_DIR = Path(__file__).parent / 'data'
+MNIST_IMAGES = 't10k-images-idx3-ubyte.gz'
+MNIST_LABELS = 't10k-labels-idx1-ubyte.gz'
+MNIST_SIZE = 10000
+# The bundled train/held-out split never moves: changing the shuffle seed must not
+# leak held-out digits into training.
+BUNDLED_SPLIT_SEED = 0
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+Batch = dict[str, np.ndarray]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_images(images: np.ndarray, image_size: int, channels: int, where: str) -> None:
+  """The pipeline never resizes, so a geometry mismatch is a config error: say which."""
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise ValueError(f'{where}: expected uint8 NHWC images, got {images.dtype} '
+                     f'{images.shape}')
+  if images.shape[1:] != (image_size, image_size, channels):
+    _raise_shape(images.shape[1:], image_size, channels, where)
+
+
+def _raise_shape(shape: Sequence[Any], image_size: int, channels: int, where: str):
+  raise ValueError(
+      f'{where}: images are {tuple(shape)} (H, W, C) but the config asks for '
+      f'({image_size}, {image_size}, {channels}) via config.model.image_size='
+      f'{image_size} and config.model.in_channels={channels}. This pipeline does not '
+      'resize: set those fields to match the data, or prepare a resized dataset.')
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  """A label outside [0, num_classes) would silently index a wrong class embedding."""
+  if num_classes <= 0 or labels.size == 0:
+    return
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(
+        f'{where}: label {int(labels[i])} (example {i}, {bad.size} bad in all) is '
+        f'outside [0, {num_classes}) set by config.model.num_classes={num_classes}; '
+        'set it to the dataset\'s class count, or 0 for an unconditional model.')
+
+
+def host_batch_size(batch_size: int, process_count: int) -> int:
+  """Each JAX process loads an equal share of the global batch."""
+  if batch_size <= 0:
+    raise ValueError(f'config.batch_size must be positive, got {batch_size}')
+  if batch_size % process_count:
+    raise ValueError(
+        f'config.batch_size={batch_size} is not divisible by the number of JAX '
+        f'processes ({process_count}); each process loads batch_size / process_count '
+        'examples, so pick a multiple of the process count.')
+  return batch_size // process_count
+
+
+# ---------------------------------------------------------------------- bundled MNIST
+
+
+def _read_idx(path: Path, magic: int, dims: tuple[int, ...]) -> np.ndarray:
+  """Reads one gzip IDX file, refusing anything but the exact bundled header."""
+  try:
+    raw = gzip.decompress(path.read_bytes())
+  except (OSError, EOFError) as err:
+    raise ValueError(f'bundled MNIST file {path} is unreadable or corrupt: {err}') from err
+  header = 4 + 4 * len(dims)
+  if len(raw) < header:
+    raise ValueError(f'bundled MNIST file {path} is truncated ({len(raw)} bytes)')
+  got_magic = int.from_bytes(raw[:4], 'big')
+  got_dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(len(dims)))
+  if got_magic != magic or got_dims != dims:
+    raise ValueError(f'bundled MNIST file {path} is corrupt: header magic {got_magic} '
+                     f'dims {got_dims}, expected magic {magic} dims {dims}')
+  if len(raw) != header + int(np.prod(dims)):
+    raise ValueError(f'bundled MNIST file {path} is corrupt: {len(raw) - header} data '
+                     f'bytes, expected {int(np.prod(dims))}')
+  return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def load_bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
+  """The MNIST test split shipped in the package: (uint8 (10000,28,28,1), int32 (10000,))."""
+  images = _read_idx(DATA_DIR / MNIST_IMAGES, 2051, (MNIST_SIZE, 28, 28))
+  labels = _read_idx(DATA_DIR / MNIST_LABELS, 2049, (MNIST_SIZE,))
+  if labels.max() > 9:
+    raise ValueError(f'bundled MNIST labels are corrupt: max label {labels.max()}')
+  return images[..., None].copy(), labels.astype(np.int32)
+
+
+def bundled_mnist_split(num_train: int, num_heldout: int) -> tuple[np.ndarray, np.ndarray]:
+  """Indices of the bundled train and held-out parts: a fixed permutation, cut in two."""
+  if num_train <= 0 or num_heldout < 0 or num_train + num_heldout > MNIST_SIZE:
+    raise ValueError(
+        f'config.data.num_train={num_train} + config.data.num_heldout={num_heldout} '
+        f'must be positive and at most the {MNIST_SIZE} bundled MNIST images.')
+  perm = np.random.default_rng(BUNDLED_SPLIT_SEED).permutation(MNIST_SIZE)
+  return perm[:num_train], perm[num_train:num_train + num_heldout]
+
+
+# ------------------------------------------------------------------------------- JPEG
+
+
+def _split_members(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
+  """(class, file name, bytes) of each image under <split>/<class>/ in a folder or tar.
+
+  A tar is read in one streaming pass (no random seeks, no re-opening per member).
+  """
+  if path.is_dir():
+    root = path / split
+    if not root.is_dir():
+      found = sorted(p.name for p in path.iterdir() if p.is_dir())
+      raise ValueError(f'{path}: no split folder {split!r} (found {found})')
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+      for f in sorted(class_dir.iterdir()):
+        if f.suffix.lower() in IMAGE_SUFFIXES:
+          yield class_dir.name, f.name, f.read_bytes()
+    return
+  with tarfile.open(path, 'r|*') as tar:
+    for member in tar:
+      parts = PurePosixPath(member.name).parts
+      if (member.isfile() and len(parts) >= 3 and parts[-3] == split
+          and PurePosixPath(parts[-1]).suffix.lower() in IMAGE_SUFFIXES):
+        yield parts[-2], parts[-1], tar.extractfile(member).read()
+
+
+def _decode(data: bytes, mode: str, name: str) -> np.ndarray:
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      arr = np.asarray(im.convert(mode), dtype=np.uint8)
+  except OSError as err:
+    raise ValueError(f'cannot decode image {name}: {err}') from err
+  return arr[..., None] if arr.ndim == 2 else arr
+
+
+def load_jpeg_images(
+    path: str | os.PathLike[str], split: str, *, channels: int = 3,
+    image_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Decodes <split>/<class>/<file>.jpg from a folder or .tar(.gz): (uint8 NHWC, int32, classes).
+
+  Labels index the class folder names sorted alphabetically; examples are ordered by
+  (class, file name) so the result does not depend on the tar's member order.
+  `channels` 1 decodes to grayscale ('L'), 3 to RGB. `image_size` (if given) must match
+  every image: nothing is resized here.
+  """
+  path = Path(path)
+  if not path.exists():
+    raise ValueError(f'jpeg data path {str(path)!r} (config.data.path) does not exist')
+  if channels not in (1, 3):
+    raise ValueError(f'jpeg images decode to 1 or 3 channels, not in_channels={channels}')
+  mode = 'L' if channels == 1 else 'RGB'
+  records = []
+  for cls, name, data in _split_members(path, split):
+    where = f'{path}:{split}/{cls}/{name}'
+    arr = _decode(data, mode, where)
+    want = image_size if image_size is not None else (records[0][2].shape[0] if records else None)
+    if want is not None and arr.shape[:2] != (want, want):
+      _raise_shape(arr.shape, want, channels, where)
+    records.append((cls, name, arr))
+  if not records:
+    raise ValueError(f'no {"/".join(IMAGE_SUFFIXES)} images under {split}/<class>/ in {path}')
+  records.sort(key=lambda r: (r[0], r[1]))
+  class_names = sorted({r[0] for r in records})
+  index = {c: i for i, c in enumerate(class_names)}
+  images = np.stack([r[2] for r in records])
+  labels = np.array([index[r[0]] for r in records], np.int32)
+  return images, labels, class_names
+
+
+# ------------------------------------------------------------------------------- tfds
+
+
+def _tfds_unprepared_error(tfds: Any, name: str, split: str, data_dir: str,
+                           err: Exception) -> ValueError | None:
+  """Turns "not prepared / wrong file format" into one actionable message."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception:  # pylint: disable=broad-except  # the original error says more
+    return None
+  shown = data_dir or '(tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets)'
+  build = (f'tfds build {name} --data_dir={data_dir or "<data_dir>"} '
+           '--file_format=array_record')
+  if not builder.is_prepared():
+    return ValueError(
+        f'tfds dataset {name!r} (split {split!r}) is not prepared under data_dir {shown} '
+        f'(looked in {builder.data_path}). Prepare it in ArrayRecord format on a machine '
+        f'with network: `{build}` (datasets with manual downloads, e.g. ImageNet, also '
+        'need --manual_dir=<folder with the archives>), then copy the data_dir here '
+        'and set config.data.data_dir to it. This pipeline never downloads.')
+  file_format = getattr(builder.info, 'file_format', None)
+  if file_format is not None and 'array_record' not in str(file_format).lower():
+    return ValueError(
+        f'tfds dataset {name!r} under {builder.data_path} is prepared as {file_format}, '
+        f'but random access (tfds.data_source) needs ArrayRecord: rebuild with `{build}` '
+        f'into another data_dir. ({err})')
+  return None
+
+
+def open_tfds_source(name: str, split: str, data_dir: str = '') -> Sequence[dict[str, Any]]:
+  """A random-access tfds source (ArrayRecord) of {'image', 'label'} records; never downloads."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow; tfds only
+  if not name:
+    raise ValueError("config.data.source='tfds' needs config.data.tfds_name, "
+                     "e.g. 'cifar10' or 'imagenet_resized/64x64'")
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+  except tfds.core.DatasetNotFoundError:
+    raise ValueError(f'unknown tfds dataset {name!r} (config.data.tfds_name); '
+                     '`tfds.list_builders()` lists the known names') from None
+  except Exception as err:  # pylint: disable=broad-except
+    better = _tfds_unprepared_error(tfds, name, split, data_dir, err)
+    if better is None:
+      raise
+    raise better from err
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsGather:
+  """Reads and checks one batch of records from a tfds source (picklable for workers)."""
+  source: Any
+  image_size: int
+  channels: int
+  num_classes: int
+  where: str
+
+  def __call__(self, indices: np.ndarray) -> Batch:
+    records = [self.source[int(i)] for i in indices]
+    for r in records:
+      if np.shape(r['image']) != (self.image_size, self.image_size, self.channels):
+        _raise_shape(np.shape(r['image']), self.image_size, self.channels, self.where)
+    images = np.stack([np.asarray(r['image'], np.uint8) for r in records])
+    labels = np.array([int(r['label']) for r in records], np.int32)
+    check_labels(labels, self.num_classes, self.where)
+    return {'image': images, 'label': labels}
+
+
+def _check_tfds_features(source: Any, image_size: int, channels: int, num_classes: int,
+                         where: str) -> None:
+  """Fails before training when the dataset's declared features contradict the config."""
+  features = getattr(getattr(source, 'dataset_info', None), 'features', None)
+  if features is None or 'image' not in features or 'label' not in features:
+    if features is not None:
+      raise ValueError(f'{where}: records need "image" and "label" features, '
+                       f'the dataset has {list(features.keys())}')
+    return
+  shape = tuple(features['image'].shape)
+  if None not in shape and shape != (image_size, image_size, channels):
+    _raise_shape(shape, image_size, channels, where)
+  declared = getattr(features['label'], 'num_classes', None)
+  if num_classes > 0 and declared is not None and declared > num_classes:
+    raise ValueError(f'{where}: the dataset has {declared} classes but '
+                     f'config.model.num_classes={num_classes}; labels would fall outside '
+                     f'[0, {num_classes}). Set config.model.num_classes={declared}.')
+
+
+# --------------------------------------------------------------------- sources by config
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayGather:
+  """Gathers a batch from in-memory arrays: one fancy index per batch, no per-example work."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __call__(self, indices: np.ndarray) -> Batch:
+    return {'image': self.images[indices], 'label': self.labels[indices]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """`length` examples and a picklable `gather(indices) -> batch`."""
+  length: int
+  gather: ArrayGather | TfdsGather
+
+
+def _array_source(images: np.ndarray, labels: np.ndarray, config: ml_collections.ConfigDict,
+                  where: str) -> Source:
+  check_images(images, config.model.image_size, config.model.in_channels, where)
+  labels = np.asarray(labels, np.int32)
+  if labels.shape != images.shape[:1]:
+    raise ValueError(f'{where}: {images.shape[0]} images but labels of shape {labels.shape}')
+  check_labels(labels, config.model.num_classes, where)
+  return Source(len(images), ArrayGather(images, labels))
+
+
+def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
+  """The 'train' or 'heldout' part of config.data, checked against the model config."""
+  if part not in ('train', 'heldout'):
+    raise ValueError(f"part must be 'train' or 'heldout', got {part!r}")
+  data, model = config.data, config.model
+  split = data.train_split if part == 'train' else data.heldout_split
+  if data.source == 'bundled_mnist':
+    images, labels = load_bundled_mnist()
+    train_idx, heldout_idx = bundled_mnist_split(data.num_train, data.num_heldout)
+    idx = train_idx if part == 'train' else heldout_idx
+    return _array_source(images[idx], labels[idx], config, f'bundled_mnist[{part}]')
+  if data.source == 'jpeg':
+    if not data.path:
+      raise ValueError("config.data.source='jpeg' needs config.data.path")
+    images, labels, class_names = load_jpeg_images(
+        data.path, split, channels=model.in_channels, image_size=model.image_size)
+    where = f'jpeg {data.path}:{split}'
+    if model.num_classes > 0 and len(class_names) != model.num_classes:
+      raise ValueError(f'{where}: found {len(class_names)} class folders {class_names} '
+                       f'but config.model.num_classes={model.num_classes}; labels index '
+                       'the sorted folder names, so every split needs every class.')
+    return _array_source(images, labels, config, where)
+  if data.source == 'tfds':
+    where = f'tfds {data.tfds_name}:{split}'
+    source = open_tfds_source(data.tfds_name, split, data.data_dir)
+    _check_tfds_features(source, model.image_size, model.in_channels, model.num_classes,
+                         where)
+    if len(source) == 0:
+      raise ValueError(f'{where} is empty')
+    return Source(len(source), TfdsGather(source, model.image_size, model.in_channels,
+                                          model.num_classes, where))
+  raise ValueError(f'unknown config.data.source={data.source!r}; '
+                   "expected 'bundled_mnist', 'tfds' or 'jpeg'")
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _grain_seed(seed: int) -> int:
+  """Mixes the config seed: grain reshuffles epoch e with seed+e, so seeds 0 and 1 would
+  otherwise share all but one epoch order."""
+  if seed < 0:
+    raise ValueError(f'config.data.seed must be non-negative, got {seed}')
+  return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+
+
+def train_dataset(
+    source: Source, *, batch_size: int, seed: int, process_index: int = 0,
+    process_count: int = 1, num_threads: int = 2,
+) -> grain.IterDataset:
+  """The infinite, deterministic, host-sharded stream of {'image', 'label'} host batches.
+
+  Threads (not worker processes) prefetch: gathers from memory are a fancy index per
+  batch and PIL decoding of tfds records releases the GIL, while grain's process workers
+  would copy the arrays to each worker and need absl flags parsed.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+  host_batch = host_batch_size(batch_size, process_count)
+  ds = grain.MapDataset.range(source.length).shuffle(seed=_grain_seed(seed)).repeat()
+  ds = ds[process_index::process_count]
+  ds = ds.batch(host_batch, drop_remainder=True).map(source.gather)
+  # Each element is a whole batch, so a short prefetch buffer is plenty.
+  read = grain.ReadOptions(num_threads=num_threads,
+                           prefetch_buffer_size=max(2, 2 * num_threads))
+  return ds.to_iter_dataset(read)
+
+
+def create_train_iterator(
+    config: ml_collections.ConfigDict, *, process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+  """This process's training iterator: {'image': uint8 (B/P, H, W, C), 'label': int32 (B/P,)}.
+
+  Process index/count default to JAX's; pass them to simulate other hosts in tests.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  host_batch_size(config.batch_size, process_count)  # fail before loading any data
+  ds = train_dataset(
+      load_source(config, 'train'), batch_size=config.batch_size, seed=config.data.seed,
+      process_index=process_index, process_count=process_count,
+      num_threads=config.data.get('num_threads', 2))
+  return iter(ds)
+
+
+def iterator_save_arg(it: grain.DatasetIterator) -> Any:
+  """Orbax save args for a CheckpointManager item, e.g. `data=iterator_save_arg(it)`.
+
+  grain's handler writes `process_<i>-of-<n>.json` per JAX process with the iterator's
+  state as of this call.
+  """
+  return grain.checkpoint.CheckpointSave(it)
+
+
+def iterator_restore_arg(it: grain.DatasetIterator) -> Any:
+  """Orbax restore args: `it` (built from the same config) is moved in place to the saved state."""
+  return grain.checkpoint.CheckpointRestore(it)
+
+
+# ----------------------------------------------------------------------------- held out
+
+
+def load_heldout(config: ml_collections.ConfigDict) -> Batch:
+  """The whole held-out split in memory ({'image': uint8 NHWC, 'label': int32}) for bits/dim."""
+  source = load_source(config, 'heldout')
+  return source.gather(np.arange(source.length))
+
+
+def heldout_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:
+  """Fixed-order full batches of the held-out arrays (the remainder is dropped)."""
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  n = len(arrays['label'])
+  for start in range(0, n - batch_size + 1, batch_size):
+    yield {k: v[start:start + batch_size] for k, v in arrays.items()}

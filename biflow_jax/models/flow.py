@@ -1,0 +1,363 @@
+"""The forward flow F (iTARFlow): data -> noise by a stack of causal affine blocks.
+
+Block i puts the tokens in its own order (identity for even i, reversed for odd i; the
+position embedding is permuted with them), runs a causal pre-norm Transformer and a
+zero-initialised head whose output at position t-1 gives (a_t, b_t) for token t, then
+
+    x'_t = (x_t - b_t) * exp(-a_t),   log|det| = -sum_t,k a_{t,k}.
+
+Token 0 gets a = b = 0. Norm control clips a and b to [-clip, clip]. Everything
+returned to the caller (tokens, trajectory) is in the original token order.
+
+Inverting F (`ForwardFlow.inverse`):
+- 'exact': serial over tokens inside `lax.fori_loop`, with a key/value cache, so each
+  step costs O(t); T * B serial steps in all.
+- 'fixed_point': Jacobi over all tokens in parallel (num_groups=1) or Gauss-Seidel-
+  Jacobi over groups; by causality a group of s tokens is exact after s sweeps.
+Both take TARFlow-style guidance: a <- a + g (a - a_uncond), the same for b, where the
+unconditional pass uses label -1 (the mean class embedding) and the attention
+temperature (as TARFlow applies it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biflow_jax import objectives
+from biflow_jax.models import layers
+
+Array = jax.Array
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def resolve_dtype(name: str | Any) -> Any:
+  if isinstance(name, str):
+    if name not in _DTYPES:
+      raise ValueError(f'unknown compute dtype {name!r}; use one of {sorted(_DTYPES)}')
+    return _DTYPES[name]
+  return name
+
+
+# Fixed-point iterates are kept within +-_ITERATE_BOUND (see _fixed_point_block_inverse).
+_ITERATE_BOUND = 1e6
+
+
+def _no_guidance(guidance) -> bool:
+  """Static check: a Python zero skips the unconditional pass entirely."""
+  return isinstance(guidance, (int, float)) and guidance == 0
+
+
+def _guide(cond: Array, uncond: Array, guidance) -> Array:
+  return cond + guidance * (cond - uncond)
+
+
+class FlowBlock(nn.Module):
+  """One causal affine block f_i. Inputs and outputs are in the original token order."""
+  num_tokens: int
+  token_dim: int
+  channels: int
+  num_layers: int
+  num_heads: int
+  mlp_ratio: int = 4
+  num_classes: int = 0
+  reverse_order: bool = False
+  clip: float | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    init = nn.initializers.normal(stddev=0.01)
+    self.proj_in = nn.Dense(self.channels, dtype=self.dtype)
+    self.pos_embed = self.param('pos_embed', init, (self.num_tokens, self.channels))
+    if self.num_classes:
+      self.class_embed = self.param('class_embed', init, (self.num_classes, self.channels))
+    self.layers = [layers.TransformerLayer(self.channels, self.num_heads, self.mlp_ratio,
+                                           dtype=self.dtype) for _ in range(self.num_layers)]
+    self.proj_out = nn.Dense(2 * self.token_dim, dtype=self.dtype,
+                             kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+
+  # -- ordering and conditioning ------------------------------------------------------
+  def permute(self, x: Array) -> Array:
+    """Original order <-> block order (its own inverse), along the token axis 1."""
+    return x[:, ::-1] if self.reverse_order else x
+
+  def _positions(self) -> Array:
+    return self.pos_embed[::-1] if self.reverse_order else self.pos_embed
+
+  def _condition(self, y: Array | None) -> Array | float:
+    """(B, 1, C) class embedding; label -1 (or y=None) is the mean embedding."""
+    if not self.num_classes:
+      return 0.0
+    mean = jnp.mean(self.class_embed, axis=0)
+    if y is None:
+      return mean[None, None]
+    emb = jnp.take(self.class_embed, jnp.maximum(y, 0), axis=0)
+    return jnp.where((y < 0)[:, None], mean[None], emb)[:, None, :]
+
+  def _head(self, h: Array) -> tuple[Array, Array]:
+    out = self.proj_out(h).astype(jnp.float32)
+    a, b = jnp.split(out, 2, axis=-1)
+    if self.clip is not None:
+      a = jnp.clip(a, -self.clip, self.clip)
+      b = jnp.clip(b, -self.clip, self.clip)
+    return a, b
+
+  # -- parallel (training / fixed point) ----------------------------------------------
+  def shift_params(self, x_perm: Array, y: Array | None, temperature=1.0) -> tuple[Array, Array]:
+    """(a, b) for every token of x_perm (block order, any prefix length <= T)."""
+    length = x_perm.shape[1]
+    h = self.proj_in(x_perm.astype(self.dtype)) + self._positions()[:length] + self._condition(y)
+    h = h.astype(self.dtype)
+    mask = layers.causal_mask(length)
+    for layer in self.layers:
+      h = layer(h, mask, temperature)
+    a, b = self._head(h)
+    zero = jnp.zeros_like(a[:, :1])
+    return (jnp.concatenate([zero, a[:, :-1]], axis=1),
+            jnp.concatenate([zero, b[:, :-1]], axis=1))
+
+  def __call__(self, x: Array, y: Array | None = None) -> tuple[Array, Array]:
+    x = self.permute(x.astype(jnp.float32))
+    a, b = self.shift_params(x, y)
+    z = (x - b) * jnp.exp(-a)
+    return self.permute(z), -jnp.sum(a, axis=(1, 2))
+
+  # -- serial (exact inverse) ---------------------------------------------------------
+  def init_cache(self, batch: int):
+    return layers.init_kv_cache(batch, self.num_tokens, self.num_layers, self.num_heads,
+                                self.channels // self.num_heads, self.dtype)
+
+  def decode_step(self, x_t: Array, t: Array, y: Array | None, cache, temperature=1.0):
+    """Feed token t (block order, (B, 1, D)); get (a, b) for token t + 1."""
+    pos = jax.lax.dynamic_slice_in_dim(self._positions(), t, 1, axis=0)
+    h = (self.proj_in(x_t.astype(self.dtype)) + pos + self._condition(y)).astype(self.dtype)
+    new_cache = []
+    for layer, layer_cache in zip(self.layers, cache):
+      h, layer_cache = layer.decode(h, t, layer_cache, temperature)
+      new_cache.append(layer_cache)
+    return self._head(h), new_cache
+
+
+def _exact_block_inverse(block: FlowBlock, variables, z: Array, y, guidance, temperature) -> Array:
+  """x from z = f(x) in block order, token by token with a KV cache."""
+  batch, length, _ = z.shape
+  guided = not _no_guidance(guidance)
+
+  def step(x_t, t, labels, cache, temp):
+    return block.apply(variables, x_t, t, labels, cache, temp, method=FlowBlock.decode_step)
+
+  def body(t, carry):
+    x, cache_c, cache_u = carry
+    x_t = jax.lax.dynamic_slice_in_dim(x, t, 1, axis=1)
+    (a, b), cache_c = step(x_t, t, y, cache_c, 1.0)
+    if guided:
+      (a_u, b_u), cache_u = step(x_t, t, None, cache_u, temperature)
+      a, b = _guide(a, a_u, guidance), _guide(b, b_u, guidance)
+    z_next = jax.lax.dynamic_slice_in_dim(z, t + 1, 1, axis=1)
+    x = jax.lax.dynamic_update_slice_in_dim(x, z_next * jnp.exp(a) + b, t + 1, axis=1)
+    return x, cache_c, cache_u
+
+  cache = block.apply(variables, batch, method=FlowBlock.init_cache)
+  x, _, _ = jax.lax.fori_loop(0, length - 1, body, (z, cache, cache if guided else []))
+  return x
+
+
+def _fixed_point_block_inverse(block: FlowBlock, variables, z: Array, y, guidance, temperature,
+                               tol, max_iters: int, num_groups: int):
+  """Gauss-Seidel over groups (in order), Jacobi inside a group; num_groups=1 is Jacobi.
+
+  A group only sees the prefix up to its own end (causality), so later tokens cost
+  nothing. Returns (x, sweeps summed over groups, largest final residual).
+  """
+  length = z.shape[1]
+  size = math.ceil(length / num_groups)
+  guided = not _no_guidance(guidance)
+
+  def shift_params(x_prefix):
+    a, b = block.apply(variables, x_prefix, y, method=FlowBlock.shift_params)
+    if guided:
+      a_u, b_u = block.apply(variables, x_prefix, None, temperature, method=FlowBlock.shift_params)
+      a, b = _guide(a, a_u, guidance), _guide(b, b_u, guidance)
+    return a, b
+
+  x = z
+  total_iters = jnp.int32(0)
+  residual = jnp.float32(0)
+  for start in range(0, length, size):
+    end = min(start + size, length)
+    z_prefix = z[:, :end]
+    in_group = (jnp.arange(end) >= start)[None, :, None]
+
+    def body(carry, z_prefix=z_prefix, in_group=in_group):
+      x_prefix, it, _ = carry
+      a, b = shift_params(x_prefix)
+      new = z_prefix * jnp.exp(a) + b
+      # Tokens not yet exact can grow without bound; by causality the exact prefix does
+      # not depend on them, but an overflow would reach it through 0 * inf in masked
+      # attention. Bounding them keeps every sweep finite and leaves true solutions
+      # (far inside the bound) unchanged.
+      new = jnp.clip(jnp.where(jnp.isfinite(new), new, z_prefix), -_ITERATE_BOUND, _ITERATE_BOUND)
+      new = jnp.where(in_group, new, x_prefix)
+      return new, it + 1, jnp.max(jnp.abs(new - x_prefix))
+
+    def cond(carry):
+      _, it, res = carry
+      return (it < max_iters) & ~(res <= tol)
+
+    x_prefix, it, res = jax.lax.while_loop(
+        cond, body, (x[:, :end], jnp.int32(0), jnp.float32(jnp.inf)))
+    x = jnp.concatenate([x_prefix, x[:, end:]], axis=1)
+    total_iters = total_iters + it
+    residual = jnp.maximum(residual, res)
+  return x, total_iters, residual
+
+
+class ForwardFlow(nn.Module):
+  """F: NHWC image (or latent) -> (z tokens, full log|det J|, trajectory x^0..x^B)."""
+  image_shape: tuple[int, int, int]  # (H, W, C)
+  patch_size: int
+  channels: int
+  num_blocks: int
+  layers_per_block: int
+  num_heads: int
+  mlp_ratio: int = 4
+  num_classes: int = 0
+  clip: float | None = None
+  dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, model_config) -> 'ForwardFlow':
+    """From the `config.model` group (see config_lib.base_config)."""
+    m = model_config
+    return cls(image_shape=(m.image_size, m.image_size, m.in_channels),
+               patch_size=m.patch_size, channels=m.channels, num_blocks=m.num_blocks,
+               layers_per_block=m.layers_per_block, num_heads=m.num_heads,
+               mlp_ratio=m.mlp_ratio, num_classes=m.num_classes,
+               clip=None if m.clip is None else float(m.clip), dtype=resolve_dtype(m.dtype))
+
+  @property
+  def num_tokens(self) -> int:
+    h, w, _ = self.image_shape
+    return (h // self.patch_size) * (w // self.patch_size)
+
+  @property
+  def token_dim(self) -> int:
+    return self.patch_size ** 2 * self.image_shape[2]
+
+  @property
+  def num_dims(self) -> int:
+    return int(np.prod(self.image_shape))
+
+  def setup(self):
+    self._check_config()
+    self.blocks = [
+        FlowBlock(self.num_tokens, self.token_dim, self.channels, self.layers_per_block,
+                  self.num_heads, self.mlp_ratio, self.num_classes, reverse_order=bool(i % 2),
+                  clip=self.clip, dtype=resolve_dtype(self.dtype))
+        for i in range(self.num_blocks)]
+
+  def _check_config(self):
+    h, w, c = self.image_shape
+    p = self.patch_size
+    if p <= 0 or h % p or w % p:
+      raise ValueError(f'image size {h}x{w} is not divisible by the patch size {p}: '
+                       'change model.patch_size or model.image_size')
+    if self.channels % self.num_heads:
+      raise ValueError(f'model.channels={self.channels} is not divisible by '
+                       f'model.num_heads={self.num_heads}')
+    if self.num_blocks < 1 or self.layers_per_block < 1:
+      raise ValueError('model.num_blocks and model.layers_per_block must be >= 1')
+    if self.clip is not None and self.clip <= 0:
+      raise ValueError(f'model.clip={self.clip} must be positive (or None to turn it off)')
+
+  def _check_labels(self, y: Array | None, batch: int) -> None:
+    """Concrete labels are checked here; traced ones are the data pipeline's job."""
+    if y is None or isinstance(y, jax.core.Tracer):
+      return
+    y = np.asarray(y)
+    if y.shape != (batch,):
+      raise ValueError(f'labels have shape {y.shape}; expected ({batch},), one per example')
+    bad = (y < -1) | (y >= self.num_classes)
+    if bad.any():
+      raise ValueError(
+          f'label {int(y[bad][0])} is out of range: labels must be in [0, {self.num_classes}) '
+          f'(model.num_classes={self.num_classes}) or -1 for "no label"')
+
+  def _check_image(self, x: Array) -> None:
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.image_shape):
+      raise ValueError(f'F expects NHWC inputs of shape (batch, {", ".join(map(str, self.image_shape))});'
+                       f' got {tuple(x.shape)}. Check model.image_size / model.in_channels '
+                       'against the data.')
+
+  def _check_tokens(self, z: Array) -> None:
+    if z.ndim != 3 or z.shape[1:] != (self.num_tokens, self.token_dim):
+      raise ValueError(f'F^-1 expects tokens of shape (batch, {self.num_tokens}, {self.token_dim}); '
+                       f'got {tuple(z.shape)}')
+
+  def __call__(self, x: Array, y: Array | None = None) -> tuple[Array, Array, list[Array]]:
+    self._check_image(x)
+    self._check_labels(y, x.shape[0])
+    tokens = layers.patchify(x.astype(jnp.float32), self.patch_size)
+    trajectory = [tokens]
+    logdet = jnp.zeros((x.shape[0],), jnp.float32)
+    for block in self.blocks:
+      tokens, block_logdet = block(tokens, y)
+      logdet = logdet + block_logdet
+      trajectory.append(tokens)
+    return tokens, logdet, trajectory
+
+  def inverse(self, z: Array, y: Array | None = None, mode: str = 'exact', guidance=0.0,
+              attn_temp=1.0, tol=1e-3, max_iters: int | None = None, num_groups: int = 1):
+    """z tokens -> x (NHWC).
+
+    mode='exact' returns x. mode='fixed_point' returns (x, iterations, residual), each
+    of the last two per block (block order): sweeps used (summed over groups) and the
+    largest final max-abs update. max_iters defaults to T (exact by causality).
+    guidance as a Python 0 skips the unconditional pass; attn_temp applies to that pass.
+    """
+    self._check_tokens(z)
+    self._check_labels(y, z.shape[0])
+    if mode not in ('exact', 'fixed_point'):
+      raise ValueError(f"unknown inverse mode {mode!r}; use 'exact' or 'fixed_point'")
+    if not _no_guidance(guidance) and not self.num_classes:
+      raise ValueError('guidance needs a class-conditional model (model.num_classes > 0)')
+    max_iters = self.num_tokens if max_iters is None else int(max_iters)
+    if max_iters < 1 or num_groups < 1:
+      raise ValueError('max_iters and num_groups must be >= 1')
+    x = z.astype(jnp.float32)
+    iterations, residuals = [], []
+    for block in reversed(self.blocks):
+      unbound, variables = block.unbind()
+      x_perm = block.permute(x)
+      if mode == 'exact':
+        x_perm = _exact_block_inverse(unbound, variables, x_perm, y, guidance, attn_temp)
+      else:
+        x_perm, it, res = _fixed_point_block_inverse(
+            unbound, variables, x_perm, y, guidance, attn_temp, tol, max_iters, num_groups)
+        iterations.append(it)
+        residuals.append(res)
+      x = block.permute(x_perm)
+    image = layers.unpatchify(x, self.image_shape, self.patch_size)
+    if mode == 'exact':
+      return image
+    return image, jnp.stack(iterations[::-1]), jnp.stack(residuals[::-1])
+
+
+def log_prob(flow: ForwardFlow, variables, x: Array, y: Array | None = None) -> Array:
+  """Per-sample log density of x (nats), float32."""
+  z, logdet, _ = flow.apply(variables, x, y)
+  return -objectives.gaussian_nll(z, logdet)
+
+
+def score_denoise(flow: ForwardFlow, variables, x_noisy: Array, y: Array | None,
+                  sigma: float) -> Array:
+  """Tweedie's step x = x~ + sigma^2 * grad log p(x~) (TARFlow's denoising pass)."""
+  grad = jax.grad(lambda x: jnp.sum(log_prob(flow, variables, x, y)))(x_noisy.astype(jnp.float32))
+  return x_noisy + (sigma ** 2) * grad
+
+

@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
       guidance=0.0,
       temperature=1.0,
       denoise='score',          # score | none (the reverse model learns its own)
+      fixed_point_tol=1e-3,     # stop a block's Jacobi sweeps at this max-abs update
+      fixed_point_max_iters=0,  # 0 = number of tokens (exact by causality)
+      fixed_point_groups=1,     # 1 = Jacobi; G > 1 = Gauss-Seidel over G groups
   ))
 
   c.log_every = 50

@@ -8,11 +8,11 @@ negative log-density of x~ in nats:
 
     NLL(x~) = 0.5 * ||z||^2 + (N / 2) * log(2 * pi) - log|det dz/dx~|.
 
-Bits per dimension translate that density into 8-bit units: data stored as 256 levels
-over the range [-1, 1] have a bin width of 2/256 in x-space, and a density p on
-x-space puts probability ~ p * (2/256)^N on one bin, so
+Bits per dimension translate that density into 8-bit units: 8-bit pixels k are mapped
+to x = k / 127.5 - 1, so neighbouring levels lie a bin width w = 2/255 apart in
+x-space, and a density p on x-space puts probability ~ p * w^N on one bin:
 
-    bits/dim = (NLL / N - log(2/256)) / log(2) = (NLL / N + log(128)) / log(2).
+    bits/dim = (NLL / N - log(w)) / log(2) = (NLL / N + log(127.5)) / log(2).
 
 With *uniform* dequantisation noise of exactly one bin this is an upper bound on the
 discrete negative log-likelihood (the usual convention). With the Gaussian noise
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-DEFAULT_BIN_WIDTH = 2.0 / 256.0
+DEFAULT_BIN_WIDTH = 2.0 / 255.0  # x = k / 127.5 - 1 for 8-bit k
 
 
 def gaussian_nll(z: Array, logdet: Array) -> Array:

@@ -157,7 +157,7 @@ def test_nll_and_bits_per_dim_of_standard_normal():
   nll = objectives.gaussian_nll(z, jnp.zeros(3))
   np.testing.assert_allclose(nll, 5 * np.log(2 * np.pi), rtol=1e-6)
   bpd = objectives.bits_per_dim(nll, 10)
-  np.testing.assert_allclose(bpd, (0.5 * np.log(2 * np.pi) + np.log(128)) / np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(bpd, (0.5 * np.log(2 * np.pi) + np.log(127.5)) / np.log(2), rtol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_outputs(setup):

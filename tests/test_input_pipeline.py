@@ -272,7 +272,7 @@ def tfds_config(config, tmp_path):
 
 
 def test_tfds_mock_source(tfds_config):
-  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=24):
     it = ip.create_train_iterator(tfds_config)
     batches = take(it, 4)
@@ -284,7 +284,7 @@ def test_tfds_mock_source(tfds_config):
 
 
 def test_tfds_mock_checks_config(tfds_config):
-  tfds = pytest.importorskip('tensorflow_datasets')
+  import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=4):
     tfds_config.model.image_size = 32
     with pytest.raises(ValueError, match=r'\(28, 28, 1\).*image_size=32'):
@@ -296,7 +296,6 @@ def test_tfds_mock_checks_config(tfds_config):
 
 
 def test_tfds_missing_dataset_message(tfds_config):
-  pytest.importorskip('tensorflow_datasets')
   with pytest.raises(ValueError) as err:
     ip.load_heldout(tfds_config)
   msg = str(err.value)
@@ -310,7 +309,6 @@ def test_tfds_missing_dataset_message(tfds_config):
 
 def test_tfds_real_array_record(tfds_config, tmp_path, monkeypatch):
   """A real (tiny) ArrayRecord dataset built locally by tfds's own DummyMnist."""
-  pytest.importorskip('tensorflow_datasets')
   from tensorflow_datasets import testing as tfds_testing
   with monkeypatch.context() as m:
     # tfds 4.9.10 imports `importlib_resources` when *building* without declaring it

@@ -1,0 +1,126 @@
+"""Sampling and training throughput, measured in one run so ratios are meaningful.
+
+Times are medians over repeats, after compilation, with block_until_ready. Uses the
+latest checkpoint in the workdir when there is one (fixed-point iteration counts
+depend on the trained weights), otherwise freshly initialised weights (stated).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biflow_jax import optim
+from biflow_jax.models.flow import ForwardFlow, score_denoise
+
+
+def time_fn(fn: Callable[[], Any], repeats: int = 5) -> float:
+  """Median seconds of fn() after one warm-up (compile) call."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def decoder_timings(flow: ForwardFlow, forward_params, batch: int, guidance: float = 0.0,
+                    tol: float = 1e-3, num_groups: int = 1, sigma: float = 0.1,
+                    repeats: int = 5, seed: int = 0) -> dict:
+  """ms/image of the exact inverse, the fixed-point inverse and score denoising."""
+  variables = {'params': forward_params}
+  z = jax.random.normal(jax.random.PRNGKey(seed), (batch, flow.num_tokens, flow.token_dim))
+  y = (jnp.arange(batch) % flow.num_classes).astype(jnp.int32) if flow.num_classes else None
+
+  exact = jax.jit(lambda v, z, y: flow.apply(v, z, y, method=ForwardFlow.inverse,
+                                             guidance=guidance))
+  fixed = jax.jit(lambda v, z, y: flow.apply(v, z, y, method=ForwardFlow.inverse,
+                                             mode='fixed_point', guidance=guidance, tol=tol,
+                                             num_groups=num_groups))
+  denoise = jax.jit(lambda v, x, y: score_denoise(flow, v, x, y, sigma))
+
+  x_exact = exact(variables, z, y)
+  x_fixed, iters, residual = fixed(variables, z, y)
+  t_exact = time_fn(lambda: exact(variables, z, y), repeats)
+  t_fixed = time_fn(lambda: fixed(variables, z, y), repeats)
+  t_denoise = time_fn(lambda: denoise(variables, x_exact, y), repeats)
+  ms = lambda t: 1e3 * t / batch
+  return {
+      'batch': batch, 'guidance': guidance,
+      'exact_ms_per_image': ms(t_exact),
+      'fixed_point_ms_per_image': ms(t_fixed),
+      'fixed_point_tol': tol, 'fixed_point_groups': num_groups,
+      'fixed_point_iterations_per_block': np.asarray(iters).tolist(),
+      'fixed_point_max_residual': float(np.max(residual)),
+      'fixed_point_max_abs_diff_vs_exact': float(jnp.max(jnp.abs(x_fixed - x_exact))),
+      'score_denoise_ms_per_image': ms(t_denoise),
+      'speedup_fixed_point_vs_exact': t_exact / t_fixed,
+      'serial_steps_exact': flow.num_tokens * flow.num_blocks,
+  }
+
+
+def train_step_timing(config, state, step_fn, batch, repeats: int = 5) -> dict:
+  holder = {'state': state}
+
+  def run():
+    holder['state'], metrics = step_fn(holder['state'], batch)
+    return metrics
+
+  t = time_fn(run, repeats)
+  return {'train_step_ms': 1e3 * t, 'train_examples_per_sec': config.batch_size / t}
+
+
+def run(config, workdir: str | Path, batch: int | None = None) -> dict:
+  """`--mode=bench`: decoder and train-step timings -> DIR/bench.json and a table."""
+  from biflow_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  plan = optim.build_phase_plan(config)
+  flow = ForwardFlow.from_config(config.model)
+  tx = optim.make_optimizer(config, plan)
+  state = train.init_state(config, flow, tx)
+  manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
+  weights = 'random init (no checkpoint in workdir)'
+  if manager.latest_step() is not None:
+    state, step = checkpoints.restore(manager, checkpoints.abstract_like(state))
+    weights = f'checkpoint step {step} (EMA)'
+  manager.close()
+  s = config.sample
+  result = {'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
+            'weights': weights}
+  result.update(decoder_timings(flow, state.ema['forward'], batch or s.num,
+                                guidance=float(s.guidance), tol=float(s.fixed_point_tol),
+                                num_groups=int(s.fixed_point_groups),
+                                sigma=float(config.objective.noise_sigma)))
+  step_fn = jax.jit(functools.partial(train.train_step, flow=flow, tx=tx, config=config,
+                                      plan=plan, phase=plan[0]))
+  fake = {'image': jnp.zeros((config.batch_size,) + flow.image_shape, jnp.uint8),
+          'label': jnp.zeros((config.batch_size,), jnp.int32)}
+  result.update(train_step_timing(config, state, step_fn, fake))
+  (workdir / 'bench.json').write_text(json.dumps(result, indent=2))
+  print(format_table(result))
+  return result
+
+
+def format_table(result: dict) -> str:
+  rows = [('decoder', 'ms / image', 'speed-up vs exact', 'notes'),
+          ('exact inverse (KV cache)', f"{result['exact_ms_per_image']:.3f}", '1.0x',
+           f"{result['serial_steps_exact']} serial steps"),
+          ('fixed-point inverse', f"{result['fixed_point_ms_per_image']:.3f}",
+           f"{result['speedup_fixed_point_vs_exact']:.2f}x",
+           f"tol {result['fixed_point_tol']:g}, iters/block {result['fixed_point_iterations_per_block']}"),
+          ('score denoising (extra)', f"{result['score_denoise_ms_per_image']:.3f}", '', 'fwd+bwd of F')]
+  widths = [max(len(r[i]) for r in rows) for i in range(4)]
+  lines = [' | '.join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  lines.insert(1, '-+-'.join('-' * w for w in widths))
+  lines.append(f"train step: {result['train_step_ms']:.1f} ms "
+               f"({result['train_examples_per_sec']:.1f} examples/s); "
+               f"device {result['device']}; weights: {result['weights']}")
+  return '\n'.join(lines)

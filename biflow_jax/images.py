@@ -1,0 +1,36 @@
+"""Image grids as PNG: how every sample this project makes is looked at."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 (values outside are clipped)."""
+  images = np.asarray(images, dtype=np.float32)
+  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, rows: int | None = None, pad: int = 2) -> np.ndarray:
+  """(N, H, W, C) uint8 -> one (rows*H', cols*W', C) uint8 grid with `pad` pixel borders."""
+  n, h, w, c = images.shape
+  rows = rows or int(np.ceil(np.sqrt(n)))
+  cols = int(np.ceil(n / rows))
+  grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
+  for i in range(n):
+    r, k = divmod(i, cols)
+    top, left = pad + r * (h + pad), pad + k * (w + pad)
+    grid[top:top + h, left:left + w] = images[i]
+  return grid
+
+
+def save_png(grid: np.ndarray, path: str | Path) -> Path:
+  """Writes atomically (temp file + rename), so a crash never leaves half a PNG."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.tmp.png')
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
+  tmp.replace(path)
+  return path

@@ -1,0 +1,51 @@
+"""Every config parses, validates its phase plan and builds its models at full size."""
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from biflow_jax import optim
+from biflow_jax.models.flow import ForwardFlow
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+
+
+def load_config(name, *args):
+  spec = importlib.util.spec_from_file_location(name, CONFIGS / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
+def count_params(config):
+  flow = ForwardFlow.from_config(config.model)
+  shape = (1,) + flow.image_shape
+  abstract = jax.eval_shape(lambda: flow.init(jax.random.PRNGKey(0), jnp.zeros(shape),
+                                              jnp.zeros((1,), jnp.int32)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
+
+
+@pytest.mark.parametrize('name,args', [('tiny', ()), ('mnist', ()), ('cifar10', ()),
+                                       ('cifar10', ('jpeg',)), ('imagenet64', ()),
+                                       ('imagenet256', ()), ('imagenet256', ('S',)),
+                                       ('imagenet256', ('XL',))])
+def test_config_builds(name, args):
+  config = load_config(name, *args)
+  plan = optim.build_phase_plan(config)
+  assert optim.total_steps(plan) > 0
+  assert count_params(config) > 0
+
+
+def test_imagenet256_forward_is_b2_sized():
+  n = count_params(load_config('imagenet256'))
+  assert 110e6 < n < 135e6, n  # the paper's iTARFlow-B/2 has ~120M
+
+
+def test_bad_config_variant_is_a_clear_error():
+  with pytest.raises(ValueError, match='choose one of'):
+    load_config('imagenet256', 'XXL')
+  with pytest.raises(ValueError, match=':jpeg'):
+    load_config('cifar10', 'lmdb')

@@ -66,6 +66,16 @@ def decoder_timings(flow: ForwardFlow, forward_params, batch: int, guidance: flo
   }
 
 
+def reverse_timing(generator, reverse_params, flow: ForwardFlow, batch: int, guidance: float = 0.0,
+                   repeats: int = 5, seed: int = 0) -> dict:
+  """ms/image of G's single forward pass (1 NFE) on the same noise shape."""
+  z = jax.random.normal(jax.random.PRNGKey(seed), (batch, flow.num_tokens, flow.token_dim))
+  y = (jnp.arange(batch) % flow.num_classes).astype(jnp.int32) if flow.num_classes else None
+  w = jnp.full((batch,), guidance, jnp.float32)
+  run = jax.jit(lambda p, z, y, w: generator.apply({'params': p}, z, y, w)[0])
+  return {'reverse_ms_per_image': 1e3 * time_fn(lambda: run(reverse_params, z, y, w), repeats) / batch}
+
+
 def train_step_timing(config, state, step_fn, batch, repeats: int = 5) -> dict:
   holder = {'state': state}
 
@@ -83,9 +93,10 @@ def run(config, workdir: str | Path, batch: int | None = None) -> dict:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   plan = optim.build_phase_plan(config)
-  flow = ForwardFlow.from_config(config.model)
+  models = train.build_models(config)
+  flow = models.flow
   tx = optim.make_optimizer(config, plan)
-  state = train.init_state(config, flow, tx)
+  state = train.init_state(config, models, tx)
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   weights = 'random init (no checkpoint in workdir)'
   if manager.latest_step() is not None:
@@ -99,7 +110,12 @@ def run(config, workdir: str | Path, batch: int | None = None) -> dict:
                                 guidance=float(s.guidance), tol=float(s.fixed_point_tol),
                                 num_groups=int(s.fixed_point_groups),
                                 sigma=float(config.objective.noise_sigma)))
-  step_fn = jax.jit(functools.partial(train.train_step, flow=flow, tx=tx, config=config,
+  if models.generator is not None:
+    result.update(reverse_timing(models.generator, state.ema['reverse'], flow, batch or s.num,
+                                 guidance=float(s.guidance)))
+    result['speedup_reverse_vs_exact'] = (result['exact_ms_per_image']
+                                          / result['reverse_ms_per_image'])
+  step_fn = jax.jit(functools.partial(train.train_step, models=models, tx=tx, config=config,
                                       plan=plan, phase=plan[0]))
   fake = {'image': jnp.zeros((config.batch_size,) + flow.image_shape, jnp.uint8),
           'label': jnp.zeros((config.batch_size,), jnp.int32)}
@@ -110,13 +126,17 @@ def run(config, workdir: str | Path, batch: int | None = None) -> dict:
 
 
 def format_table(result: dict) -> str:
-  rows = [('decoder', 'ms / image', 'speed-up vs exact', 'notes'),
-          ('exact inverse (KV cache)', f"{result['exact_ms_per_image']:.3f}", '1.0x',
-           f"{result['serial_steps_exact']} serial steps"),
-          ('fixed-point inverse', f"{result['fixed_point_ms_per_image']:.3f}",
-           f"{result['speedup_fixed_point_vs_exact']:.2f}x",
-           f"tol {result['fixed_point_tol']:g}, iters/block {result['fixed_point_iterations_per_block']}"),
-          ('score denoising (extra)', f"{result['score_denoise_ms_per_image']:.3f}", '', 'fwd+bwd of F')]
+  rows = [('decoder', 'ms / image', 'speed-up vs exact', 'notes')]
+  if 'reverse_ms_per_image' in result:
+    rows.append(('BiFlow reverse model G (1 NFE)', f"{result['reverse_ms_per_image']:.3f}",
+                 f"{result['speedup_reverse_vs_exact']:.1f}x", 'one forward pass'))
+  rows += [
+      ('exact inverse (KV cache)', f"{result['exact_ms_per_image']:.3f}", '1.0x',
+       f"{result['serial_steps_exact']} serial steps"),
+      ('fixed-point inverse', f"{result['fixed_point_ms_per_image']:.3f}",
+       f"{result['speedup_fixed_point_vs_exact']:.2f}x",
+       f"tol {result['fixed_point_tol']:g}, iters/block {result['fixed_point_iterations_per_block']}"),
+      ('score denoising (extra)', f"{result['score_denoise_ms_per_image']:.3f}", '', 'fwd+bwd of F')]
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
   lines = [' | '.join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
   lines.insert(1, '-+-'.join('-' * w for w in widths))

@@ -66,6 +66,19 @@ def base_config() -> ml_collections.ConfigDict:
       label_drop_prob=0.1,      # label -> -1 (the null class), so guidance exists
       nll_weight=1.0,
       reverse_weight=1.0,       # lambda in L = L_NLL + lambda * L_reverse
+      # What G learns from (METHOD.md sec. 3):
+      reverse_target='trajectory',  # trajectory (pairs z = F(x)) | inverse_matching (fresh z)
+      reverse_mode='align',     # align (hidden alignment) | hidden (hidden distillation) | naive
+      denoise='learned',        # learned (G maps z to clean x) | score | none
+      norm_control=True,        # normalise each trajectory state before the distance
+      adaptive_p=0.0,           # adaptive weight D * sg((D + eps)^-p); 0 = plain MSE
+      adaptive_eps=1e-3,
+      token_weighting=False,    # weight tokens by their own detached error
+      cfg_w_max=0.0,            # training-time CFG: w ~ U[0, cfg_w_max] per example (0 = off)
+      cfg_zero_prob=0.25,       # fraction of examples trained at w = 0
+      inverse_tol=1e-3,         # inverse matching: F^-1(z) by the fixed-point inverse
+      inverse_max_iters=0,      # 0 = number of tokens (exact)
+      inverse_groups=1,
   ))
 
   # Phase plan: forward_only | two_stage | progressive (see optim.build_phase_plan).
@@ -99,3 +112,48 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 1000
   c.eval_batches = 8           # held-out batches for bits/dim at each eval
   return c
+
+
+_CHOICES = {
+    'data.source': ('bundled_mnist', 'tfds', 'jpeg', 'latents'),
+    'schedule.plan': ('forward_only', 'two_stage', 'progressive'),
+    'objective.reverse_target': ('trajectory', 'inverse_matching'),
+    'objective.reverse_mode': ('align', 'hidden', 'naive'),
+    'objective.denoise': ('learned', 'score', 'none'),
+    'sample.decoder': ('reverse', 'exact', 'fixed_point'),
+    'sample.denoise': ('score', 'none'),
+    'model.dtype': ('float32', 'bfloat16', 'float16'),
+}
+_POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch_size',
+             'model.channels', 'model.num_blocks', 'model.layers_per_block', 'model.num_heads',
+             'model.mlp_ratio', 'log_every', 'sample_every', 'checkpoint_every', 'eval_every',
+             'keep_checkpoints', 'sample.num')
+
+
+def _get(config, dotted: str):
+  value = config
+  for part in dotted.split('.'):
+    value = value[part]
+  return value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Impossible values fail here, before any data is read or anything compiles."""
+  for field, choices in _CHOICES.items():
+    if _get(config, field) not in choices:
+      raise ValueError(f'config.{field}={_get(config, field)!r} is not one of {choices}')
+  for field in _POSITIVE:
+    if _get(config, field) <= 0:
+      raise ValueError(f'config.{field}={_get(config, field)} must be positive')
+  m = config.model
+  if m.image_size % m.patch_size:
+    raise ValueError(f'config.model.image_size={m.image_size} is not divisible by '
+                     f'config.model.patch_size={m.patch_size}')
+  if m.num_classes < 0:
+    raise ValueError(f'config.model.num_classes={m.num_classes} must be >= 0 (0 = unconditional)')
+  if not 0 <= config.objective.label_drop_prob < 1:
+    raise ValueError('config.objective.label_drop_prob must be in [0, 1)')
+  if config.objective.noise_sigma < 0:
+    raise ValueError('config.objective.noise_sigma must be >= 0')
+  if config.sample.decoder == 'reverse' and not config.reverse.enabled:
+    raise ValueError("config.sample.decoder='reverse' needs config.reverse.enabled=True")

@@ -34,3 +34,15 @@ def save_png(grid: np.ndarray, path: str | Path) -> Path:
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
   tmp.replace(path)
   return path
+
+
+def side_by_side(grids: list[np.ndarray], gap: int = 8) -> np.ndarray:
+  """Grids of equal height -> one image, separated by white columns."""
+  if len(grids) == 1:
+    return grids[0]
+  h, _, c = grids[0].shape
+  spacer = np.full((h, gap, c), 255, np.uint8)
+  parts = []
+  for g in grids:
+    parts += [g, spacer]
+  return np.concatenate(parts[:-1], axis=1)

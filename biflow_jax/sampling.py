@@ -1,9 +1,16 @@
 """Jitted samplers: (params, rng, labels, temperature) -> images in [-1, 1].
 
-One implementation per decoder over the same noise: the exact inverse of F (KV cache)
-and its fixed-point inverse, each optionally followed by score denoising (F models
-x~ = x + sigma * eps, so its inverse lands on noisy images). The 1-NFE reverse model
-joins here as decoder 'reverse' with the reverse-model issue.
+One implementation per decoder, all over the same noise z ~ N(0, temperature^2 I):
+- 'reverse': BiFlow's learned generator G, one forward pass (1 NFE); guidance is an
+  input of G (training-time CFG), so guided sampling stays 1 NFE.
+- 'exact': F's exact inverse (serial over tokens, KV cache).
+- 'fixed_point': F's Jacobi / Gauss-Seidel-Jacobi inverse.
+F's inverses land on noisy images x~ (F models x + sigma * eps); 'score' denoising
+(Tweedie through F) cleans them. G learns its own denoising by default.
+
+Noise-space uses of having both directions (METHOD.md sec. 4) are here too:
+`make_inpainter` (keep F(x) where the mask keeps pixels, fresh noise elsewhere, then
+G) and `make_interpolator` (spherical interpolation between two z, then G).
 """
 from __future__ import annotations
 
@@ -12,9 +19,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from biflow_jax.models import layers
 from biflow_jax.models.flow import ForwardFlow, score_denoise
 
-DECODERS = ('exact', 'fixed_point')
+DECODERS = ('reverse', 'exact', 'fixed_point')
 DENOISERS = ('score', 'none')
 
 Sampler = Callable[..., jax.Array]
@@ -28,36 +36,120 @@ def class_rows(num: int, num_classes: int) -> jax.Array:
   return jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), per_class)[:num]
 
 
-def make_sampler(config, decoder: str = 'exact', denoise: str = 'score',
-                 guidance: float = 0.0) -> Sampler:
-  """A jitted pure function (params, rng, labels, temperature) -> NHWC images.
+def _reverse_model(config):
+  if not config.reverse.enabled:
+    raise ValueError("decoder 'reverse' needs the reverse model: set config.reverse.enabled=True "
+                     "and train it, or use decoder 'exact' / 'fixed_point'")
+  from biflow_jax.models.generator import ReverseModel  # pylint: disable=g-import-not-at-top
+  return ReverseModel.from_config(config.reverse, config.model)
 
-  `params` is the whole tree ({'forward': ...}); labels of -1 sample unconditionally.
-  Guidance is fixed per sampler (it decides whether the unconditional pass runs).
-  """
+
+def make_decoder(config, decoder: str = 'exact', denoise: str = 'score',
+                 guidance: float = 0.0) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+  """An un-jitted pure function (params, z tokens, labels) -> NHWC images in [-1, 1]."""
   if decoder not in DECODERS:
     raise ValueError(f'unknown decoder {decoder!r}; available: {DECODERS}')
   if denoise not in DENOISERS:
     raise ValueError(f'unknown denoise {denoise!r}; available: {DENOISERS}')
   flow = ForwardFlow.from_config(config.model)
+  generator = _reverse_model(config) if decoder == 'reverse' else None
   sigma = float(config.objective.noise_sigma)
   guidance = float(guidance)
-  sample_cfg = config.sample
-  fp_kwargs = dict(tol=float(sample_cfg.fixed_point_tol),
-                   max_iters=int(sample_cfg.fixed_point_max_iters) or None,
-                   num_groups=int(sample_cfg.fixed_point_groups))
+  s = config.sample
+  fp_kwargs = dict(tol=float(s.fixed_point_tol), max_iters=int(s.fixed_point_max_iters) or None,
+                   num_groups=int(s.fixed_point_groups))
 
-  def sample(params: Any, rng: jax.Array, labels: jax.Array, temperature=1.0) -> jax.Array:
-    variables = {'params': params['forward']}
+  def decode(params: Any, z: jax.Array, labels: jax.Array) -> jax.Array:
+    forward = {'params': params['forward']}
     y = labels if flow.num_classes else None
-    z = temperature * jax.random.normal(rng, (labels.shape[0], flow.num_tokens, flow.token_dim))
-    if decoder == 'exact':
-      x = flow.apply(variables, z, y, method=ForwardFlow.inverse, guidance=guidance)
+    if decoder == 'reverse':
+      w = jnp.full((z.shape[0],), guidance, jnp.float32)
+      tokens, _ = generator.apply({'params': params['reverse']}, z, y, w)
+      x = layers.unpatchify(tokens, flow.image_shape, flow.patch_size)
+    elif decoder == 'exact':
+      x = flow.apply(forward, z, y, method=ForwardFlow.inverse, guidance=guidance)
     else:
-      x, _, _ = flow.apply(variables, z, y, method=ForwardFlow.inverse, mode='fixed_point',
+      x, _, _ = flow.apply(forward, z, y, method=ForwardFlow.inverse, mode='fixed_point',
                            guidance=guidance, **fp_kwargs)
     if denoise == 'score':
-      x = score_denoise(flow, variables, x, y, sigma)
+      x = score_denoise(flow, forward, x, y, sigma)
     return jnp.clip(x, -1.0, 1.0)
 
+  return decode
+
+
+def sample_noise(config, rng: jax.Array, num: int, temperature=1.0) -> jax.Array:
+  flow = ForwardFlow.from_config(config.model)
+  return temperature * jax.random.normal(rng, (num, flow.num_tokens, flow.token_dim))
+
+
+def make_sampler(config, decoder: str = 'exact', denoise: str = 'score',
+                 guidance: float = 0.0) -> Sampler:
+  """A jitted pure function (params, rng, labels, temperature) -> NHWC images.
+
+  `params` is the whole tree ({'forward': ..., 'reverse': ...}); labels of -1 sample
+  unconditionally. Guidance is fixed per sampler (for F's inverses it decides whether
+  the unconditional pass runs).
+  """
+  decode = make_decoder(config, decoder, denoise, guidance)
+
+  def sample(params, rng, labels, temperature=1.0):
+    return decode(params, sample_noise(config, rng, labels.shape[0], temperature), labels)
+
   return jax.jit(sample)
+
+
+def pixel_mask_to_tokens(mask: jax.Array, patch_size: int) -> jax.Array:
+  """(N, H, W) or (N, H, W, C) keep-mask -> (N, T, D) token mask (a token dim is kept
+  where its pixel is kept)."""
+  if mask.ndim == 3:
+    mask = mask[..., None]
+  return layers.patchify(mask.astype(jnp.float32), patch_size)
+
+
+def make_inpainter(config, guidance: float = 0.0, denoise: str = 'none') -> Callable:
+  """Zero-shot noise-space inpainting: z' = M * F(x_known) + (1 - M) * eps, x = G(z').
+
+  Returns a jitted (params, rng, x_known NHWC in [-1, 1], keep_mask (N,H,W[,C]), labels)
+  -> images. F sees x_known + sigma * eps, the input distribution it was trained on.
+  """
+  flow = ForwardFlow.from_config(config.model)
+  decode = make_decoder(config, 'reverse', denoise, guidance)
+  sigma = float(config.objective.noise_sigma)
+
+  def inpaint(params, rng, x_known, keep_mask, labels):
+    noise_rng, z_rng = jax.random.split(rng)
+    x_noisy = x_known + sigma * jax.random.normal(noise_rng, x_known.shape)
+    y = labels if flow.num_classes else None
+    z_known, _, _ = flow.apply({'params': params['forward']}, x_noisy, y)
+    m = pixel_mask_to_tokens(keep_mask, flow.patch_size)
+    z = m * z_known + (1.0 - m) * jax.random.normal(z_rng, z_known.shape)
+    return decode(params, z, labels)
+
+  return jax.jit(inpaint)
+
+
+def slerp(z0: jax.Array, z1: jax.Array, t: jax.Array) -> jax.Array:
+  """Spherical interpolation per example over all token dims; t in [0, 1], shape (K,)."""
+  a = z0.reshape(-1)
+  b = z1.reshape(-1)
+  cos = jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
+  omega = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
+  so = jnp.sin(omega)
+  t = t[:, None]
+  linear = (1.0 - t) * a + t * b
+  spherical = (jnp.sin((1.0 - t) * omega) * a + jnp.sin(t * omega) * b) / jnp.where(so == 0, 1.0, so)
+  out = jnp.where(so < 1e-6, linear, spherical)
+  return out.reshape((t.shape[0],) + z0.shape)
+
+
+def make_interpolator(config, guidance: float = 0.0, denoise: str = 'none') -> Callable:
+  """Jitted (params, z0 (T, D), z1 (T, D), label (), num) -> `num` images from z0 to z1 via G."""
+  decode = make_decoder(config, 'reverse', denoise, guidance)
+
+  def interpolate(params, z0, z1, label, num: int):
+    t = jnp.linspace(0.0, 1.0, num)
+    z = slerp(z0, z1, t)
+    return decode(params, z, jnp.full((num,), label, jnp.int32))
+
+  return jax.jit(interpolate, static_argnames=('num',))

@@ -12,7 +12,7 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -22,7 +22,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from biflow_jax import checkpoints, images, input_pipeline, objectives, optim, sampling
+from biflow_jax import checkpoints, config_lib, images, input_pipeline, objectives, optim, sampling
+from biflow_jax.models import layers
 from biflow_jax.models.flow import ForwardFlow
 
 EVAL_NOISE_SEED = 1234
@@ -38,12 +39,30 @@ class TrainState:
   rng: jax.Array   # base key; step keys are fold_in(rng, step), so resume is exact
 
 
-def init_state(config: ml_collections.ConfigDict, flow: ForwardFlow, tx) -> TrainState:
+class Models(NamedTuple):
+  flow: ForwardFlow
+  generator: Any  # ReverseModel, or None while config.reverse.enabled is False
+
+
+def build_models(config: ml_collections.ConfigDict) -> Models:
+  flow = ForwardFlow.from_config(config.model)
+  generator = None
+  if config.reverse.enabled:
+    from biflow_jax.models.generator import ReverseModel  # pylint: disable=g-import-not-at-top
+    generator = ReverseModel.from_config(config.reverse, config.model)
+  return Models(flow, generator)
+
+
+def init_state(config: ml_collections.ConfigDict, models: Models, tx) -> TrainState:
   rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
+  init_rng, reverse_rng, train_rng = jax.random.split(rng, 3)
+  flow = models.flow
   x = jnp.zeros((1,) + flow.image_shape, jnp.float32)
   y = jnp.zeros((1,), jnp.int32) if flow.num_classes else None
   params = {'forward': flow.init(init_rng, x, y)['params']}
+  if models.generator is not None:
+    z = jnp.zeros((1, flow.num_tokens, flow.token_dim), jnp.float32)
+    params['reverse'] = models.generator.init(reverse_rng, z, y, jnp.zeros((1,)))['params']
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                     ema=optim.init_ema(params), rng=train_rng)
 
@@ -62,20 +81,74 @@ def preprocess(batch: dict, rng: jax.Array, config, num_classes: int, train: boo
   return x, x_noisy, y
 
 
-def train_step(state: TrainState, batch: dict, *, flow: ForwardFlow, tx, config,
+def _generator_outputs(generator, params, z, y, w, use_cfg: bool):
+  """G's (output, projections); with training-time CFG the combination
+  (G(z|c,w) + w G(z|null,w)) / (1 + w) is what gets supervised (METHOD.md sec. 3.1)."""
+  out, projections = generator.apply({'params': params}, z, y, w)
+  if not use_cfg:
+    return out, projections
+  null = None if y is None else jnp.full_like(y, -1)
+  out_u, projections_u = generator.apply({'params': params}, z, null, w)
+  combine = lambda c, u: objectives.cfg_combine(c, u, w)
+  return combine(out, out_u), [combine(c, u) for c, u in zip(projections, projections_u)]
+
+
+def inverse_matching_target(flow: ForwardFlow, forward_params, z, y, config) -> jax.Array:
+  """sg(F^-1(z)) as tokens, by the fixed-point inverse (tolerance and sweeps from config)."""
+  obj = config.objective
+  x, _, _ = flow.apply({'params': jax.lax.stop_gradient(forward_params)}, z, y,
+                       method=ForwardFlow.inverse, mode='fixed_point', tol=obj.inverse_tol,
+                       max_iters=obj.inverse_max_iters or None, num_groups=obj.inverse_groups)
+  return jax.lax.stop_gradient(layers.patchify(x, flow.patch_size))
+
+
+def reverse_objective(models: Models, params, x_clean, x_noisy, y, trajectory, rng, config):
+  """L_reverse for G: paired trajectory alignment, or inverse matching on fresh noise."""
+  flow, generator = models.flow, models.generator
+  obj = config.objective
+  batch = x_clean.shape[0]
+  w_rng, z_rng = jax.random.split(rng)
+  use_cfg = obj.cfg_w_max > 0 and flow.num_classes > 0
+  w = (objectives.sample_guidance_scale(w_rng, batch, obj.cfg_w_max, obj.cfg_zero_prob)
+       if use_cfg else jnp.zeros((batch,), jnp.float32))
+  if obj.reverse_target == 'inverse_matching':
+    z = jax.random.normal(z_rng, (batch, flow.num_tokens, flow.token_dim))
+    target = inverse_matching_target(flow, params['forward'], z, y, config)
+    out, _ = _generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
+    return objectives.inverse_matching_loss(out, target)
+  z = jax.lax.stop_gradient(trajectory[-1])
+  out, projections = _generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
+  return objectives.reverse_loss(
+      out, projections, layers.patchify(x_clean, flow.patch_size), trajectory,
+      mode=obj.reverse_mode, norm_control=obj.norm_control, adaptive_p=obj.adaptive_p,
+      eps=obj.adaptive_eps, denoise=obj.denoise, token_weighting=obj.token_weighting)
+
+
+def train_step(state: TrainState, batch: dict, *, models: Models, tx, config,
                plan, phase: optim.Phase) -> tuple[TrainState, dict]:
+  """One update of the phase's trainable groups: L = w_nll L_NLL(F) + w_rev L_reverse(G)."""
   rng = jax.random.fold_in(state.rng, state.step)
-  _, x_noisy, y = preprocess(batch, rng, config, flow.num_classes, train=True)
+  data_rng, reverse_rng = jax.random.split(rng)
+  flow = models.flow
+  x_clean, x_noisy, y = preprocess(batch, data_rng, config, flow.num_classes, train=True)
   num_dims = flow.num_dims
+  nll_weight, reverse_weight = phase.weight('nll'), phase.weight('reverse')
 
   def loss_fn(params):
-    z, logdet, _ = flow.apply({'params': params['forward']}, x_noisy, y)
+    forward = params['forward'] if phase.trains('forward') else jax.lax.stop_gradient(params['forward'])
+    z, logdet, trajectory = flow.apply({'params': forward}, x_noisy, y)
     nll = objectives.gaussian_nll(z, logdet)
     nll_per_dim = jnp.mean(nll) / num_dims
-    loss = phase.weight('nll') * nll_per_dim
-    return loss, dict(nll_per_dim=nll_per_dim, logdet_per_dim=jnp.mean(logdet) / num_dims,
-                      bits_per_dim=jnp.mean(objectives.bits_per_dim(nll, num_dims)),
-                      z_rms=jnp.sqrt(jnp.mean(jnp.square(z))))
+    metrics = dict(nll_per_dim=nll_per_dim, logdet_per_dim=jnp.mean(logdet) / num_dims,
+                   bits_per_dim=jnp.mean(objectives.bits_per_dim(nll, num_dims)),
+                   z_rms=jnp.sqrt(jnp.mean(jnp.square(z))))
+    loss = nll_weight * nll_per_dim
+    if reverse_weight > 0:
+      reverse_loss, reverse_metrics = reverse_objective(
+          models, params, x_clean, x_noisy, y, trajectory, reverse_rng, config)
+      loss = loss + reverse_weight * reverse_loss
+      metrics.update(reverse_metrics)
+    return loss, metrics
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   lrs = optim.learning_rates(state.opt_state, config, plan)
@@ -112,15 +185,38 @@ def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, confi
   return float(np.mean(objectives.bits_per_dim(np.concatenate(nlls), flow.num_dims)))
 
 
-def write_sample_grid(config, sampler, params, path: Path, num: int | None = None,
-                      temperature: float | None = None) -> tuple[Path, np.ndarray]:
+def default_denoise(config, decoder: str) -> str:
+  """G trained with learned denoising outputs clean images; F's inverses need 'score'."""
+  if decoder == 'reverse' and config.objective.denoise == 'learned':
+    return 'none'
+  return config.sample.denoise
+
+
+def panel_decoders(config) -> tuple[str, ...]:
+  """What a training-time grid shows: every decoder side by side once G exists."""
+  if config.reverse.enabled:
+    return ('reverse', 'exact', 'fixed_point')
+  return (config.sample.decoder,)
+
+
+def make_samplers(config, decoders) -> dict[str, sampling.Sampler]:
+  return {d: sampling.make_sampler(config, decoder=d, denoise=default_denoise(config, d),
+                                   guidance=config.sample.guidance) for d in decoders}
+
+
+def write_sample_grid(config, samplers: dict, params, path: Path, num: int | None = None,
+                      temperature: float | None = None) -> tuple[Path, dict]:
+  """One PNG with a grid per decoder, side by side, all from the same noise and labels."""
   num = num or config.sample.num
   labels = sampling.class_rows(num, config.model.num_classes)
   temperature = config.sample.temperature if temperature is None else temperature
-  x = np.asarray(sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels, temperature))
   rows = config.model.num_classes or None
   rows = rows if rows and num % rows == 0 else None
-  return images.save_png(images.make_grid(images.to_uint8(x), rows=rows), path), x
+  outputs, grids = {}, []
+  for name, sampler in samplers.items():
+    outputs[name] = np.asarray(sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels, temperature))
+    grids.append(images.make_grid(images.to_uint8(outputs[name]), rows=rows))
+  return images.save_png(images.side_by_side(grids), path), outputs
 
 
 class _Preemption:
@@ -159,15 +255,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   `stop_at` ends this invocation after that global step as a preemption would
   (checkpoint saved), so a later call resumes from it.
   """
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  config_lib.validate(config)
   plan = optim.build_phase_plan(config)
   end = optim.total_steps(plan)
-  flow = ForwardFlow.from_config(config.model)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  models = build_models(config)
   tx = optim.make_optimizer(config, plan)
   data_iter = input_pipeline.create_train_iterator(config)
   heldout = input_pipeline.load_heldout(config)
-  state = init_state(config, flow, tx)
+  state = init_state(config, models, tx)
 
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
@@ -179,10 +276,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   step = int(state.step)
   report = periodic_actions.ReportProgress(num_train_steps=end, writer=writer)
-  step_fn = jax.jit(functools.partial(train_step, flow=flow, tx=tx, config=config, plan=plan),
+  step_fn = jax.jit(functools.partial(train_step, models=models, tx=tx, config=config, plan=plan),
                     static_argnames=('phase',), donate_argnums=(0,))
-  sampler = sampling.make_sampler(config, decoder=config.sample.decoder,
-                                  denoise=config.sample.denoise, guidance=config.sample.guidance)
+  samplers = make_samplers(config, panel_decoders(config))
   last = end if stop_at is None else min(end, stop_at)
   pending, t_log, steps_at_log = [], time.time(), step
 
@@ -205,12 +301,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         writer.write_scalars(step, means)
         pending, t_log, steps_at_log = [], time.time(), step
       if step % config.eval_every == 0 or step == end:
-        bpd = heldout_bits_per_dim(flow, state.ema['forward'], heldout, config)
+        bpd = heldout_bits_per_dim(models.flow, state.ema['forward'], heldout, config)
         writer.write_scalars(step, {'heldout/bits_per_dim': bpd})
       if (step % config.sample_every == 0 or step == end) and jax.process_index() == 0:
-        path, _ = write_sample_grid(config, sampler, state.ema,
+        path, _ = write_sample_grid(config, samplers, state.ema,
                                     workdir / 'samples' / f'step_{step}.png')
-        logging.info('wrote %s', path)
+        logging.info('wrote %s (%s)', path, ', '.join(samplers))
       if step % config.checkpoint_every == 0 or finished:
         checkpoints.save(manager, step, state, data_iter)
       if preemption.requested:
@@ -222,18 +318,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   return state
 
 
-def restore_for_inference(config, workdir: str | Path) -> tuple[ForwardFlow, TrainState, int]:
-  """Model and train state from the latest checkpoint (no data iterator)."""
+def restore_for_inference(config, workdir: str | Path) -> tuple[Models, TrainState, int]:
+  """Models and train state from the latest checkpoint (no data iterator)."""
+  config_lib.validate(config)
   plan = optim.build_phase_plan(config)
-  flow = ForwardFlow.from_config(config.model)
+  models = build_models(config)
   tx = optim.make_optimizer(config, plan)
-  abstract = jax.eval_shape(lambda: init_state(config, flow, tx))
+  abstract = jax.eval_shape(lambda: init_state(config, models, tx))
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   try:
     state, step = checkpoints.restore(manager, abstract)
   finally:
     manager.close()
-  return flow, state, step
+  return models, state, step
 
 
 def sample_from_checkpoint(config, workdir: str | Path, name: str | None = None) -> Path:
@@ -241,11 +338,10 @@ def sample_from_checkpoint(config, workdir: str | Path, name: str | None = None)
   workdir = Path(workdir)
   _, state, step = restore_for_inference(config, workdir)
   s = config.sample
-  sampler = sampling.make_sampler(config, decoder=s.decoder, denoise=s.denoise,
-                                  guidance=s.guidance)
   name = name or f'{s.decoder}_w{s.guidance:g}_t{s.temperature:g}_step{step}'
-  path, x = write_sample_grid(config, sampler, state.ema, workdir / 'samples' / f'{name}.png')
-  np.savez(workdir / 'samples' / f'{name}.npz', images=images.to_uint8(x),
+  path, outputs = write_sample_grid(config, make_samplers(config, (s.decoder,)), state.ema,
+                                    workdir / 'samples' / f'{name}.png')
+  np.savez(workdir / 'samples' / f'{name}.npz', images=images.to_uint8(outputs[s.decoder]),
            labels=np.asarray(sampling.class_rows(s.num, config.model.num_classes)))
   logging.info('wrote %s', path)
   return path
@@ -254,8 +350,9 @@ def sample_from_checkpoint(config, workdir: str | Path, name: str | None = None)
 def evaluate_checkpoint(config, workdir: str | Path) -> dict:
   """`--mode=eval`: held-out bits/dim of the latest checkpoint -> DIR/eval.json."""
   workdir = Path(workdir)
-  flow, state, step = restore_for_inference(config, workdir)
+  models, state, step = restore_for_inference(config, workdir)
   heldout = input_pipeline.load_heldout(config)
+  flow = models.flow
   result = {'step': step, 'noise_sigma': float(config.objective.noise_sigma),
             'heldout_bits_per_dim_ema': heldout_bits_per_dim(flow, state.ema['forward'], heldout, config),
             'heldout_bits_per_dim': heldout_bits_per_dim(flow, state.params['forward'], heldout, config)}

@@ -13,7 +13,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from biflow_jax import input_pipeline, optim, train
-from biflow_jax.models.flow import ForwardFlow
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / 'configs' / 'tiny.py')
@@ -57,10 +56,11 @@ def test_unknown_override_on_the_command_line_is_one_clear_line(tmp_path):
 
 def test_tiny_config_trains_and_nll_falls(tmp_path):
   config = tiny_config()
-  flow = ForwardFlow.from_config(config.model)
+  models = train.build_models(config)
+  flow = models.flow
   plan = optim.build_phase_plan(config)
   heldout = input_pipeline.load_heldout(config)
-  initial = train.init_state(config, flow, optim.make_optimizer(config, plan))
+  initial = train.init_state(config, models, optim.make_optimizer(config, plan))
   before = train.heldout_bits_per_dim(flow, initial.params['forward'], heldout, config)
   state = train.train_and_evaluate(config, tmp_path)
   after = train.heldout_bits_per_dim(flow, state.params['forward'], heldout, config)

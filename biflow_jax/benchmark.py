@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biflow_jax import optim
+from biflow_jax import config_lib, optim
 from biflow_jax.models.flow import ForwardFlow, score_denoise
 
 
@@ -112,7 +112,7 @@ def run(config, workdir: str | Path, batch: int | None = None) -> dict:
                                 sigma=float(config.objective.noise_sigma)))
   if models.generator is not None:
     result.update(reverse_timing(models.generator, state.ema['reverse'], flow, batch or s.num,
-                                 guidance=float(s.guidance)))
+                                 guidance=config_lib.reverse_guidance(config)))
     result['speedup_reverse_vs_exact'] = (result['exact_ms_per_image']
                                           / result['reverse_ms_per_image'])
   step_fn = jax.jit(functools.partial(train.train_step, models=models, tx=tx, config=config,

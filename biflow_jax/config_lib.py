@@ -44,9 +44,20 @@ def base_config() -> ml_collections.ConfigDict:
       dtype='float32',       # compute dtype; params stay float32 ('bfloat16' on TPU/GPU)
   ))
 
-  # Reverse model G: filled in by the reverse-model issue; kept as a group so a config
-  # already names every part of the experiment.
-  c.reverse = ml_collections.ConfigDict(dict(enabled=False, size='tiny'))
+  # Reverse model G: a bidirectional ViT, B stages mirroring F's blocks + a denoise stage.
+  c.reverse = ml_collections.ConfigDict(dict(
+      enabled=False,
+      size='tiny',            # tiny | S | B | L | XL -> (width, depth, heads), generator.SIZES
+      width=0,                # 0 = from size
+      depth=0,                # 0 = from size (raised to model.num_blocks + 1: a layer per stage)
+      num_heads=0,            # 0 = from size
+      mlp='swiglu',           # swiglu | gelu
+      mlp_ratio=4,            # GELU hidden = ratio * width; SwiGLU 2/3 of that (same params)
+      head_mode='per_stage',  # per_stage: learnable phi_i (hidden alignment) | shared: one head
+                              # for every stage (hidden distillation, objective.reverse_mode='hidden')
+      qk_norm=True,           # RMS-normalise queries and keys
+      dtype='',               # compute dtype; '' = model.dtype
+  ))
 
   c.data = ml_collections.ConfigDict(dict(
       source='bundled_mnist',   # bundled_mnist | tfds | jpeg
@@ -98,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
       num=100,                  # images in a grid (one row per class when conditional)
       decoder='exact',          # exact | fixed_point | reverse
       guidance=0.0,
+      reverse_guidance=-1.0,    # w given to G; -1 = same as guidance (G knows w <= objective.cfg_w_max)
       temperature=1.0,
       denoise='score',          # score | none (the reverse model learns its own)
       fixed_point_tol=1e-3,     # stop a block's Jacobi sweeps at this max-abs update
@@ -123,6 +135,9 @@ _CHOICES = {
     'sample.decoder': ('reverse', 'exact', 'fixed_point'),
     'sample.denoise': ('score', 'none'),
     'model.dtype': ('float32', 'bfloat16', 'float16'),
+    'reverse.size': ('tiny', 'S', 'B', 'L', 'XL'),
+    'reverse.mlp': ('swiglu', 'gelu'),
+    'reverse.head_mode': ('per_stage', 'shared'),
 }
 _POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch_size',
              'model.channels', 'model.num_blocks', 'model.layers_per_block', 'model.num_heads',
@@ -155,5 +170,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError('config.objective.label_drop_prob must be in [0, 1)')
   if config.objective.noise_sigma < 0:
     raise ValueError('config.objective.noise_sigma must be >= 0')
+  mode, heads = config.objective.reverse_mode, config.reverse.head_mode
+  if (mode, heads) in (('hidden', 'per_stage'), ('align', 'shared')):
+    raise ValueError(f"config.objective.reverse_mode={mode!r} needs config.reverse.head_mode="
+                     f"{'shared' if mode == 'hidden' else 'per_stage'!r} (hidden distillation "
+                     'decodes every stage with the one output head; alignment learns one per stage)')
+  w_reverse = reverse_guidance(config)
+  if config.reverse.enabled and w_reverse > max(config.objective.cfg_w_max, 0.0):
+    raise ValueError(f'G is asked for guidance w={w_reverse:g} but was trained on w in '
+                     f'[0, {config.objective.cfg_w_max:g}]: raise config.objective.cfg_w_max '
+                     '(training-time CFG) or lower config.sample.reverse_guidance')
   if config.sample.decoder == 'reverse' and not config.reverse.enabled:
     raise ValueError("config.sample.decoder='reverse' needs config.reverse.enabled=True")
+
+
+def reverse_guidance(config: ml_collections.ConfigDict) -> float:
+  """The guidance scale w the reverse model G samples with."""
+  w = config.sample.reverse_guidance
+  return float(config.sample.guidance if w < 0 else w)

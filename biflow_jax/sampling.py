@@ -44,9 +44,13 @@ def _reverse_model(config):
   return ReverseModel.from_config(config.reverse, config.model)
 
 
-def make_decoder(config, decoder: str = 'exact', denoise: str = 'score',
-                 guidance: float = 0.0) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-  """An un-jitted pure function (params, z tokens, labels) -> NHWC images in [-1, 1]."""
+def make_decoder(config, decoder: str = 'exact', denoise: str = 'score'
+                 ) -> Callable[..., jax.Array]:
+  """An un-jitted pure function (params, z tokens, labels, guidance) -> NHWC images in [-1, 1].
+
+  For F's inverses a Python guidance of 0 skips the unconditional pass; for G the
+  guidance scale is simply an input (training-time CFG), so it costs nothing extra.
+  """
   if decoder not in DECODERS:
     raise ValueError(f'unknown decoder {decoder!r}; available: {DECODERS}')
   if denoise not in DENOISERS:
@@ -54,12 +58,11 @@ def make_decoder(config, decoder: str = 'exact', denoise: str = 'score',
   flow = ForwardFlow.from_config(config.model)
   generator = _reverse_model(config) if decoder == 'reverse' else None
   sigma = float(config.objective.noise_sigma)
-  guidance = float(guidance)
   s = config.sample
   fp_kwargs = dict(tol=float(s.fixed_point_tol), max_iters=int(s.fixed_point_max_iters) or None,
                    num_groups=int(s.fixed_point_groups))
 
-  def decode(params: Any, z: jax.Array, labels: jax.Array) -> jax.Array:
+  def decode(params: Any, z: jax.Array, labels: jax.Array, guidance=0.0) -> jax.Array:
     forward = {'params': params['forward']}
     y = labels if flow.num_classes else None
     if decoder == 'reverse':
@@ -83,20 +86,20 @@ def sample_noise(config, rng: jax.Array, num: int, temperature=1.0) -> jax.Array
   return temperature * jax.random.normal(rng, (num, flow.num_tokens, flow.token_dim))
 
 
-def make_sampler(config, decoder: str = 'exact', denoise: str = 'score',
-                 guidance: float = 0.0) -> Sampler:
-  """A jitted pure function (params, rng, labels, temperature) -> NHWC images.
+def make_sampler(config, decoder: str = 'exact', denoise: str = 'score') -> Sampler:
+  """A jitted pure function (params, rng, labels, guidance=0., temperature=1.) -> NHWC images.
 
   `params` is the whole tree ({'forward': ..., 'reverse': ...}); labels of -1 sample
-  unconditionally. Guidance is fixed per sampler (for F's inverses it decides whether
-  the unconditional pass runs).
+  unconditionally. `guidance` is static (each value compiles once): for F's inverses
+  it decides whether the unconditional pass runs at all.
   """
-  decode = make_decoder(config, decoder, denoise, guidance)
+  decode = make_decoder(config, decoder, denoise)
 
-  def sample(params, rng, labels, temperature=1.0):
-    return decode(params, sample_noise(config, rng, labels.shape[0], temperature), labels)
+  def sample(params, rng, labels, guidance=0.0, temperature=1.0):
+    z = sample_noise(config, rng, labels.shape[0], temperature)
+    return decode(params, z, labels, guidance)
 
-  return jax.jit(sample)
+  return jax.jit(sample, static_argnames=('guidance',))
 
 
 def pixel_mask_to_tokens(mask: jax.Array, patch_size: int) -> jax.Array:
@@ -114,7 +117,7 @@ def make_inpainter(config, guidance: float = 0.0, denoise: str = 'none') -> Call
   -> images. F sees x_known + sigma * eps, the input distribution it was trained on.
   """
   flow = ForwardFlow.from_config(config.model)
-  decode = make_decoder(config, 'reverse', denoise, guidance)
+  decode = make_decoder(config, 'reverse', denoise)
   sigma = float(config.objective.noise_sigma)
 
   def inpaint(params, rng, x_known, keep_mask, labels):
@@ -124,7 +127,7 @@ def make_inpainter(config, guidance: float = 0.0, denoise: str = 'none') -> Call
     z_known, _, _ = flow.apply({'params': params['forward']}, x_noisy, y)
     m = pixel_mask_to_tokens(keep_mask, flow.patch_size)
     z = m * z_known + (1.0 - m) * jax.random.normal(z_rng, z_known.shape)
-    return decode(params, z, labels)
+    return decode(params, z, labels, guidance)
 
   return jax.jit(inpaint)
 
@@ -145,11 +148,11 @@ def slerp(z0: jax.Array, z1: jax.Array, t: jax.Array) -> jax.Array:
 
 def make_interpolator(config, guidance: float = 0.0, denoise: str = 'none') -> Callable:
   """Jitted (params, z0 (T, D), z1 (T, D), label (), num) -> `num` images from z0 to z1 via G."""
-  decode = make_decoder(config, 'reverse', denoise, guidance)
+  decode = make_decoder(config, 'reverse', denoise)
 
   def interpolate(params, z0, z1, label, num: int):
     t = jnp.linspace(0.0, 1.0, num)
     z = slerp(z0, z1, t)
-    return decode(params, z, jnp.full((num,), label, jnp.int32))
+    return decode(params, z, jnp.full((num,), label, jnp.int32), guidance)
 
   return jax.jit(interpolate, static_argnames=('num',))

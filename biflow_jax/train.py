@@ -199,9 +199,13 @@ def panel_decoders(config) -> tuple[str, ...]:
   return (config.sample.decoder,)
 
 
+def decoder_guidance(config, decoder: str) -> float:
+  return config_lib.reverse_guidance(config) if decoder == 'reverse' else config.sample.guidance
+
+
 def make_samplers(config, decoders) -> dict[str, sampling.Sampler]:
-  return {d: sampling.make_sampler(config, decoder=d, denoise=default_denoise(config, d),
-                                   guidance=config.sample.guidance) for d in decoders}
+  return {d: sampling.make_sampler(config, decoder=d, denoise=default_denoise(config, d))
+          for d in decoders}
 
 
 def write_sample_grid(config, samplers: dict, params, path: Path, num: int | None = None,
@@ -214,7 +218,9 @@ def write_sample_grid(config, samplers: dict, params, path: Path, num: int | Non
   rows = rows if rows and num % rows == 0 else None
   outputs, grids = {}, []
   for name, sampler in samplers.items():
-    outputs[name] = np.asarray(sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels, temperature))
+    x = sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels,
+                guidance=decoder_guidance(config, name), temperature=temperature)
+    outputs[name] = np.asarray(x)
     grids.append(images.make_grid(images.to_uint8(outputs[name]), rows=rows))
   return images.save_png(images.side_by_side(grids), path), outputs
 
@@ -241,6 +247,12 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  """Per-key means; a window that crosses a phase boundary has keys only some steps had."""
+  keys = sorted({k for metrics in history for k in metrics})
+  return {k: float(np.mean([m[k] for m in history if k in m])) for k in keys}
 
 
 def _write_config(config, workdir: Path) -> None:
@@ -293,8 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       finished = step == last or preemption.requested
 
       if step % config.log_every == 0 or finished:
-        means = {k: float(np.mean(v)) for k, v in jax.device_get(
-            jax.tree.map(lambda *xs: np.stack(xs), *pending)).items()}
+        means = _mean_metrics(jax.device_get(pending))
         if not all(np.isfinite(v) for v in means.values()):
           logging.error('non-finite metrics at step %d: %s', step, means)
         means['steps_per_sec'] = (step - steps_at_log) / max(time.time() - t_log, 1e-9)
@@ -338,7 +349,8 @@ def sample_from_checkpoint(config, workdir: str | Path, name: str | None = None)
   workdir = Path(workdir)
   _, state, step = restore_for_inference(config, workdir)
   s = config.sample
-  name = name or f'{s.decoder}_w{s.guidance:g}_t{s.temperature:g}_step{step}'
+  w = decoder_guidance(config, s.decoder)
+  name = name or f'{s.decoder}_w{w:g}_t{s.temperature:g}_step{step}'
   path, outputs = write_sample_grid(config, make_samplers(config, (s.decoder,)), state.ema,
                                     workdir / 'samples' / f'{name}.png')
   np.savez(workdir / 'samples' / f'{name}.npz', images=images.to_uint8(outputs[s.decoder]),

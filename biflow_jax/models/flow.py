@@ -33,17 +33,6 @@ from biflow_jax.models import layers
 
 Array = jax.Array
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
-def resolve_dtype(name: str | Any) -> Any:
-  if isinstance(name, str):
-    if name not in _DTYPES:
-      raise ValueError(f'unknown compute dtype {name!r}; use one of {sorted(_DTYPES)}')
-    return _DTYPES[name]
-  return name
-
-
 # Fixed-point iterates are kept within +-_ITERATE_BOUND (see _fixed_point_block_inverse).
 _ITERATE_BOUND = 1e6
 
@@ -238,7 +227,8 @@ class ForwardFlow(nn.Module):
                patch_size=m.patch_size, channels=m.channels, num_blocks=m.num_blocks,
                layers_per_block=m.layers_per_block, num_heads=m.num_heads,
                mlp_ratio=m.mlp_ratio, num_classes=m.num_classes,
-               clip=None if m.clip is None else float(m.clip), dtype=resolve_dtype(m.dtype))
+               clip=None if m.clip is None else float(m.clip),
+               dtype=layers.resolve_dtype(m.dtype))
 
   @property
   def num_tokens(self) -> int:
@@ -258,7 +248,7 @@ class ForwardFlow(nn.Module):
     self.blocks = [
         FlowBlock(self.num_tokens, self.token_dim, self.channels, self.layers_per_block,
                   self.num_heads, self.mlp_ratio, self.num_classes, reverse_order=bool(i % 2),
-                  clip=self.clip, dtype=resolve_dtype(self.dtype))
+                  clip=self.clip, dtype=layers.resolve_dtype(self.dtype))
         for i in range(self.num_blocks)]
 
   def _check_config(self):

@@ -1,0 +1,335 @@
+"""The reverse model G (BiFlow's generator): noise tokens z -> clean tokens x in one pass.
+
+A ViT with *bidirectional* attention over z's T tokens (METHOD.md section 3). Unlike
+F's causal blocks, every output token sees every input token, which is what lets G
+undo all of F's blocks at once instead of token by token.
+
+Conditioning. c = class embedding + MLP(Fourier features of the guidance scale w).
+The class table has num_classes + 1 rows; the last row is the null class (label -1, or
+y=None), so an unconditional model (num_classes=0) has only the null row. c drives
+adaLN-zero in every layer: per sub-layer a shift, scale and gate computed from c by a
+zero-initialised Dense, so a fresh model is a stack of identity layers and its output
+does not depend on c at all (the conditioning is learned from zero, as in DiT).
+
+Stages. G has `num_stages` = B stages that mirror F's B blocks in reverse, plus one
+extra "denoise" stage (x~ -> clean x). The `depth` layers are split over the B + 1
+stages by `stage_depths`: each stage gets depth // (B + 1) layers and the first
+depth % (B + 1) stages get one more (a fixed rule, so a config names its split; e.g.
+B/2 at ImageNet-256: depth 12, B = 8 -> 2,2,2,1,1,1,1,1,1). After stage j a projection head phi_j maps the hidden
+state to token space:
+
+    projections[j] = phi_j(h^j) ~ x^{B-1-j}   (stage j undoes F's block B-1-j)
+    projections[0] ~ x^{B-1}, ..., projections[B-1] ~ x^0 = x~ (the noisy input)
+    x_out = phi_out(h^B) ~ x (clean)
+
+where x^0..x^B is F's trajectory (flow.ForwardFlow returns [x^0, ..., x^B]).
+
+Heads. phi = RMSNorm, adaLN shift/scale from c, Dense to D (DiT's final layer).
+- head_mode='per_stage' (BiFlow's hidden alignment): each stage j < B has its own
+  Dense `stage_proj_j`; the B stage heads share one adaLN modulation `stage_mod`
+  (a per-head modulation would cost 2 * width**2 each: 140M instead of 132M params at
+  B/2 for heads that are thrown away at sampling). The output head has its own
+  modulation `out_mod` and Dense `out_proj`.
+- head_mode='shared' (the "hidden distillation" ablation): every stage uses the output
+  head, which forces every h^j to be an input-space state.
+Head Dense layers are NOT zero-initialised: fan-in (LeCun) init on unit-RMS normed
+features gives unit-scale outputs, the scale of the normalised targets, and a non-zero
+gradient into the trunk from step one; a zero kernel would block the alignment
+loss's gradient to the hidden states until the heads had grown. The head *modulation*
+is zero-initialised (adaLN-zero), so at init the heads are plain norm + Dense.
+
+Numerics: params are float32; matmuls run in `dtype`; norms, softmax, the residual
+stream and all outputs are float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biflow_jax.models.layers import resolve_dtype
+
+Array = jax.Array
+Dtype = Any
+
+# (width, depth, num_heads). DiT/SiT sizes; 'tiny' is for CPU tests. A size's depth is
+# raised to B + 1 by `from_config` when smaller, so every stage has a layer.
+SIZES: dict[str, tuple[int, int, int]] = {
+    'tiny': (64, 3, 2),
+    'S': (384, 12, 6),
+    'B': (768, 12, 12),
+    'L': (1024, 24, 16),
+    'XL': (1152, 28, 16),
+}
+HEAD_MODES = ('per_stage', 'shared')
+MLP_KINDS = ('swiglu', 'gelu')
+
+_NORM_EPS = 1e-6
+_W_FEATURES = 256       # Fourier features of w (DiT's timestep-embedding size)
+_W_SCALE = 1000.0       # w is embedded like a DiT timestep t = 1000 w
+_W_MAX_PERIOD = 10000.0
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def stage_depths(depth: int, num_stages: int) -> tuple[int, ...]:
+  """Layers per stage for `num_stages` flow stages + 1 denoise stage.
+
+  Even split; the first depth % (num_stages + 1) stages get one extra layer.
+  E.g. depth 12, B = 8 -> (2, 2, 2, 1, 1, 1, 1, 1, 1).
+  """
+  n = num_stages + 1
+  if num_stages < 1 or depth < n:
+    raise ValueError(f'depth={depth} cannot give each of the {n} stages (num_stages={num_stages} '
+                     'flow stages + 1 denoise stage) a layer: raise reverse.depth')
+  base, extra = divmod(depth, n)
+  return tuple(base + (i < extra) for i in range(n))
+
+
+def swiglu_hidden(width: int, mlp_ratio: float) -> int:
+  """SwiGLU hidden size: 2/3 of the GELU one (same params), rounded to a multiple of 8."""
+  return max(8, 8 * round(2 * mlp_ratio * width / 3 / 8))
+
+
+def fourier_features(w: Array, num_features: int = _W_FEATURES) -> Array:
+  """(B,) -> (B, num_features) [cos, sin] features of w (DiT's timestep embedding of 1000 w).
+
+  Angular frequencies run geometrically from 1000 down to 0.1 per unit of w, so both
+  small differences in w and its whole useful range (w up to ~30) are resolved.
+  """
+  half = num_features // 2
+  freqs = jnp.exp(-math.log(_W_MAX_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = (_W_SCALE * w.astype(jnp.float32))[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def _modulate(x: Array, shift: Array, scale: Array) -> Array:
+  return x * (1.0 + scale) + shift
+
+
+def _rms_norm(name: str | None = None) -> nn.RMSNorm:
+  """Scale-free RMSNorm (adaLN supplies the scale), computed in float32."""
+  return nn.RMSNorm(epsilon=_NORM_EPS, use_scale=False, dtype=jnp.float32, name=name)
+
+
+def _zero_dense(features: int, dtype: Dtype, name: str | None = None) -> nn.Dense:
+  """adaLN-zero modulation: zero kernel and bias, so c has no effect at init."""
+  return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.zeros,
+                  bias_init=nn.initializers.zeros, name=name)
+
+
+class SelfAttention(nn.Module):
+  """Bidirectional multi-head attention (no mask), with RMS qk-norm for stability."""
+  width: int
+  num_heads: int
+  qk_norm: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    head_dim = self.width // self.num_heads
+    qkv = nn.Dense(3 * self.width, dtype=self.dtype, name='qkv')(x.astype(self.dtype))
+    qkv = qkv.reshape(*x.shape[:2], 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if self.qk_norm:
+      q = nn.RMSNorm(epsilon=_NORM_EPS, dtype=jnp.float32, name='q_norm')(q.astype(jnp.float32))
+      k = nn.RMSNorm(epsilon=_NORM_EPS, dtype=jnp.float32, name='k_norm')(k.astype(jnp.float32))
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q.astype(self.dtype), k.astype(self.dtype))
+    logits = logits.astype(jnp.float32) / math.sqrt(head_dim)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v.astype(self.dtype))
+    return nn.Dense(self.width, dtype=self.dtype, name='proj')(out.reshape(*x.shape[:2], self.width))
+
+
+class FeedForward(nn.Module):
+  """SwiGLU (silu(x W1) * x W3) W2, or a tanh-GELU MLP."""
+  width: int
+  mlp: str = 'swiglu'
+  mlp_ratio: float = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = x.astype(self.dtype)
+    if self.mlp == 'swiglu':
+      hidden = swiglu_hidden(self.width, self.mlp_ratio)
+      gate = nn.Dense(hidden, dtype=self.dtype, name='fc_gate')(x)
+      h = nn.silu(gate) * nn.Dense(hidden, dtype=self.dtype, name='fc_in')(x)
+    else:
+      h = nn.gelu(nn.Dense(int(self.mlp_ratio * self.width), dtype=self.dtype, name='fc_in')(x))
+    return nn.Dense(self.width, dtype=self.dtype, name='fc_out')(h)
+
+
+class AdaLNBlock(nn.Module):
+  """Pre-RMSNorm Transformer layer with adaLN-zero: identity at init.
+
+  x += gate1 * Attn(norm(x) * (1 + scale1) + shift1); same for the MLP.
+  """
+  width: int
+  num_heads: int
+  mlp: str = 'swiglu'
+  mlp_ratio: float = 4
+  qk_norm: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, c_act: Array) -> Array:
+    """x: (B, T, width) float32 residual stream; c_act: silu(c), (B, width)."""
+    mod = _zero_dense(6 * self.width, self.dtype, 'modulation')(c_act.astype(self.dtype))
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(
+        mod.astype(jnp.float32)[:, None, :], 6, axis=-1)
+    h = _modulate(_rms_norm('norm1')(x), shift1, scale1)
+    h = SelfAttention(self.width, self.num_heads, self.qk_norm, self.dtype, name='attn')(h)
+    x = x + gate1 * h.astype(jnp.float32)
+    h = _modulate(_rms_norm('norm2')(x), shift2, scale2)
+    h = FeedForward(self.width, self.mlp, self.mlp_ratio, self.dtype, name='mlp')(h)
+    return x + gate2 * h.astype(jnp.float32)
+
+
+class ReverseModel(nn.Module):
+  """G: (z tokens, label y, guidance w) -> (clean tokens x_out, projections).
+
+  `__call__(z, y, w)`:
+    z: (B, T, D) noise tokens (F's z, original token order).
+    y: int (B,) labels, -1 = null; None = all null.
+    w: float (B,) guidance scales; None = zeros.
+  Returns x_out (B, T, D) float32, the clean sample, and `projections`, a list of B
+  float32 (B, T, D) arrays with projections[j] = phi_j(h^j) aligned with F's trajectory
+  state x^{B-1-j}: projections[0] ~ x^{B-1}, ..., projections[B-1] ~ x^0 = x~.
+  (See the module docstring for stages, heads and init.)
+  """
+  num_tokens: int
+  token_dim: int
+  width: int
+  depth: int
+  num_heads: int
+  num_stages: int
+  mlp_ratio: float = 4
+  mlp: str = 'swiglu'
+  num_classes: int = 0
+  head_mode: str = 'per_stage'
+  qk_norm: bool = True
+  dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, reverse_config, model_config) -> 'ReverseModel':
+    """From `config.reverse` (G's own choices) and `config.model` (F: shapes, B, classes).
+
+    Reads reverse fields with .get(name, default): size, width/depth/num_heads (0 = from
+    `size`; a size's depth is raised to B + 1 if smaller), mlp, mlp_ratio, head_mode,
+    qk_norm, dtype ('' = model.dtype).
+    """
+    r, m = reverse_config, model_config
+    size = r.get('size', 'tiny')
+    if size not in SIZES:
+      raise ValueError(f'unknown reverse.size {size!r}; use one of {list(SIZES)}')
+    width, depth, heads = SIZES[size]
+    num_stages = int(m.num_blocks)
+    grid = m.image_size // m.patch_size
+    return cls(num_tokens=grid * grid,
+               token_dim=m.patch_size ** 2 * m.in_channels,
+               width=int(r.get('width', 0) or width),
+               depth=int(r.get('depth', 0) or max(depth, num_stages + 1)),
+               num_heads=int(r.get('num_heads', 0) or heads),
+               num_stages=num_stages,
+               mlp_ratio=r.get('mlp_ratio', 4),
+               mlp=r.get('mlp', 'swiglu'),
+               num_classes=int(m.num_classes),
+               head_mode=r.get('head_mode', 'per_stage'),
+               qk_norm=bool(r.get('qk_norm', True)),
+               dtype=resolve_dtype(r.get('dtype', '') or m.dtype))
+
+  @property
+  def stage_depths(self) -> tuple[int, ...]:
+    return stage_depths(self.depth, self.num_stages)
+
+  def setup(self):
+    self._check_config()
+    dtype = resolve_dtype(self.dtype)
+    self.embed_in = nn.Dense(self.width, dtype=dtype)
+    self.pos_embed = self.param('pos_embed', _EMBED_INIT, (self.num_tokens, self.width))
+    self.class_embed = nn.Embed(self.num_classes + 1, self.width, embedding_init=_EMBED_INIT)
+    self.w_fc1 = nn.Dense(self.width, dtype=dtype)
+    self.w_fc2 = nn.Dense(self.width, dtype=dtype)
+    self.blocks = [AdaLNBlock(self.width, self.num_heads, self.mlp, self.mlp_ratio,
+                              self.qk_norm, dtype) for _ in range(self.depth)]
+    self.head_norm = _rms_norm()  # no parameters
+    self.out_mod = _zero_dense(2 * self.width, dtype)
+    self.out_proj = nn.Dense(self.token_dim, dtype=dtype)
+    if self.head_mode == 'per_stage':
+      self.stage_mod = _zero_dense(2 * self.width, dtype)
+      self.stage_proj = [nn.Dense(self.token_dim, dtype=dtype) for _ in range(self.num_stages)]
+
+  def _check_config(self):
+    if self.width % self.num_heads:
+      raise ValueError(f'width {self.width} is not divisible by num_heads {self.num_heads}')
+    if self.head_mode not in HEAD_MODES:
+      raise ValueError(f'unknown head_mode {self.head_mode!r}; use one of {HEAD_MODES}')
+    if self.mlp not in MLP_KINDS:
+      raise ValueError(f'unknown mlp {self.mlp!r}; use one of {MLP_KINDS}')
+    stage_depths(self.depth, self.num_stages)  # raises if a stage would be empty
+
+  def _check_inputs(self, z: Array, y: Array | None) -> None:
+    if z.ndim != 3 or z.shape[1:] != (self.num_tokens, self.token_dim):
+      raise ValueError(f'G expects tokens of shape (batch, {self.num_tokens}, {self.token_dim}); '
+                       f'got {tuple(z.shape)}')
+    if y is None or isinstance(y, jax.core.Tracer):
+      return
+    y = np.asarray(y)
+    if y.shape != (z.shape[0],):
+      raise ValueError(f'labels have shape {y.shape}; expected ({z.shape[0]},)')
+    bad = (y < -1) | (y >= self.num_classes)
+    if bad.any():
+      raise ValueError(f'label {int(y[bad][0])} is out of range: labels must be in '
+                       f'[0, {self.num_classes}) or -1 for "no label"')
+
+  def condition(self, y: Array | None, w: Array | None, batch: int) -> Array:
+    """c = class embedding (null row for -1 / None) + MLP(Fourier(w)); (B, width) float32."""
+    null = self.num_classes
+    if y is None:
+      idx = jnp.full((batch,), null, jnp.int32)
+    else:
+      idx = jnp.where(y < 0, null, y).astype(jnp.int32)
+    c = self.class_embed(idx).astype(jnp.float32)
+    w = jnp.zeros((batch,), jnp.float32) if w is None else jnp.broadcast_to(
+        jnp.asarray(w, jnp.float32), (batch,))
+    e = self.w_fc2(nn.silu(self.w_fc1(fourier_features(w))))
+    return c + e.astype(jnp.float32)
+
+  def _head(self, mod: nn.Dense, proj: nn.Dense, h: Array, c_act: Array) -> Array:
+    shift, scale = jnp.split(mod(c_act).astype(jnp.float32)[:, None, :], 2, axis=-1)
+    h = _modulate(self.head_norm(h), shift, scale)
+    return proj(h.astype(resolve_dtype(self.dtype))).astype(jnp.float32)
+
+  def __call__(self, z: Array, y: Array | None = None,
+               w: Array | None = None) -> tuple[Array, list[Array]]:
+    self._check_inputs(z, y)
+    dtype = resolve_dtype(self.dtype)
+    c_act = nn.silu(self.condition(y, w, z.shape[0])).astype(dtype)
+    h = self.embed_in(z.astype(dtype)).astype(jnp.float32) + self.pos_embed
+    starts = np.cumsum((0,) + self.stage_depths)
+    projections = []
+    for j in range(self.num_stages + 1):  # B flow stages, then the denoise stage
+      for block in self.blocks[starts[j]:starts[j + 1]]:
+        h = block(h, c_act)
+      if j < self.num_stages:
+        projections.append(self._project(j, h, c_act))
+    return self._head(self.out_mod, self.out_proj, h, c_act), projections
+
+  def _project(self, j: int, h: Array, c_act: Array) -> Array:
+    """phi_j: the output head itself ('shared') or stage j's own Dense ('per_stage')."""
+    if self.head_mode == 'shared':
+      return self._head(self.out_mod, self.out_proj, h, c_act)
+    return self._head(self.stage_mod, self.stage_proj[j], h, c_act)
+
+
+def count_params(module: ReverseModel, batch: int = 1) -> int:
+  """Parameter count via jax.eval_shape (no memory is allocated, so any size is cheap)."""
+  z = jax.ShapeDtypeStruct((batch, module.num_tokens, module.token_dim), jnp.float32)
+  y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  w = jax.ShapeDtypeStruct((batch,), jnp.float32)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), z, y, w)
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes['params'])))

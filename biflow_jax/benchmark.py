@@ -20,6 +20,41 @@ from biflow_jax import config_lib, optim
 from biflow_jax.models.flow import ForwardFlow, score_denoise
 
 
+# Dense bf16 peak TFLOP/s per chip, by the start of `jax.Device.device_kind`.
+PEAK_TFLOPS = {
+    'TPU v4': 275.0, 'TPU v5 lite': 197.0, 'TPU v5e': 197.0, 'TPU v5p': 459.0, 'TPU v5': 459.0,
+    'TPU v6 lite': 918.0, 'TPU v6e': 918.0,
+    'NVIDIA A100': 312.0, 'NVIDIA H100': 989.0, 'NVIDIA H200': 989.0,
+}
+
+
+def peak_tflops(device_kind: str, override: float = 0.0) -> float | None:
+  """The chip's peak (config.bench.peak_tflops wins); None when unknown (e.g. CPUs)."""
+  if override > 0:
+    return float(override)
+  for prefix in sorted(PEAK_TFLOPS, key=len, reverse=True):
+    if device_kind.startswith(prefix):
+      return PEAK_TFLOPS[prefix]
+  return None
+
+
+def compiled_flops(jitted, *args, **kwargs) -> float | None:
+  """FLOPs of one call from XLA's cost analysis of the compiled program."""
+  try:
+    cost = jitted.lower(*args, **kwargs).compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (backends without cost analysis)
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+def peak_memory_bytes() -> int | None:
+  """Peak device memory in use (GPU/TPU); None where the backend does not report it."""
+  stats = jax.devices()[0].memory_stats()
+  return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
+
+
 def time_fn(fn: Callable[[], Any], repeats: int = 5) -> float:
   """Median seconds of fn() after one warm-up (compile) call."""
   jax.block_until_ready(fn())
@@ -76,15 +111,24 @@ def reverse_timing(generator, reverse_params, flow: ForwardFlow, batch: int, gui
   return {'reverse_ms_per_image': 1e3 * time_fn(lambda: run(reverse_params, z, y, w), repeats) / batch}
 
 
-def train_step_timing(config, state, step_fn, batch, repeats: int = 5) -> dict:
+def train_step_timing(config, state, step_fn, batch, repeats: int = 5,
+                      peak: float | None = None) -> dict:
+  """ms per train step, examples/s, and MFU from the compiled FLOPs and the chip's peak."""
   holder = {'state': state}
+  flops = compiled_flops(step_fn, state, batch)
 
   def run():
     holder['state'], metrics = step_fn(holder['state'], batch)
     return metrics
 
   t = time_fn(run, repeats)
-  return {'train_step_ms': 1e3 * t, 'train_examples_per_sec': config.batch_size / t}
+  result = {'train_step_ms': 1e3 * t, 'train_examples_per_sec': config.batch_size / t,
+            'train_step_tflops': None if flops is None else flops / 1e12,
+            'train_achieved_tflops_per_sec': None if flops is None else flops / t / 1e12,
+            'peak_tflops': peak, 'mfu': None}
+  if flops is not None and peak:
+    result['mfu'] = flops / t / (peak * 1e12)
+  return result
 
 
 def run(config, workdir: str | Path, batch: int | None = None) -> dict:
@@ -106,20 +150,24 @@ def run(config, workdir: str | Path, batch: int | None = None) -> dict:
   s = config.sample
   result = {'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
             'weights': weights}
-  result.update(decoder_timings(flow, state.ema['forward'], batch or s.num,
+  repeats = int(config.bench.repeats)
+  batch = batch or int(config.bench.batch) or s.num
+  result.update(decoder_timings(flow, state.ema['forward'], batch,
                                 guidance=float(s.guidance), tol=float(s.fixed_point_tol),
                                 num_groups=int(s.fixed_point_groups),
-                                sigma=float(config.objective.noise_sigma)))
+                                sigma=float(config.objective.noise_sigma), repeats=repeats))
   if models.generator is not None:
-    result.update(reverse_timing(models.generator, state.ema['reverse'], flow, batch or s.num,
-                                 guidance=config_lib.reverse_guidance(config)))
+    result.update(reverse_timing(models.generator, state.ema['reverse'], flow, batch,
+                                 guidance=config_lib.reverse_guidance(config), repeats=repeats))
     result['speedup_reverse_vs_exact'] = (result['exact_ms_per_image']
                                           / result['reverse_ms_per_image'])
   step_fn = jax.jit(functools.partial(train.train_step, models=models, tx=tx, config=config,
                                       plan=plan, phase=plan[0]))
   fake = {'image': jnp.zeros((config.batch_size,) + flow.image_shape, jnp.uint8),
           'label': jnp.zeros((config.batch_size,), jnp.int32)}
-  result.update(train_step_timing(config, state, step_fn, fake))
+  peak = peak_tflops(result['device'], float(config.bench.peak_tflops))
+  result.update(train_step_timing(config, state, step_fn, fake, repeats, peak))
+  result['peak_memory_bytes'] = peak_memory_bytes()
   (workdir / 'bench.json').write_text(json.dumps(result, indent=2))
   print(format_table(result))
   return result
@@ -140,7 +188,12 @@ def format_table(result: dict) -> str:
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
   lines = [' | '.join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
   lines.insert(1, '-+-'.join('-' * w for w in widths))
+  mfu = result.get('mfu')
+  mfu_text = (f"MFU {100 * mfu:.1f}% of {result['peak_tflops']:g} TFLOP/s" if mfu is not None
+              else 'MFU n/a (unknown peak: set --config.bench.peak_tflops)')
+  memory = result.get('peak_memory_bytes')
   lines.append(f"train step: {result['train_step_ms']:.1f} ms "
-               f"({result['train_examples_per_sec']:.1f} examples/s); "
+               f"({result['train_examples_per_sec']:.1f} examples/s), {mfu_text}; "
+               f"peak memory {'n/a' if memory is None else f'{memory / 2**30:.2f} GiB'}; "
                f"device {result['device']}; weights: {result['weights']}")
   return '\n'.join(lines)

@@ -117,6 +117,23 @@ def base_config() -> ml_collections.ConfigDict:
       fixed_point_groups=1,     # 1 = Jacobi; G > 1 = Gauss-Seidel over G groups
   ))
 
+  c.eval = ml_collections.ConfigDict(dict(
+      decoders='',              # comma-separated subset of reverse,exact,fixed_point; '' = all available
+      num_samples=1000,         # class-balanced samples per decoder
+      batch=250,
+      feature_net='classifier', # classifier (the dataset's own, bundled for MNIST) | inception
+      classifier_path='',       # '' = biflow_jax/data/mnist_classifier
+      inception_weights='',     # pytorch-fid weights (.pth or .npz); '' = $BIFLOW_FID_WEIGHTS
+      pr_k=3,                   # k of the k-NN manifolds for precision/recall
+      is_splits=10,
+  ))
+
+  c.bench = ml_collections.ConfigDict(dict(
+      batch=0,                  # images per decoder call; 0 = sample.num
+      repeats=5,                # median over this many timed calls (after compile)
+      peak_tflops=0.0,          # chip peak for MFU; 0 = from the device kind (TPU/A100/H100/H200)
+  ))
+
   c.log_every = 50
   c.sample_every = 1000
   c.checkpoint_every = 500
@@ -135,6 +152,7 @@ _CHOICES = {
     'sample.decoder': ('reverse', 'exact', 'fixed_point'),
     'sample.denoise': ('score', 'none'),
     'model.dtype': ('float32', 'bfloat16', 'float16'),
+    'eval.feature_net': ('classifier', 'inception'),
     'reverse.size': ('tiny', 'S', 'B', 'L', 'XL'),
     'reverse.mlp': ('swiglu', 'gelu'),
     'reverse.head_mode': ('per_stage', 'shared'),

@@ -13,7 +13,8 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'bench'],
                   'train (or resume); sample: a grid from the latest checkpoint; '
-                  'eval: held-out bits/dim -> DIR/eval.json; bench: decoder timings -> DIR/bench.json.')
+                  'eval: bits/dim, FID, IS, precision/recall, class accuracy per decoder -> '
+                  'DIR/eval.json; bench: decoder and train-step timings, MFU -> DIR/bench.json.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -32,6 +33,7 @@ def main(argv):
   logging.get_absl_handler().python_handler.addFilter(_quiet_library_info)
   # Imported here so `--help` is fast and flag errors come before JAX starts.
   from biflow_jax import benchmark, train  # pylint: disable=g-import-not-at-top
+  from biflow_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   logging.info('mode=%s workdir=%s\n%s', FLAGS.mode, FLAGS.workdir, config)
   if FLAGS.mode == 'train':
@@ -39,7 +41,7 @@ def main(argv):
   elif FLAGS.mode == 'sample':
     train.sample_from_checkpoint(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':
-    train.evaluate_checkpoint(config, FLAGS.workdir)
+    evaluate.evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'bench':
     benchmark.run(config, FLAGS.workdir)
 

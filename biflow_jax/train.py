@@ -357,17 +357,3 @@ def sample_from_checkpoint(config, workdir: str | Path, name: str | None = None)
            labels=np.asarray(sampling.class_rows(s.num, config.model.num_classes)))
   logging.info('wrote %s', path)
   return path
-
-
-def evaluate_checkpoint(config, workdir: str | Path) -> dict:
-  """`--mode=eval`: held-out bits/dim of the latest checkpoint -> DIR/eval.json."""
-  workdir = Path(workdir)
-  models, state, step = restore_for_inference(config, workdir)
-  heldout = input_pipeline.load_heldout(config)
-  flow = models.flow
-  result = {'step': step, 'noise_sigma': float(config.objective.noise_sigma),
-            'heldout_bits_per_dim_ema': heldout_bits_per_dim(flow, state.ema['forward'], heldout, config),
-            'heldout_bits_per_dim': heldout_bits_per_dim(flow, state.params['forward'], heldout, config)}
-  (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
-  logging.info('eval: %s', result)
-  return result

@@ -1,0 +1,175 @@
+"""`--mode=eval`: every metric for every decoder asked for -> DIR/eval.json.
+
+- bits/dim of the held-out data under F (EMA weights);
+- per decoder (G in 1 NFE, F's exact inverse, F's fixed-point inverse), on
+  `eval.num_samples` class-balanced samples: a Frechet distance in the feature space
+  of the chosen feature net, Inception Score, precision/recall (k-NN manifolds), and
+  for class-conditional models the accuracy with which a classifier recognises the
+  asked-for class;
+- feature nets: the project's own dataset classifier (bundled MNIST: shipped in
+  biflow_jax/data) or the FID InceptionV3 (pytorch-fid weights from a local file).
+
+Statistics of the real data are computed once per workdir and feature net and cached
+in DIR/eval_cache/.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from biflow_jax import config_lib, input_pipeline, sampling
+from biflow_jax.evaluation import metrics
+
+FEATURE_NETS = ('classifier', 'inception')
+EVAL_SEED = 2024
+
+FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # [-1,1] NHWC -> (logits, feats)
+
+
+def decoders_to_evaluate(config) -> tuple[str, ...]:
+  names = config.eval.decoders
+  if not names:
+    return ('reverse', 'exact', 'fixed_point') if config.reverse.enabled else ('exact', 'fixed_point')
+  decoders = tuple(d.strip() for d in names.split(',') if d.strip())
+  for d in decoders:
+    if d not in sampling.DECODERS:
+      raise ValueError(f'config.eval.decoders: unknown decoder {d!r}; use {sampling.DECODERS}')
+    if d == 'reverse' and not config.reverse.enabled:
+      raise ValueError("config.eval.decoders asks for 'reverse' but config.reverse.enabled=False")
+  return decoders
+
+
+def make_feature_fn(config) -> tuple[str, FeatureFn]:
+  """(name, fn) for the configured feature net; fn maps [-1, 1] images to (logits, features)."""
+  net = config.eval.feature_net
+  batch = int(config.eval.batch)
+  if net == 'classifier':
+    from biflow_jax.evaluation import classifier  # pylint: disable=g-import-not-at-top
+    module, variables, info = classifier.load_classifier(config.eval.classifier_path or None)
+    shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
+    expected = tuple(info.get('image_shape', (28, 28, 1)))
+    if shape != expected:
+      raise ValueError(f'the classifier at {config.eval.classifier_path or "the bundled asset"} '
+                       f'reads {expected} images but the model makes {shape}; train one for '
+                       'this dataset (python -m biflow_jax.tools.train_classifier) or use '
+                       '--config.eval.feature_net=inception')
+
+    def classify(images):
+      logits, features = classifier.classify(module, variables, images, batch_size=batch)
+      return np.asarray(logits), np.asarray(features)
+
+    return f"classifier_{info.get('dataset', 'custom')}", classify
+  if net == 'inception':
+    from biflow_jax.convert import inception as inception_convert  # pylint: disable=g-import-not-at-top
+    from biflow_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+    variables = inception_convert.load_fid_inception(config.eval.inception_weights or None)
+    features_fn = jax.jit(inception.fid_features)
+
+    def run(images):
+      pools, logits = [], []
+      for start in range(0, images.shape[0], batch):
+        x = jnp.asarray(images[start:start + batch], jnp.float32)
+        x = (x + 1.0) / 2.0
+        if x.shape[-1] == 1:
+          x = jnp.repeat(x, 3, axis=-1)
+        pool, logit = features_fn(variables, x)
+        pools.append(np.asarray(pool))
+        logits.append(np.asarray(logit))
+      return np.concatenate(logits), np.concatenate(pools)
+
+    return 'inception', run
+  raise ValueError(f'config.eval.feature_net={net!r}; use one of {FEATURE_NETS}')
+
+
+def real_statistics(config, net_name: str, feature_fn: FeatureFn, cache_dir: Path) -> dict:
+  """Held-out features' (mu, sigma) and a subset for precision/recall, cached on disk."""
+  path = cache_dir / f'real_{config.data.source}_{config.data.tfds_name or "default"}_{net_name}.npz'
+  if path.exists():
+    cached = np.load(path)
+    return {k: cached[k] for k in cached.files}
+  heldout = input_pipeline.load_heldout(config)
+  images = heldout['image'].astype(np.float32) / 127.5 - 1.0
+  logits, features = feature_fn(images)
+  mu, sigma = metrics.feature_stats(features)
+  stats = {'mu': mu, 'sigma': sigma, 'features': features.astype(np.float32),
+           'labels': heldout['label'], 'logits': logits.astype(np.float32)}
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.tmp.npz')
+  np.savez(tmp, **stats)
+  tmp.replace(path)
+  return stats
+
+
+def generate(config, params, decoder: str, num: int, batch: int) -> tuple[np.ndarray, np.ndarray, float]:
+  """(images in [-1, 1], labels, seconds) from `decoder`, class-balanced labels."""
+  from biflow_jax import train  # pylint: disable=g-import-not-at-top
+  sampler = sampling.make_sampler(config, decoder, train.default_denoise(config, decoder))
+  guidance = train.decoder_guidance(config, decoder)
+  classes = config.model.num_classes
+  labels = (np.arange(num) % classes).astype(np.int32) if classes else -np.ones(num, np.int32)
+  out, t0 = [], time.time()
+  for i, start in enumerate(range(0, num, batch)):
+    y = jnp.asarray(labels[start:start + batch])
+    rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), i)
+    out.append(np.asarray(sampler(params, rng, y, guidance=guidance,
+                                  temperature=config.sample.temperature)))
+  return np.concatenate(out), labels, time.time() - t0
+
+
+def sample_metrics(fake: np.ndarray, labels: np.ndarray, real: dict, feature_fn: FeatureFn,
+                   config) -> dict:
+  logits, features = feature_fn(fake)
+  mu, sigma = metrics.feature_stats(features)
+  is_mean, is_std = metrics.inception_score(logits, splits=int(config.eval.is_splits))
+  precision, recall = metrics.precision_recall(real['features'], features, k=int(config.eval.pr_k))
+  result = {'frechet_distance': metrics.frechet_distance(mu, sigma, real['mu'], real['sigma']),
+            'inception_score': is_mean, 'inception_score_std': is_std,
+            'precision': precision, 'recall': recall}
+  if config.model.num_classes and logits.shape[-1] >= config.model.num_classes:
+    result['class_accuracy'] = float(np.mean(np.argmax(logits, axis=-1) == labels))
+  return result
+
+
+def evaluate(config, workdir: str | Path) -> dict:
+  """Every metric for every decoder asked for, from the latest checkpoint -> DIR/eval.json."""
+  from biflow_jax import train  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
+  workdir = Path(workdir)
+  decoders = decoders_to_evaluate(config)
+  net_name, feature_fn = make_feature_fn(config)  # fails before any sampling if weights miss
+  models, state, step = train.restore_for_inference(config, workdir)
+  heldout = input_pipeline.load_heldout(config)
+  result: dict[str, Any] = {
+      'step': step, 'feature_net': net_name, 'num_samples': int(config.eval.num_samples),
+      'noise_sigma': float(config.objective.noise_sigma),
+      'temperature': float(config.sample.temperature),
+      'heldout_bits_per_dim_ema': train.heldout_bits_per_dim(models.flow, state.ema['forward'],
+                                                              heldout, config),
+      'decoders': {}}
+  real = real_statistics(config, net_name, feature_fn, workdir / 'eval_cache')
+  if config.model.num_classes:
+    result['real_heldout_class_accuracy'] = float(
+        np.mean(np.argmax(real['logits'], axis=-1) == real['labels']))
+  # The floor: training images scored exactly like samples.
+  train_source = input_pipeline.load_source(config, 'train')
+  train_real = train_source.gather(np.arange(min(train_source.length, int(config.eval.num_samples))))
+  result['real_train_images'] = sample_metrics(
+      train_real['image'].astype(np.float32) / 127.5 - 1.0, train_real['label'], real,
+      feature_fn, config)
+  for decoder in decoders:
+    fake, labels, seconds = generate(config, state.ema, decoder, int(config.eval.num_samples),
+                                     int(config.eval.batch))
+    entry = sample_metrics(fake, labels, real, feature_fn, config)
+    entry['guidance'] = float(train.decoder_guidance(config, decoder))
+    entry['sampling_seconds'] = seconds
+    result['decoders'][decoder] = entry
+    logging.info('eval %s: %s', decoder, entry)
+  (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
+  return result

@@ -1,0 +1,37 @@
+"""The benchmark runs end to end on the tiny config and reports every number it promises."""
+import json
+
+import pytest
+
+from biflow_jax import benchmark
+
+from test_train import parse_config
+
+KEYS = ('device', 'backend', 'weights', 'batch', 'exact_ms_per_image', 'fixed_point_ms_per_image',
+        'fixed_point_iterations_per_block', 'fixed_point_max_residual',
+        'fixed_point_max_abs_diff_vs_exact', 'score_denoise_ms_per_image',
+        'speedup_fixed_point_vs_exact', 'reverse_ms_per_image', 'speedup_reverse_vs_exact',
+        'train_step_ms', 'train_examples_per_sec', 'train_step_tflops',
+        'train_achieved_tflops_per_sec', 'peak_tflops', 'mfu', 'peak_memory_bytes')
+
+
+def test_bench_writes_every_key(tmp_path, capsys):
+  config = parse_config('--config.reverse.enabled=True', '--config.bench.repeats=2',
+                        '--config.bench.batch=4', '--config.bench.peak_tflops=1.0')
+  result = benchmark.run(config, tmp_path)
+  saved = json.loads((tmp_path / 'bench.json').read_text())
+  for key in KEYS:
+    assert key in saved, key
+  assert saved['exact_ms_per_image'] > 0 and saved['reverse_ms_per_image'] > 0
+  assert saved['train_step_tflops'] > 0
+  assert 0 < saved['mfu'] < 1  # against a made-up 1 TFLOP/s peak
+  assert saved['fixed_point_max_abs_diff_vs_exact'] < 1e-2
+  assert 'BiFlow reverse model G (1 NFE)' in capsys.readouterr().out
+  assert result['batch'] == 4
+
+
+@pytest.mark.parametrize('kind,expected', [('TPU v5p', 459.0), ('TPU v5 lite', 197.0),
+                                           ('NVIDIA H200', 989.0), ('cpu', None)])
+def test_peak_table(kind, expected):
+  assert benchmark.peak_tflops(kind) == expected
+  assert benchmark.peak_tflops(kind, override=3.0) == 3.0

@@ -27,13 +27,13 @@ from typing import Mapping
 import jax
 import numpy as np
 
+from biflow_jax.convert.state_dict import read_state_dict
 from biflow_jax.evaluation import inception
 
 ENV_VAR = 'BIFLOW_FID_WEIGHTS'
 WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                + WEIGHTS_NAME)
-_STRIP_PREFIXES = ('param/', 'module.', '_orig_mod.')
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 _IGNORED_PREFIXES = ('AuxLogits.',)
 
@@ -62,38 +62,6 @@ def resolve_path(path: str | os.PathLike | None = None) -> Path:
   if not path.is_file():
     raise FileNotFoundError(f'FID Inception weights not found at {path}.\n' + HOW_TO_GET_WEIGHTS)
   return path
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """PyTorch state-dict names -> numpy arrays, from a .pth/.pt (needs torch) or an .npz."""
-  path = Path(path)
-  if path.suffix == '.npz':
-    with np.load(path) as data:
-      arrays = {k: np.asarray(data[k]) for k in data.files}
-  elif path.suffix in ('.pth', '.pt', '.bin'):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(
-          f'reading {path} needs PyTorch, which is not installed. Convert it to .npz on a '
-          'machine that has torch:\n  import torch, numpy as np\n'
-          f"  sd = torch.load('{path.name}', map_location='cpu')\n"
-          f"  np.savez('{path.stem}.npz', **{{k: v.numpy() for k, v in sd.items()}})") from e
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-    for key in ('state_dict', 'model'):
-      if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-        obj = obj[key]
-        break
-    arrays = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, 'detach')}
-  else:
-    raise ValueError(f'unsupported weights file type {path.suffix!r}: use .pth/.pt or .npz')
-  cleaned = {}
-  for name, value in arrays.items():
-    for prefix in _STRIP_PREFIXES:
-      if name.startswith(prefix):
-        name = name[len(prefix):]
-    cleaned[name] = value
-  return cleaned
 
 
 def _torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:

@@ -18,44 +18,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from biflow_jax.convert.state_dict import read_state_dict
 from biflow_jax.models.flow import ForwardFlow
 
 _BLOCK = re.compile(r'^blocks\.(\d+)\.')
 _LAYER = re.compile(r'^blocks\.\d+\.attn_blocks\.(\d+)\.')
-_STRIP_PREFIXES = ('module.', '_orig_mod.', 'model.')
-
-
-def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-  """PyTorch names -> float32 numpy arrays, from .pth/.pt or .npz."""
-  path = Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f'TARFlow checkpoint {path} does not exist')
-  if path.suffix == '.npz':
-    with np.load(path) as data:
-      arrays = {k: data[k] for k in data.files}
-    if any(k.startswith('param/') for k in arrays):
-      arrays = {k[len('param/'):]: v for k, v in arrays.items() if k.startswith('param/')}
-  elif path.suffix in ('.pth', '.pt', '.bin'):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f'reading {path} needs PyTorch (pip install torch), or convert it to '
-                        '.npz with numpy on a machine that has torch') from e
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-    for key in ('model', 'state_dict', 'ema'):
-      if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-        obj = obj[key]
-        break
-    arrays = {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, 'detach')}
-  else:
-    raise ValueError(f'unsupported checkpoint type {path.suffix!r}: use .pth/.pt or .npz')
-  cleaned = {}
-  for name, value in arrays.items():
-    for prefix in _STRIP_PREFIXES:
-      if name.startswith(prefix):
-        name = name[len(prefix):]
-    cleaned[name] = np.asarray(value, dtype=np.float32)
-  return cleaned
 
 
 def _architecture_args(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +99,7 @@ def load(path: str | Path, *, in_channels: int | None = None, head_dim: int | No
          patch_size: int | None = None, img_size: int | None = None) -> tuple[ForwardFlow, dict]:
   """(flow, params) from a TARFlow checkpoint; use as flow.apply({'params': params}, x, y)."""
   path = Path(path)
-  state = read_state_dict(path)
+  state = {k: v.astype(np.float32) for k, v in read_state_dict(path).items()}
   args = _architecture_args(path, dict(in_channels=in_channels, head_dim=head_dim,
                                        patch_size=patch_size, img_size=img_size))
   flow = build_flow(state, in_channels=int(args['in_channels']), head_dim=int(args['head_dim']),

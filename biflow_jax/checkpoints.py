@@ -6,11 +6,13 @@ a job killed mid-save leaves the previous complete checkpoint as the latest one.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from biflow_jax import input_pipeline
 
@@ -30,18 +32,78 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None) 
   manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
+def _saved_param_shapes(step_dir: Path) -> dict[str, tuple[int, ...]]:
+  metadata = ocp.StandardCheckpointer().metadata(step_dir / 'state').item_metadata
+  tree = getattr(metadata, 'tree', metadata)
+  return _shapes(tree['params'], lambda leaf: tuple(leaf.shape))
+
+
+def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
+  flat = jax.tree_util.tree_leaves_with_path(tree)
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): shape_of(leaf) for path, leaf in flat}
+
+
+def check_compatible(step_dir: Path, abstract_state: Any) -> None:
+  """A checkpoint of a different model is a config error: say which parameter differs."""
+  saved = _saved_param_shapes(step_dir)
+  wanted = _shapes(abstract_state.params, lambda leaf: tuple(leaf.shape))
+  if saved == wanted:
+    return
+  for name in sorted(set(saved) | set(wanted)):
+    if saved.get(name) != wanted.get(name):
+      raise ValueError(
+          f'the checkpoint {step_dir} was written by a different model: parameter {name} is '
+          f'{saved.get(name, "absent")} there and {wanted.get(name, "absent")} in this config. '
+          'Use the config the run was trained with, or a fresh --workdir.')
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
-            step: int | None = None) -> tuple[Any, int]:
-  """(state, step) from `step` (default: the latest); moves `data_iter` in place."""
-  step = manager.latest_step() if step is None else step
-  if step is None:
+            step: int | None = None, set_aside_unreadable: bool = False) -> tuple[Any, int]:
+  """(state, step) from `step` (default: the newest readable one); moves `data_iter` in place.
+
+  Orbax commits steps atomically, so a kill mid-save leaves no partial step behind; a
+  step that is there but unreadable (damaged storage) is skipped for the one before
+  it, and the log says so. A checkpoint of another model shape is an error, not a skip.
+  `set_aside_unreadable` (for a run that will train on) renames skipped steps to
+  `damaged_<step>` so new saves can take their numbers; nothing is deleted.
+  """
+  steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  if not steps:
     raise FileNotFoundError(f'no checkpoint in {manager.directory}: train first '
                             '(--mode=train) or point --workdir at a run that has one')
-  items = {'state': ocp.args.StandardRestore(abstract_state)}
-  if data_iter is not None:
-    items['data'] = input_pipeline.iterator_restore_arg(data_iter)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  return restored['state'], step
+  errors = []
+  for candidate in steps:
+    step_dir = Path(manager.directory) / str(candidate)
+    try:
+      check_compatible(step_dir, abstract_state)
+    except ValueError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (unreadable metadata)
+      errors.append((candidate, e))
+      logging.warning('checkpoint step %d in %s is unreadable (%s); trying the one before it.',
+                      candidate, manager.directory, e)
+      continue
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items['data'] = input_pipeline.iterator_restore_arg(data_iter)
+    try:
+      restored = manager.restore(candidate, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except  (damaged array files)
+      errors.append((candidate, e))
+      logging.warning('checkpoint step %d in %s is unreadable (%s); trying the one before it.',
+                      candidate, manager.directory, e)
+      continue
+    if errors:
+      logging.warning('restored step %d; newer unreadable steps: %s', candidate,
+                      [s for s, _ in errors])
+      if set_aside_unreadable:
+        for bad, _ in errors:
+          bad_dir = Path(manager.directory) / str(bad)
+          bad_dir.rename(bad_dir.with_name(f'damaged_{bad}_{int(time.time())}'))
+        manager.reload()
+    return restored['state'], candidate
+  raise RuntimeError(f'no readable checkpoint in {manager.directory}: '
+                     + '; '.join(f'step {s}: {e}' for s, e in errors))
 
 
 def abstract_like(state: Any) -> Any:

@@ -6,6 +6,8 @@ can override any field (ml_collections rejects unknown ones).
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 
@@ -134,6 +136,8 @@ def base_config() -> ml_collections.ConfigDict:
       peak_tflops=0.0,          # chip peak for MFU; 0 = from the device kind (TPU/A100/H100/H200)
   ))
 
+  c.max_consecutive_skips = 20  # non-finite steps in a row before the job stops
+
   c.log_every = 50
   c.sample_every = 1000
   c.checkpoint_every = 500
@@ -160,7 +164,7 @@ _CHOICES = {
 _POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch_size',
              'model.channels', 'model.num_blocks', 'model.layers_per_block', 'model.num_heads',
              'model.mlp_ratio', 'log_every', 'sample_every', 'checkpoint_every', 'eval_every',
-             'keep_checkpoints', 'sample.num')
+             'keep_checkpoints', 'sample.num', 'max_consecutive_skips')
 
 
 def _get(config, dotted: str):
@@ -184,6 +188,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f'config.model.patch_size={m.patch_size}')
   if m.num_classes < 0:
     raise ValueError(f'config.model.num_classes={m.num_classes} must be >= 0 (0 = unconditional)')
+  for name, value in config.objective.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f'config.objective.{name}={value} is not a finite number')
   if not 0 <= config.objective.label_drop_prob < 1:
     raise ValueError('config.objective.label_drop_prob must be in [0, 1)')
   if config.objective.noise_sigma < 0:

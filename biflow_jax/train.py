@@ -37,6 +37,7 @@ class TrainState:
   opt_state: Any
   ema: Any         # same tree as params
   rng: jax.Array   # base key; step keys are fold_in(rng, step), so resume is exact
+  skips: jax.Array  # consecutive steps skipped for a non-finite loss or gradient
 
 
 class Models(NamedTuple):
@@ -64,7 +65,7 @@ def init_state(config: ml_collections.ConfigDict, models: Models, tx) -> TrainSt
     z = jnp.zeros((1, flow.num_tokens, flow.token_dim), jnp.float32)
     params['reverse'] = models.generator.init(reverse_rng, z, y, jnp.zeros((1,)))['params']
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                    ema=optim.init_ema(params), rng=train_rng)
+                    ema=optim.init_ema(params), rng=train_rng, skips=jnp.int32(0))
 
 
 def preprocess(batch: dict, rng: jax.Array, config, num_classes: int, train: bool):
@@ -156,13 +157,25 @@ def train_step(state: TrainState, batch: dict, *, models: Models, tx, config,
                                             phase.trainable)
   ema = optim.update_ema(state.ema, params, config, phase.trainable,
                          steps=optim.group_steps(opt_state))
-  metrics = dict(loss=loss, **aux)
+  # A non-finite loss or gradient skips the update: params, optimiser state and EMA
+  # stay exactly as they were (the step counter and data still advance).
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  metrics = dict(loss=loss, skipped=1.0 - finite.astype(jnp.float32), **aux)
   for group, norm in optim.group_grad_norms(grads).items():
     if group in state.params:
       metrics[f'grad_norm/{group}'] = norm
       metrics[f'lr/{group}'] = lrs[group]
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state),
+                            ema=keep(ema, state.ema),
+                            skips=jnp.where(finite, 0, state.skips + 1).astype(jnp.int32))
   return new_state, metrics
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive non-finite steps: the run stops, its checkpoints untouched."""
 
 
 def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config) -> float:
@@ -281,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
     state, restored_step = checkpoints.restore(
-        manager, checkpoints.abstract_like(state), data_iter)
+        manager, checkpoints.abstract_like(state), data_iter, set_aside_unreadable=True)
     logging.info('Resumed from step %d in %s', restored_step, manager.directory)
   _write_config(config, workdir)
 
@@ -293,6 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   samplers = make_samplers(config, panel_decoders(config))
   last = end if stop_at is None else min(end, stop_at)
   pending, t_log, steps_at_log = [], time.time(), step
+  # Reading the skip counter syncs with the device, so it is read only this often.
+  skip_check_every = max(1, min(config.log_every, config.max_consecutive_skips))
 
   with _Preemption() as preemption:
     while step < last:
@@ -303,6 +318,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       pending.append(metrics)
       report(step, time.time())
       finished = step == last or preemption.requested
+      if step % skip_check_every == 0 or finished:
+        skips = int(state.skips)
+        if skips >= config.max_consecutive_skips:
+          manager.wait_until_finished()
+          manager.close()
+          raise NonFiniteError(
+              f'{skips} consecutive steps up to step {step} had a non-finite loss or gradient '
+              f'and were skipped (config.max_consecutive_skips={config.max_consecutive_skips}). '
+              f'The last checkpoint in {manager.directory} holds the last good weights; lower '
+              'the learning rate or check the data, then resume.')
 
       if step % config.log_every == 0 or finished:
         means = _mean_metrics(jax.device_get(pending))
@@ -318,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         path, _ = write_sample_grid(config, samplers, state.ema,
                                     workdir / 'samples' / f'step_{step}.png')
         logging.info('wrote %s (%s)', path, ', '.join(samplers))
-      if step % config.checkpoint_every == 0 or finished:
+      if (step % config.checkpoint_every == 0 or finished) and int(state.skips) == 0:
         checkpoints.save(manager, step, state, data_iter)
       if preemption.requested:
         break
@@ -336,6 +361,9 @@ def restore_for_inference(config, workdir: str | Path) -> tuple[Models, TrainSta
   models = build_models(config)
   tx = optim.make_optimizer(config, plan)
   abstract = jax.eval_shape(lambda: init_state(config, models, tx))
+  if not (Path(workdir) / 'checkpoints').is_dir():  # say so without creating anything
+    raise FileNotFoundError(f'no checkpoint in {Path(workdir) / "checkpoints"}: train first '
+                            '(--mode=train) or point --workdir at a run that has one')
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   try:
     state, step = checkpoints.restore(manager, abstract)

@@ -93,6 +93,7 @@ def test_sample_mode_from_checkpoint(tmp_path):
   config.eval_every = 1000
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
     train.sample_from_checkpoint(config, tmp_path)
+  assert not any(tmp_path.iterdir())  # the failed call wrote nothing
   train.train_and_evaluate(config, tmp_path)
   config.sample.decoder = 'fixed_point'
   path = train.sample_from_checkpoint(config, tmp_path, name='grid')

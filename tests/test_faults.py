@@ -1,0 +1,147 @@
+"""Faults: non-finite steps, damaged or foreign checkpoints, and real kills of the main job."""
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from biflow_jax import input_pipeline, optim, train
+
+from test_train import ROOT, TINY, parse_config
+
+
+def test_non_finite_step_is_skipped_and_counted():
+  config = parse_config('--config.optim.forward.warmup_steps=0')  # lr > 0 from the first update
+  plan = optim.build_phase_plan(config)
+  models = train.build_models(config)
+  tx = optim.make_optimizer(config, plan)
+  state = train.init_state(config, models, tx)
+  step = jax.jit(lambda s, b: train.train_step(s, b, models=models, tx=tx, config=config,
+                                               plan=plan, phase=plan[0]))
+  batch = next(input_pipeline.create_train_iterator(config))
+  good = {'image': batch['image'].astype(np.float32), 'label': batch['label']}
+  bad = dict(good, image=good['image'].copy())
+  bad['image'][0, 3, 3, 0] = np.nan
+  after_bad, metrics = step(state, bad)
+  assert float(metrics['skipped']) == 1.0 and int(after_bad.skips) == 1
+  for a, b in zip(jax.tree.leaves((state.params, state.opt_state, state.ema)),
+                  jax.tree.leaves((after_bad.params, after_bad.opt_state, after_bad.ema))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  after_good, metrics = step(after_bad, good)
+  assert float(metrics['skipped']) == 0.0 and int(after_good.skips) == 0
+  assert int(after_good.step) == 2
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after_bad.params),
+                                                      jax.tree.leaves(after_good.params)))
+
+
+def test_consecutive_non_finite_steps_stop_the_job(tmp_path):
+  config = parse_config('--config.optim.forward.lr=1e30', '--config.optim.forward.warmup_steps=0',
+                        '--config.max_consecutive_skips=3', '--config.log_every=1',
+                        '--config.checkpoint_every=1', '--config.sample_every=1000',
+                        '--config.eval_every=1000')
+  with pytest.raises(train.NonFiniteError, match='max_consecutive_skips=3'):
+    train.train_and_evaluate(config, tmp_path)
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps and steps[-1] < 30
+  _, state, restored = train.restore_for_inference(config, tmp_path)
+  assert restored == steps[-1] and int(state.skips) == 0
+  assert all(np.all(np.isfinite(np.asarray(l))) for l in jax.tree.leaves(state.params))
+
+
+def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
+  config = parse_config('--config.schedule.forward_steps=8', '--config.checkpoint_every=4',
+                        '--config.sample_every=1000', '--config.eval_every=1000')
+  train.train_and_evaluate(config, tmp_path)
+  newest = tmp_path / 'checkpoints' / '8' / 'state'
+  for path in newest.rglob('*'):
+    if path.is_file():
+      path.write_bytes(b'\x00garbage')
+  _, state, step = train.restore_for_inference(config, tmp_path)
+  assert step == 4 and int(state.step) == 4
+  assert 'unreadable' in caplog.text
+  state = train.train_and_evaluate(config, tmp_path)  # resumes from 4 and trains on
+  assert int(state.step) == 8
+
+
+def test_checkpoint_of_another_model_is_a_clear_error_and_touches_nothing(tmp_path):
+  config = parse_config('--config.schedule.forward_steps=2', '--config.sample_every=1000',
+                        '--config.eval_every=1000')
+  train.train_and_evaluate(config, tmp_path)
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*')}
+  other = parse_config('--config.schedule.forward_steps=4', '--config.model.channels=48')
+  with pytest.raises(ValueError, match='different model.*channels|different model'):
+    train.train_and_evaluate(other, tmp_path)
+  with pytest.raises(ValueError, match='different model'):
+    train.sample_from_checkpoint(other, tmp_path)
+  assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*')} == before
+
+
+@pytest.mark.parametrize('override,match', [
+    ('--config.model.patch_size=5', 'not divisible'),
+    ('--config.schedule.forward_steps=-3', 'forward_steps'),
+    ('--config.schedule.forward_steps=0', 'schedule'),
+    ('--config.model.num_classes=5', 'num_classes'),
+    ('--config.objective.noise_sigma=nan', 'finite'),
+    ('--config.sample.decoder=reverse', 'reverse.enabled'),
+    ('--config.data.source=lmdb', 'data.source'),
+])
+def test_bad_config_values_fail_before_anything_is_written(tmp_path, override, match):
+  config = parse_config(override)
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, tmp_path / 'run')
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def _final_params(workdir):
+  config = parse_config(*FAULT_FLAGS)
+  _, state, step = train.restore_for_inference(config, workdir)
+  return step, state.params
+
+
+FAULT_FLAGS = ('--config.schedule.forward_steps=40', '--config.checkpoint_every=5',
+               '--config.log_every=1', '--config.sample_every=1000', '--config.eval_every=1000')
+
+
+def _run_until(workdir, kill_at_step, sig):
+  """Start the main job; once it logged `kill_at_step`, send `sig`. Returns its exit code."""
+  cmd = [sys.executable, '-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+         *FAULT_FLAGS]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+  deadline = time.time() + 120
+  for line in proc.stdout:
+    if kill_at_step is not None and f'[{kill_at_step}] ' in line and 'loss=' in line:
+      proc.send_signal(sig)
+      break
+    assert time.time() < deadline, 'the job made no progress in time'
+  proc.communicate(timeout=120)
+  return proc.returncode
+
+
+def test_killed_and_restarted_job_equals_uninterrupted_run(tmp_path):
+  """SIGKILL and SIGTERM at random steps (fixed seed, bounded), restart each time."""
+  straight = train.train_and_evaluate(parse_config(*FAULT_FLAGS), tmp_path / 'straight')
+  rng = random.Random(0)
+  kills = sorted(rng.sample(range(3, 38), 3))
+  workdir = tmp_path / 'killed'
+  codes = []
+  for kill_at, sig in zip(kills, (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL)):
+    codes.append(_run_until(workdir, kill_at, sig))
+  codes.append(_run_until(workdir, None, None))
+  assert codes[0] == -signal.SIGKILL and codes[1] == 0 and codes[-1] == 0, codes
+  step, params = _final_params(workdir)
+  assert step == 40
+  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(straight.params),
+                                                           jax.tree.leaves(params)))
+  print(f'kill/restart cycles {len(kills)} at steps {kills}, exit codes {codes}, '
+        f'max |param diff| {diff:.3g}')
+  assert diff <= 1e-6, diff
+  shutil.rmtree(tmp_path)

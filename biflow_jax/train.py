@@ -8,7 +8,6 @@ sample grids at intervals; orbax checkpoints of state and data iterator; SIGTERM
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import time
 from pathlib import Path

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -145,3 +144,25 @@ def test_killed_and_restarted_job_equals_uninterrupted_run(tmp_path):
         f'max |param diff| {diff:.3g}')
   assert diff <= 1e-6, diff
   shutil.rmtree(tmp_path)
+
+
+def test_same_config_and_seed_give_identical_losses_step_for_step():
+  config = parse_config()
+  plan = optim.build_phase_plan(config)
+  models = train.build_models(config)
+  tx = optim.make_optimizer(config, plan)
+
+  def losses():
+    state = train.init_state(config, models, tx)
+    data = input_pipeline.create_train_iterator(config)
+    step = jax.jit(lambda s, b: train.train_step(s, b, models=models, tx=tx, config=config,
+                                                 plan=plan, phase=plan[0]))
+    out = []
+    for _ in range(8):
+      state, metrics = step(state, next(data))
+      out.append(float(metrics['loss']))
+    return out
+
+  first, second = losses(), losses()
+  assert first == second, (first, second)
+  assert len(set(first)) > 1  # it really trained

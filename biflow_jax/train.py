@@ -69,14 +69,19 @@ def init_state(config: ml_collections.ConfigDict, models: Models, tx) -> TrainSt
 
 def preprocess(batch: dict, rng: jax.Array, config, num_classes: int, train: bool):
   """uint8 images -> x in [-1, 1], x~ = x + sigma * eps; labels dropped to -1 w.p. p."""
+  drop_prob = config.objective.label_drop_prob if train else 0.0
+  return _noisy_inputs(batch, rng, config.objective.noise_sigma, drop_prob, num_classes)
+
+
+def _noisy_inputs(batch: dict, rng: jax.Array, sigma: float, drop_prob: float, num_classes: int):
   noise_rng, drop_rng = jax.random.split(rng)
   x = batch['image'].astype(jnp.float32) / 127.5 - 1.0
-  x_noisy = x + config.objective.noise_sigma * jax.random.normal(noise_rng, x.shape)
+  x_noisy = x + sigma * jax.random.normal(noise_rng, x.shape)
   if not num_classes:
     return x, x_noisy, None
   y = batch['label'].astype(jnp.int32)
-  if train and config.objective.label_drop_prob > 0:
-    drop = jax.random.uniform(drop_rng, y.shape) < config.objective.label_drop_prob
+  if drop_prob > 0:
+    drop = jax.random.uniform(drop_rng, y.shape) < drop_prob
     y = jnp.where(drop, -1, y)
   return x, x_noisy, y
 
@@ -177,21 +182,25 @@ class NonFiniteError(RuntimeError):
   """Too many consecutive non-finite steps: the run stops, its checkpoints untouched."""
 
 
+@functools.partial(jax.jit, static_argnames=('flow', 'sigma'))
+def _heldout_nll(params, batch, rng, *, flow: ForwardFlow, sigma: float) -> jax.Array:
+  """Per-example NLL of x~; module-level so periodic evaluations reuse one compilation."""
+  _, x_noisy, y = _noisy_inputs(batch, rng, sigma, 0.0, flow.num_classes)
+  z, logdet, _ = flow.apply({'params': params}, x_noisy, y)
+  return objectives.gaussian_nll(z, logdet)
+
+
 def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config) -> float:
   """Mean bits/dim of x~ over the held-out set (fixed noise, true labels)."""
-  @jax.jit
-  def nll_fn(params, batch, rng):
-    _, x_noisy, y = preprocess(batch, rng, config, flow.num_classes, train=False)
-    z, logdet, _ = flow.apply({'params': params}, x_noisy, y)
-    return objectives.gaussian_nll(z, logdet)
-
+  sigma = float(config.objective.noise_sigma)
   nlls = []
   batches = input_pipeline.heldout_batches(heldout, config.batch_size)
   for i, batch in enumerate(batches):
     if i >= config.eval_batches:
       break
-    nlls.append(np.asarray(nll_fn(forward_params, batch,
-                                  jax.random.PRNGKey(EVAL_NOISE_SEED + i))))
+    nlls.append(np.asarray(_heldout_nll(forward_params, batch,
+                                        jax.random.PRNGKey(EVAL_NOISE_SEED + i),
+                                        flow=flow, sigma=sigma)))
   if not nlls:
     raise ValueError(f'held-out set has fewer than batch_size={config.batch_size} examples')
   return float(np.mean(objectives.bits_per_dim(np.concatenate(nlls), flow.num_dims)))

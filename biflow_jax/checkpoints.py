@@ -6,6 +6,7 @@ a job killed mid-save leaves the previous complete checkpoint as the latest one.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None) 
   manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def _saved_param_shapes(step_dir: Path) -> dict[str, tuple[int, ...]]:
+def _saved_state_tree(step_dir: Path) -> dict:
   metadata = ocp.StandardCheckpointer().metadata(step_dir / 'state').item_metadata
-  tree = getattr(metadata, 'tree', metadata)
-  return _shapes(tree['params'], lambda leaf: tuple(leaf.shape))
+  return getattr(metadata, 'tree', metadata)
 
 
 def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
@@ -45,7 +45,14 @@ def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
 
 def check_compatible(step_dir: Path, abstract_state: Any) -> None:
   """A checkpoint of a different model is a config error: say which parameter differs."""
-  saved = _saved_param_shapes(step_dir)
+  tree = _saved_state_tree(step_dir)
+  fields = {f.name for f in dataclasses.fields(abstract_state)}
+  if set(tree) != fields:
+    raise ValueError(
+        f'the checkpoint {step_dir} holds train-state fields {sorted(tree)} but this code '
+        f'expects {sorted(fields)}: it was written by another version of biflow_jax. '
+        'Resume it with that version, or start a fresh --workdir.')
+  saved = _shapes(tree['params'], lambda leaf: tuple(leaf.shape))
   wanted = _shapes(abstract_state.params, lambda leaf: tuple(leaf.shape))
   if saved == wanted:
     return

@@ -74,6 +74,30 @@ def base_config() -> ml_collections.ConfigDict:
       num_threads=2,            # grain prefetch threads (0 = inline), each making whole batches
   ))
 
+  # Stable Diffusion VAE (AutoencoderKL) for latent-space experiments (data.source='latents'):
+  # the latent cache is encoded with it and G's output is decoded by it for perceptual losses.
+  c.vae = ml_collections.ConfigDict(dict(
+      weights='',               # diffusers AutoencoderKL weights (.safetensors / .bin / .npz)
+      in_channels=3,
+      block_out_channels=(128, 256, 512, 512),
+      layers_per_block=2,
+      latent_channels=4,
+      norm_num_groups=32,
+      scaling_factor=0.18215,   # F and G see latents * scaling_factor (unit-ish variance)
+      image_size=256,           # pixel side the cache is encoded at (centre crop)
+      dtype='float32',          # compute dtype of encoder/decoder
+  ))
+
+  # Perceptual terms on G's decoded image (reverse loss), each adaptively weighted.
+  c.perceptual = ml_collections.ConfigDict(dict(
+      lpips_weight=0.0,         # 0 = off
+      lpips_weights='',         # LPIPS-VGG weights (see biflow_jax/perceptual.py for the files)
+      convnext_weight=0.0,      # 0 = off
+      convnext_weights='',      # timm ConvNeXt-V2 checkpoint (.safetensors / .bin / .npz)
+      convnext_variant='base',  # atto | femto | pico | nano | tiny | base | large | huge
+      convnext_resize=224,      # images are resized to this side before ConvNeXt
+  ))
+
   c.objective = ml_collections.ConfigDict(dict(
       noise_sigma=0.1,          # F models x~ = x + sigma * eps (x in [-1, 1])
       label_drop_prob=0.1,      # label -> -1 (the null class), so guidance exists

@@ -1,0 +1,390 @@
+"""Perceptual distances for G's reverse loss: LPIPS-VGG and a ConvNeXt-V2 feature distance.
+
+Both are frozen, pretrained feature networks in Flax Linen, inference only, NHWC, with the
+PyTorch networks' maths so that imported weights give the same numbers:
+
+- `LPIPS`: the `lpips` package 0.1.4, `LPIPS(net='vgg', version='0.1')` with
+  spatial=False and normalize=False (inputs in [-1, 1]). Scaling layer
+  (x - shift) / scale with the package's constants; torchvision's VGG16 `features`
+  (3x3 conv pad 1 + ReLU, 2x2/2 max pools) tapped after relu1_2, relu2_2, relu3_3,
+  relu4_3, relu5_3; each map divided by (its L2 norm over channels + 1e-10); squared
+  difference; a bias-free 1x1 conv head per layer (dropout is off at eval); spatial
+  mean; sum over the 5 layers -> (batch,).
+- `ConvNeXtV2`: timm 1.0.31 `convnextv2_*` (stem 4x4/4 conv + LayerNorm; stages 1..3
+  start with LayerNorm + 2x2/2 conv; blocks: 7x7 depthwise conv, LayerNorm, Linear 4x,
+  exact GELU, GRN, Linear back, residual; head: global average pool, LayerNorm, fc).
+  All LayerNorms use eps 1e-6. GRN is timm's `GlobalResponseNorm`:
+  x + bias + weight * (x * Nx), Nx = Gx / (mean_C Gx + 1e-6), Gx = ||x||_2 over (H, W).
+  Linear layers are Dense whether the checkpoint stores them as Linear (tiny and up) or
+  as 1x1 convs (atto..nano, timm's conv_mlp=True): the same maths.
+
+`convnext_distance` is this project's design (documented there); `lpips_distance` is
+LPIPS. `load_terms(config.perceptual)` builds the weighted terms the reverse loss adds.
+Weights are imported by `biflow_jax.convert.perceptual` (nothing is downloaded here).
+
+Norms (LPIPS channel norm, GRN) use a square root whose gradient is 0 at 0 instead of
+inf (PyTorch would give NaN there), so an all-zero ReLU column cannot poison training.
+Convs and matmuls default to HIGHEST precision (true float32 also on GPU/TPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PRECISION = jax.lax.Precision.HIGHEST
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _safe_sqrt(x: Array) -> Array:
+  """sqrt with gradient 0 (not inf) at x == 0; same forward values."""
+  positive = x > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def _layer_norm(name: str | None = None) -> nn.LayerNorm:
+  # Two-pass variance, as torch.nn.functional.layer_norm.
+  return nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, name=name)
+
+
+# ----------------------------------------------------------------------------- LPIPS
+
+# torchvision vgg16().features indices of the 13 convs: (index, in, out).
+VGG16_CONVS = ((0, 3, 64), (2, 64, 64),
+               (5, 64, 128), (7, 128, 128),
+               (10, 128, 256), (12, 256, 256), (14, 256, 256),
+               (17, 256, 512), (19, 512, 512), (21, 512, 512),
+               (24, 512, 512), (26, 512, 512), (28, 512, 512))
+# LPIPS slices (features[0:4], [4:9], [9:16], [16:23], [23:30]): the convs of each.
+# Slices 2..5 start with the 2x2/2 max pool at features index 4 / 9 / 16 / 23.
+VGG16_SLICES = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))
+LPIPS_CHANNELS = (64, 128, 256, 512, 512)
+# lpips ScalingLayer constants (lpips 0.1.4), per RGB channel.
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+
+class VGG16Features(nn.Module):
+  """torchvision VGG16 `features` up to relu5_3 -> the 5 LPIPS taps (NHWC).
+
+  Convs are named `conv{i}`, i the torchvision `features` index (0, 2, 5, ..., 28).
+  """
+  precision: Any = PRECISION
+
+  @nn.compact
+  def __call__(self, x: Array) -> tuple[Array, ...]:
+    out_channels = dict((i, c) for i, _, c in VGG16_CONVS)
+    taps = []
+    for s, convs in enumerate(VGG16_SLICES):
+      if s > 0:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+      for i in convs:
+        x = nn.Conv(out_channels[i], (3, 3), padding=((1, 1), (1, 1)),
+                    precision=self.precision, name=f'conv{i}')(x)
+        x = nn.relu(x)
+      taps.append(x)
+    return tuple(taps)
+
+
+def _unit_channels(f: Array) -> Array:
+  """lpips normalize_tensor: f / (||f||_2 over channels + 1e-10)."""
+  norm = _safe_sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True))
+  return f / (norm + 1e-10)
+
+
+class LPIPS(nn.Module):
+  """LPIPS-VGG v0.1 distance: __call__(x0, x1) with NHWC images in [-1, 1] -> (batch,).
+
+  Params: `net` (VGG16Features) and `lin0..lin4` (1x1 bias-free convs, kernel
+  (1, 1, C, 1)). Both images go through the trunk as one batch.
+  """
+  precision: Any = PRECISION
+
+  @nn.compact
+  def __call__(self, x0: Array, x1: Array) -> Array:
+    if x0.shape != x1.shape or x0.ndim != 4 or x0.shape[-1] != 3:
+      raise ValueError(f'LPIPS wants two NHWC RGB batches of one shape, got {x0.shape} '
+                       f'and {x1.shape}')
+    batch = x0.shape[0]
+    x = jnp.concatenate([x0, x1], axis=0).astype(jnp.float32)
+    x = (x - jnp.asarray(LPIPS_SHIFT, jnp.float32)) / jnp.asarray(LPIPS_SCALE, jnp.float32)
+    taps = VGG16Features(precision=self.precision, name='net')(x)
+    total = jnp.zeros((batch,), jnp.float32)
+    for i, f in enumerate(taps):
+      f = _unit_channels(f)
+      diff = jnp.square(f[:batch] - f[batch:])
+      head = nn.Conv(1, (1, 1), use_bias=False, precision=self.precision, name=f'lin{i}')
+      total = total + jnp.mean(head(diff), axis=(1, 2, 3))
+    return total
+
+
+def lpips_distance(model: LPIPS, params, x0: Array, x1: Array) -> Array:
+  """LPIPS(x0, x1) -> (batch,); NHWC in [-1, 1]; `params` = the module's 'params'."""
+  return model.apply({'params': params}, x0, x1)
+
+
+# ----------------------------------------------------------------------------- ConvNeXt-V2
+
+# timm convnextv2_* variants: (dims, depths).
+CONVNEXT_VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    'atto': ((40, 80, 160, 320), (2, 2, 6, 2)),
+    'femto': ((48, 96, 192, 384), (2, 2, 6, 2)),
+    'pico': ((64, 128, 256, 512), (2, 2, 6, 2)),
+    'nano': ((80, 160, 320, 640), (2, 2, 8, 2)),
+    'tiny': ((96, 192, 384, 768), (3, 3, 9, 3)),
+    'base': ((128, 256, 512, 1024), (3, 3, 27, 3)),
+    'large': ((192, 384, 768, 1536), (3, 3, 27, 3)),
+    'huge': ((352, 704, 1408, 2816), (3, 3, 27, 3)),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GRN(nn.Module):
+  """timm GlobalResponseNorm (channels last): x + bias + weight * (x * Nx)."""
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dim = x.shape[-1]
+    weight = self.param('weight', nn.initializers.zeros, (dim,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (dim,), jnp.float32)
+    gx = _safe_sqrt(jnp.sum(jnp.square(x), axis=(1, 2), keepdims=True))
+    nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + self.eps)
+    return x + bias + weight * (x * nx)
+
+
+class GRNMlp(nn.Module):
+  """fc1 (4x) -> exact GELU -> GRN -> fc2 (timm GlobalResponseNormMlp)."""
+  hidden: int
+  precision: Any = PRECISION
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dim = x.shape[-1]
+    x = nn.Dense(self.hidden, precision=self.precision, name='fc1')(x)
+    x = nn.gelu(x, approximate=False)
+    x = GRN(name='grn')(x)
+    return nn.Dense(dim, precision=self.precision, name='fc2')(x)
+
+
+class ConvNeXtV2Block(nn.Module):
+  """7x7 depthwise conv -> LayerNorm -> GRNMlp -> + input (no layer scale in V2)."""
+  precision: Any = PRECISION
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dim = x.shape[-1]
+    y = nn.Conv(dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=dim,
+                precision=self.precision, name='conv_dw')(x)
+    y = _layer_norm('norm')(y)
+    y = GRNMlp(4 * dim, precision=self.precision, name='mlp')(y)
+    return x + y
+
+
+class ConvNeXtV2Stage(nn.Module):
+  """Optional downsample (LayerNorm + 2x2/2 conv), then `depth` blocks."""
+  dim: int
+  depth: int
+  has_downsample: bool
+  precision: Any = PRECISION
+
+  def setup(self):
+    if self.has_downsample:  # named downsample_0 / downsample_1 like timm's Sequential
+      self.downsample = [_layer_norm(),
+                         nn.Conv(self.dim, (2, 2), strides=(2, 2), padding='VALID',
+                                 precision=self.precision)]
+    self.blocks = [ConvNeXtV2Block(precision=self.precision) for _ in range(self.depth)]
+
+  def __call__(self, x: Array) -> Array:
+    if self.has_downsample:
+      norm, conv = self.downsample
+      x = conv(norm(x))
+    for block in self.blocks:
+      x = block(x)
+    return x
+
+
+class ConvNeXtV2(nn.Module):
+  """timm ConvNeXt-V2, NHWC; inputs already ImageNet-normalised (see convnext_distance).
+
+  Submodule names mirror timm's with '.' -> '_' after stem/stages/blocks/downsample/head
+  (`stem_0`, `stages_1/downsample_1`, `stages_2/blocks_5/mlp/grn`, `head_norm`,
+  `head_fc`), so `biflow_jax.convert.perceptual` maps names mechanically.
+  num_classes=0 drops `head_fc` (then __call__ returns pre_logits).
+  """
+  dims: tuple[int, ...]
+  depths: tuple[int, ...]
+  num_classes: int = 1000
+  precision: Any = PRECISION
+
+  def setup(self):
+    if len(self.dims) != len(self.depths):
+      raise ValueError(f'ConvNeXtV2 dims {self.dims} and depths {self.depths} differ in length')
+    self.stem_0 = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding='VALID',
+                          precision=self.precision)
+    self.stem_1 = _layer_norm()
+    self.stages = [ConvNeXtV2Stage(dim, depth, has_downsample=i > 0, precision=self.precision)
+                   for i, (dim, depth) in enumerate(zip(self.dims, self.depths))]
+    self.head_norm = _layer_norm()
+    if self.num_classes:
+      self.head_fc = nn.Dense(self.num_classes, precision=self.precision)
+
+  def forward_features(self, x: Array) -> Array:
+    """(B, H, W, 3) -> the last stage's output (B, H/32, W/32, dims[-1]), before the head."""
+    x = self.stem_1(self.stem_0(x.astype(jnp.float32)))
+    for stage in self.stages:
+      x = stage(x)
+    return x
+
+  def pre_logits(self, x: Array) -> Array:
+    """Images (B, H, W, 3) -> global average pool of the features + head LayerNorm (B, C)."""
+    return self.head_norm(jnp.mean(self.forward_features(x), axis=(1, 2)))
+
+  def __call__(self, x: Array) -> Array:
+    """Images -> logits (B, num_classes); pre_logits when num_classes == 0."""
+    feats = self.pre_logits(x)
+    return self.head_fc(feats) if self.num_classes else feats
+
+
+def convnext_model(variant: str, num_classes: int = 1000,
+                   precision: Any = PRECISION) -> ConvNeXtV2:
+  """ConvNeXtV2 for a timm variant name ('atto' .. 'huge', or 'convnextv2_base')."""
+  key = variant.removeprefix('convnextv2_')
+  if key not in CONVNEXT_VARIANTS:
+    raise ValueError(f'unknown ConvNeXt-V2 variant {variant!r}; expected one of '
+                     f'{sorted(CONVNEXT_VARIANTS)} (config.perceptual.convnext_variant)')
+  dims, depths = CONVNEXT_VARIANTS[key]
+  return ConvNeXtV2(dims=dims, depths=depths, num_classes=num_classes, precision=precision)
+
+
+def convnext_inputs(x: Array, resize: int = 224) -> Array:
+  """[-1, 1] NHWC images -> ImageNet-normalised, resized to (resize, resize)."""
+  x = (x.astype(jnp.float32) + 1.0) * 0.5
+  x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+  if resize and x.shape[1:3] != (resize, resize):
+    x = jax.image.resize(x, (x.shape[0], resize, resize, x.shape[3]), 'bilinear',
+                         antialias=False)
+  return x
+
+
+def convnext_distance(model: ConvNeXtV2, params, x0: Array, x1: Array,
+                      resize: int = 224) -> Array:
+  """ConvNeXt-V2 feature distance (this project's design) -> (batch,).
+
+  x0, x1: NHWC in [-1, 1]. Both are mapped to [0, 1], normalised with the ImageNet
+  mean/std, resized to resize x resize with `jax.image.resize(..., 'bilinear',
+  antialias=False)` (half-pixel centres, 2 taps per axis like PyTorch's
+  align_corners=False; skipped when already that size; resize=0 keeps the input size),
+  and embedded with `pre_logits` (global pool + head LayerNorm, the features a
+  classifier head would see). The distance is the mean over features of the squared
+  difference, per sample. Differentiable in both arguments (the caller stops the
+  target's gradient).
+  """
+  if x0.shape != x1.shape:
+    raise ValueError(f'convnext_distance: image shapes differ: {x0.shape} vs {x1.shape}')
+  batch = x0.shape[0]
+  x = convnext_inputs(jnp.concatenate([x0, x1], axis=0), resize)
+  feats = model.apply({'params': params}, x, method=ConvNeXtV2.pre_logits)
+  return jnp.mean(jnp.square(feats[:batch] - feats[batch:]), axis=-1)
+
+
+# ----------------------------------------------------------------------------- terms
+
+
+@dataclasses.dataclass(frozen=True)
+class PerceptualTerm:
+  """One weighted perceptual term; `distance(params, x0, x1) -> (batch,)` is jit-safe.
+
+  Pass `params` as a (traced) argument of the jitted step rather than closing over it,
+  so the weights are not baked into the compiled program as constants.
+  """
+  name: str
+  weight: float
+  params: Any
+  distance: Callable[[Any, Array, Array], Array]
+
+
+LPIPS_HOW_TO = """\
+LPIPS-VGG needs two sets of weights (biflow_jax never downloads anything):
+  - the VGG16 trunk: torchvision's `vgg16-397923af.pth`
+    (https://download.pytorch.org/models/vgg16-397923af.pth; names features.N.*),
+  - the linear heads: the `lpips` pip package's `lpips/weights/v0.1/vgg.pth`
+    (names lin0.model.1.weight .. lin4.model.1.weight).
+Set config.perceptual.lpips_weights='/path/vgg16-397923af.pth,/path/vgg.pth' (trunk,heads),
+or merge both into one file on a machine with network and torch:
+  import lpips, numpy as np
+  m = lpips.LPIPS(net='vgg')  # fetches the torchvision trunk, reads the package's heads
+  np.savez('lpips_vgg.npz', **{k: v.numpy() for k, v in m.state_dict().items()})
+and set config.perceptual.lpips_weights='/path/lpips_vgg.npz'. Files may be .pth/.bin
+(needs torch), .safetensors or .npz."""
+
+CONVNEXT_HOW_TO = """\
+ConvNeXt-V2 weights are timm's convnextv2_{variant} checkpoint, e.g. the Hugging Face repo
+timm/convnextv2_{variant}.fcmae_ft_in22k_in1k (atto/femto/pico have .fcmae_ft_in1k only),
+file `model.safetensors` or `pytorch_model.bin` (biflow_jax never downloads it). Or, on a
+machine with network and timm:
+  import timm, numpy as np
+  m = timm.create_model('convnextv2_{variant}.fcmae_ft_in22k_in1k', pretrained=True)
+  np.savez('convnextv2_{variant}.npz', **{{k: v.numpy() for k, v in m.state_dict().items()}})
+Then set config.perceptual.convnext_weights to the file and
+config.perceptual.convnext_variant='{variant}' to match it."""
+
+
+def split_paths(value: str | Sequence[str] | None) -> list[str]:
+  """'a,b' / ['a', 'b'] / '' / None -> the non-empty paths."""
+  if value is None:
+    return []
+  parts = value.split(',') if isinstance(value, str) else list(value)
+  return [str(p).strip() for p in parts if str(p).strip()]
+
+
+def _existing_paths(field: str, value, how_to: str) -> list[Path]:
+  """The files named by config.perceptual.<field>; FileNotFoundError naming the field."""
+  paths = split_paths(value)
+  if not paths:
+    raise FileNotFoundError(f'config.perceptual.{field} is empty but its term has weight > 0 '
+                            f'(set the weight to 0 to turn it off).\n{how_to}')
+  paths = [Path(p).expanduser() for p in paths]
+  for p in paths:
+    if not p.is_file():
+      raise FileNotFoundError(f'config.perceptual.{field}: file {p} not found.\n{how_to}')
+  return paths
+
+
+def load_terms(perceptual_cfg) -> list[PerceptualTerm]:
+  """The perceptual terms with weight > 0, weights loaded from config.perceptual.
+
+  Fields: lpips_weight, lpips_weights ('file' or 'trunk,heads'; see LPIPS_HOW_TO),
+  convnext_weight, convnext_weights, convnext_variant, convnext_resize. A term with
+  weight > 0 and no readable weights file raises FileNotFoundError naming the field.
+  """
+  from biflow_jax.convert import perceptual as convert  # pylint: disable=g-import-not-at-top
+  terms = []
+  lpips_weight = float(perceptual_cfg.get('lpips_weight', 0.0) or 0.0)
+  if lpips_weight > 0:
+    paths = _existing_paths('lpips_weights', perceptual_cfg.get('lpips_weights'), LPIPS_HOW_TO)
+    params = convert.load_lpips_params(paths)
+    terms.append(PerceptualTerm('lpips', lpips_weight, params,
+                                functools.partial(lpips_distance, LPIPS())))
+  convnext_weight = float(perceptual_cfg.get('convnext_weight', 0.0) or 0.0)
+  if convnext_weight > 0:
+    variant = str(perceptual_cfg.get('convnext_variant', 'base'))
+    how_to = CONVNEXT_HOW_TO.format(variant=variant.removeprefix('convnextv2_'))
+    paths = _existing_paths('convnext_weights', perceptual_cfg.get('convnext_weights'), how_to)
+    if len(paths) != 1:
+      raise ValueError('config.perceptual.convnext_weights names one checkpoint file, got '
+                       f'{len(paths)}: {[str(p) for p in paths]}')
+    path = paths[0]
+    model, params = convert.load_convnext_params(path, variant)
+    resize = int(perceptual_cfg.get('convnext_resize', 224))
+    terms.append(PerceptualTerm('convnext', convnext_weight, params,
+                                functools.partial(convnext_distance, model, resize=resize)))
+  return terms

@@ -1,0 +1,254 @@
+"""Perceptual distances: LPIPS-VGG (lpips 0.1.4) and ConvNeXt-V2 (timm 1.0.31) parity.
+
+References (tests/testdata/lpips_vgg_reference.*, convnextv2_atto_reference.*) were made
+with deterministic stand-in weights: tests/testdata/weight_recipe.py applied to each
+entry k of the json's `state_dict_order`. LPIPS's heads are the real ones (`lin/<name>`
+in the .npz) and its scaling layer the package's constants, so neither comes from the
+recipe. The tests rebuild the weights, write them to .npz files and import them.
+"""
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from biflow_jax import perceptual
+from biflow_jax.convert import perceptual as convert
+
+DATA = Path(__file__).parent / 'testdata'
+ATOL = 1e-4
+
+
+def _recipe():
+  spec = importlib.util.spec_from_file_location('weight_recipe', DATA / 'weight_recipe.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.make
+
+
+def _order(name):
+  return json.loads((DATA / f'{name}_reference.json').read_text())['state_dict_order']
+
+
+def _reference(name):
+  with np.load(DATA / f'{name}_reference.npz') as ref:
+    return {k: ref[k] for k in ref.files}
+
+
+def _nhwc(x):
+  return jnp.asarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+# ----------------------------------------------------------------------------- LPIPS
+
+
+@pytest.fixture(scope='module')
+def lpips_ref():
+  return _reference('lpips_vgg')
+
+
+@pytest.fixture(scope='module')
+def lpips_state(lpips_ref):
+  """The reference LPIPS state dict in lpips naming (net.slice*, lin*, lins.*)."""
+  make = _recipe()
+  state = {}
+  for k, (name, shape) in enumerate(_order('lpips_vgg')):  # k counts every entry
+    if name.startswith('net.'):
+      state[name] = make(name, tuple(shape), k)
+    elif name.startswith('lin'):
+      state[name] = lpips_ref[f'lin/{name}']
+  state['scaling_layer.shift'] = np.array(perceptual.LPIPS_SHIFT, np.float32).reshape(1, 3, 1, 1)
+  state['scaling_layer.scale'] = np.array(perceptual.LPIPS_SCALE, np.float32).reshape(1, 3, 1, 1)
+  return state
+
+
+@pytest.fixture(scope='module')
+def lpips_file(lpips_state, tmp_path_factory):
+  path = tmp_path_factory.mktemp('lpips') / 'lpips_vgg_standin.npz'
+  np.savez(path, **lpips_state)
+  return path
+
+
+@pytest.fixture(scope='module')
+def lpips_params(lpips_file):
+  return convert.load_lpips_params(lpips_file)
+
+
+def test_lpips_parity(lpips_params, lpips_ref):
+  dist = jax.jit(perceptual.lpips_distance, static_argnums=0)
+  got = np.asarray(dist(perceptual.LPIPS(), lpips_params, _nhwc(lpips_ref['x0']),
+                        _nhwc(lpips_ref['x1'])))
+  want = lpips_ref['distance']
+  err = np.max(np.abs(got - want))
+  print(f'LPIPS max abs err {err:.3g}, max rel err {np.max(np.abs(got - want) / want):.3g}')
+  np.testing.assert_allclose(got, want, atol=ATOL, rtol=1e-4)
+
+
+def test_lpips_torchvision_names(lpips_state, lpips_params, tmp_path):
+  """torchvision `features.N` trunk + lpips heads in a second file == net.slice names."""
+  trunk = {}
+  for name, value in lpips_state.items():
+    if name.startswith('net.slice'):
+      trunk['features.' + name.split('.', 2)[2]] = value
+  trunk['classifier.0.weight'] = np.zeros((4, 8), np.float32)  # ignored
+  heads = {name: value for name, value in lpips_state.items() if name.startswith('lin')}
+  np.savez(tmp_path / 'vgg16.npz', **trunk)
+  np.savez(tmp_path / 'heads.npz', **heads)
+  params = convert.load_lpips_params(f"{tmp_path / 'vgg16.npz'},{tmp_path / 'heads.npz'}")
+  jax.tree.map(np.testing.assert_array_equal, params, lpips_params)
+  # Trunk alone: the error says the heads are missing and where they come from.
+  with pytest.raises(ValueError, match=r'(?s)missing.*lin0\.model\.1\.weight.*vgg\.pth'):
+    convert.load_lpips_params([tmp_path / 'vgg16.npz'])
+
+
+def test_lpips_rejects_foreign_scaling(lpips_state):
+  state = dict(lpips_state, **{'scaling_layer.shift': np.zeros((1, 3, 1, 1), np.float32)})
+  with pytest.raises(ValueError, match='scaling_layer.shift'):
+    convert.convert_lpips_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- ConvNeXt-V2
+
+
+@pytest.fixture(scope='module')
+def convnext_ref():
+  return _reference('convnextv2_atto')
+
+
+@pytest.fixture(scope='module')
+def convnext_state():
+  make = _recipe()
+  return {name: make(name, tuple(shape), k)
+          for k, (name, shape) in enumerate(_order('convnextv2_atto'))}
+
+
+@pytest.fixture(scope='module')
+def convnext_file(convnext_state, tmp_path_factory):
+  path = tmp_path_factory.mktemp('convnext') / 'convnextv2_atto_standin.npz'
+  np.savez(path, **convnext_state)
+  return path
+
+
+@pytest.fixture(scope='module')
+def convnext(convnext_file):
+  return convert.load_convnext_params(convnext_file, 'atto')
+
+
+def test_convnext_parity(convnext, convnext_ref):
+  model, params = convnext
+  x = _nhwc(convnext_ref['x'])
+
+  @jax.jit
+  def run(params, x):
+    v = {'params': params}
+    return (model.apply(v, x, method=perceptual.ConvNeXtV2.forward_features),
+            model.apply(v, x, method=perceptual.ConvNeXtV2.pre_logits),
+            model.apply(v, x))
+
+  features, pre_logits, logits = jax.tree.map(np.asarray, run(params, x))
+  for name, got, want in (('features', features.transpose(0, 3, 1, 2), convnext_ref['features']),
+                          ('pre_logits', pre_logits, convnext_ref['pre_logits']),
+                          ('logits', logits, convnext_ref['logits'])):
+    assert got.shape == want.shape, name
+    print(f'ConvNeXt-V2 atto {name}: max abs err {np.max(np.abs(got - want)):.3g} '
+          f'(max |ref| {np.max(np.abs(want)):.3g})')
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=1e-4, err_msg=name)
+
+
+def test_convnext_wrong_variant(convnext_file):
+  with pytest.raises(ValueError, match=r"(?s)wrong shape.*convnext_variant='atto'"):
+    convert.load_convnext_params(convnext_file, 'femto')
+  with pytest.raises(ValueError, match=r"(?s)convnext_variant='atto'"):
+    convert.load_convnext_params(convnext_file, 'nano')  # 8 blocks in stage 2: missing keys
+  with pytest.raises(ValueError, match='unknown ConvNeXt-V2 variant'):
+    convert.load_convnext_params(convnext_file, 'gigantic')
+
+
+def test_convnext_linear_mlp_names(convnext_state, convnext):
+  """Linear (out, in) fc1/fc2 weights (timm tiny and up) import like 1x1 convs."""
+  state = {k: (v[:, :, 0, 0] if '.mlp.fc' in k and v.ndim == 4 else v)
+           for k, v in convnext_state.items()}
+  _, params = convert.convert_convnext_state_dict(state, 'convnextv2_atto')
+  jax.tree.map(np.testing.assert_array_equal, params, convnext[1])
+
+
+# ----------------------------------------------------------------------------- distances
+
+
+def _image_pair(size, batch=2):
+  """(noise, smooth ramps) in [-1, 1]: clearly different even to stand-in weights."""
+  rng = np.random.default_rng(0)
+  x0 = rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+  yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+  ramp = np.stack([xx, yy, xx * yy], axis=-1) * 2 - 1
+  x1 = np.stack([ramp * (0.5 + 0.5 * b) for b in range(batch)]).astype(np.float32)
+  return jnp.asarray(x0), jnp.asarray(x1)
+
+
+@pytest.mark.parametrize('which', ['lpips', 'convnext'])
+def test_distance_zero_positive_and_gradient(which, lpips_params, convnext):
+  if which == 'lpips':
+    fn = jax.tree_util.Partial(perceptual.lpips_distance, perceptual.LPIPS())
+    params, size = lpips_params, 32
+  else:
+    model, params = convnext
+    fn = jax.tree_util.Partial(perceptual.convnext_distance, model, resize=64)
+    params, size = params, 48  # exercises the resize
+  x0, x1 = _image_pair(size)
+  dist = jax.jit(lambda p, a, b: fn(p, a, b))
+  same = np.asarray(dist(params, x1, x1))
+  diff = np.asarray(dist(params, x0, x1))
+  assert same.shape == diff.shape == (2,)
+  np.testing.assert_allclose(same, 0.0, atol=1e-7)
+  assert np.all(diff > 1e-6), diff
+  grad = np.asarray(jax.jit(jax.grad(lambda a: jnp.sum(fn(params, a, x1))))(x0))
+  assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+
+
+# ----------------------------------------------------------------------------- load_terms
+
+
+def _cfg(**overrides):
+  cfg = ml_collections.ConfigDict(dict(lpips_weight=0.0, lpips_weights='', convnext_weight=0.0,
+                                       convnext_weights='', convnext_variant='base',
+                                       convnext_resize=224))
+  cfg.update(overrides)
+  return cfg
+
+
+def test_load_terms_off():
+  assert perceptual.load_terms(_cfg()) == []
+  assert perceptual.load_terms(_cfg(lpips_weights='/nowhere.npz')) == []  # weight 0: not read
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('lpips', '', r'(?s)config\.perceptual\.lpips_weights is empty.*vgg16-397923af\.pth.*vgg\.pth'),
+    ('lpips', '/nowhere/lpips.npz', r'(?s)config\.perceptual\.lpips_weights: file /nowhere'),
+    ('convnext', '', r'(?s)config\.perceptual\.convnext_weights is empty.*convnextv2_base'
+                     r'\.fcmae_ft_in22k_in1k.*model\.safetensors'),
+    ('convnext', '/nowhere/cx.safetensors', r'config\.perceptual\.convnext_weights: file'),
+])
+def test_load_terms_missing_file(field, value, match):
+  cfg = _cfg(**{f'{field}_weight': 0.5, f'{field}_weights': value})
+  with pytest.raises(FileNotFoundError, match=match):
+    perceptual.load_terms(cfg)
+
+
+def test_load_terms_loads(lpips_file, convnext_file, lpips_params):
+  terms = perceptual.load_terms(_cfg(lpips_weight=0.5, lpips_weights=str(lpips_file),
+                                     convnext_weight=0.25, convnext_weights=str(convnext_file),
+                                     convnext_variant='atto', convnext_resize=32))
+  assert [(t.name, t.weight) for t in terms] == [('lpips', 0.5), ('convnext', 0.25)]
+  jax.tree.map(np.testing.assert_array_equal, terms[0].params, lpips_params)
+  x0, x1 = _image_pair(32)
+
+  @jax.jit
+  def total(params, a, b):
+    return sum(t.weight * jnp.mean(t.distance(p, a, b)) for t, p in zip(terms, params))
+
+  value = total([t.params for t in terms], x0, x1)
+  assert np.isfinite(value) and value > 0

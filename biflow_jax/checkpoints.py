@@ -64,6 +64,12 @@ def check_compatible(step_dir: Path, abstract_state: Any) -> None:
           'Use the config the run was trained with, or a fresh --workdir.')
 
 
+def _has_iterator_state(step_dir: Path) -> bool:
+  """Whether the step holds a data-iterator file for this process and process count."""
+  name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+  return (step_dir / 'data' / name).exists()
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
             step: int | None = None, set_aside_unreadable: bool = False) -> tuple[Any, int]:
   """(state, step) from `step` (default: the newest readable one); moves `data_iter` in place.
@@ -91,10 +97,17 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
                       candidate, manager.directory, e)
       continue
     items = {'state': ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
+    same_hosts = data_iter is not None and _has_iterator_state(step_dir)
+    if same_hosts:
       items['data'] = input_pipeline.iterator_restore_arg(data_iter)
     try:
       restored = manager.restore(candidate, args=ocp.args.Composite(**items))
+      if data_iter is not None and not same_hosts:
+        # Saved by another number of processes: the stream position is the number of
+        # global batches taken, which is the step.
+        logging.info('checkpoint %d was written by another process count; data iterator '
+                     'positioned at global batch %d', candidate, candidate)
+        input_pipeline.skip_to(data_iter, candidate)
     except Exception as e:  # pylint: disable=broad-except  (damaged array files)
       errors.append((candidate, e))
       logging.warning('checkpoint step %d in %s is unreadable (%s); trying the one before it.',

@@ -160,6 +160,14 @@ def base_config() -> ml_collections.ConfigDict:
       peak_tflops=0.0,          # chip peak for MFU; 0 = from the device kind (TPU/A100/H100/H200)
   ))
 
+  # Device mesh (biflow_jax/parallel.py): the batch is split over data x fsdp devices.
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,                    # data-parallel size; -1 = every device not used by fsdp
+      fsdp=1,                     # size of the axis that shards parameters (with param_sharding='fsdp')
+      param_sharding='replicated',  # replicated | fsdp (params, Adam moments and EMA split over 'fsdp')
+      fsdp_min_size=2 ** 16,      # arrays with fewer elements stay replicated
+  ))
+
   c.max_consecutive_skips = 20  # non-finite steps in a row before the job stops
 
   c.log_every = 50
@@ -184,6 +192,7 @@ _CHOICES = {
     'reverse.size': ('tiny', 'S', 'B', 'L', 'XL'),
     'reverse.mlp': ('swiglu', 'gelu'),
     'reverse.head_mode': ('per_stage', 'shared'),
+    'mesh.param_sharding': ('replicated', 'fsdp'),
 }
 _POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch_size',
              'model.channels', 'model.num_blocks', 'model.layers_per_block', 'model.num_heads',

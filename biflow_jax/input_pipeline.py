@@ -6,13 +6,14 @@ dequantisation noise and scales to [-1, 1], so the host only gathers bytes.
 The training stream is a grain pipeline over *indices*:
 
     range(n) -> shuffle(seed, reshuffled each epoch) -> repeat forever
-             -> [process_index::process_count] -> batch(host_batch) -> gather
+             -> batch(global batch) -> this host's rows -> gather
 
-Sharding the one global shuffled stream (rather than giving each host a fixed part of
-the data) means the union of the hosts' j-th batches is the same global batch j
-whatever the process count, and each host sees every example over time. The state of
-the iterator is one integer per pipeline, so `get_state`/`set_state` and orbax
-checkpoints are exact and O(1).
+Every host walks the one global shuffled stream and keeps the rows of each global
+batch that its own devices hold (a contiguous block, see `parallel.process_rows`).
+So global batch j is the same array, row for row, whatever the process count, and
+each host sees every example over time. The state of the iterator is one integer,
+the number of global batches taken, so `get_state`/`set_state` and orbax checkpoints
+are exact and O(1), and a run can resume on a different number of hosts.
 """
 from __future__ import annotations
 
@@ -362,22 +363,45 @@ def _grain_seed(seed: int) -> int:
   return int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
 
 
+@dataclasses.dataclass(frozen=True)
+class TakeRows:
+  """This host's block of a global batch of indices (picklable for grain)."""
+  start: int
+  stop: int
+
+  def __call__(self, indices: np.ndarray) -> np.ndarray:
+    return indices[self.start:self.stop]
+
+
+def host_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+  """Process p's rows when every process holds an equal contiguous block."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+  host_batch = host_batch_size(batch_size, process_count)
+  return slice(process_index * host_batch, (process_index + 1) * host_batch)
+
+
 def train_dataset(
     source: Source, *, batch_size: int, seed: int, process_index: int = 0,
-    process_count: int = 1, num_threads: int = 2,
+    process_count: int = 1, num_threads: int = 2, rows: slice | None = None,
 ) -> grain.IterDataset:
-  """The infinite, deterministic, host-sharded stream of {'image', 'label'} host batches.
+  """The infinite, deterministic stream of this host's {'image', 'label'} batches.
 
+  `rows` (default: block `process_index` of `process_count` equal ones) are the rows of
+  each global batch this host loads; the mesh decides them (`parallel.process_rows`).
   Threads (not worker processes) prefetch: gathers from memory are a fancy index per
   batch and PIL decoding of tfds records releases the GIL, while grain's process workers
   would copy the arrays to each worker and need absl flags parsed.
   """
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
-  host_batch = host_batch_size(batch_size, process_count)
+  if rows is None:
+    rows = host_rows(batch_size, process_index, process_count)
+  if not 0 <= rows.start < rows.stop <= batch_size:
+    raise ValueError(f'rows {rows} are not inside a global batch of {batch_size}')
   ds = grain.MapDataset.range(source.length).shuffle(seed=_grain_seed(seed)).repeat()
-  ds = ds[process_index::process_count]
-  ds = ds.batch(host_batch, drop_remainder=True).map(source.gather)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  if (rows.start, rows.stop) != (0, batch_size):
+    ds = ds.map(TakeRows(rows.start, rows.stop))
+  ds = ds.map(source.gather)
   # Each element is a whole batch, so a short prefetch buffer is plenty.
   read = grain.ReadOptions(num_threads=num_threads,
                            prefetch_buffer_size=max(2, 2 * num_threads))
@@ -386,20 +410,29 @@ def train_dataset(
 
 def create_train_iterator(
     config: ml_collections.ConfigDict, *, process_index: int | None = None,
-    process_count: int | None = None,
+    process_count: int | None = None, rows: slice | None = None,
 ) -> grain.DatasetIterator:
   """This process's training iterator: {'image': uint8 (B/P, H, W, C), 'label': int32 (B/P,)}.
 
-  Process index/count default to JAX's; pass them to simulate other hosts in tests.
+  `rows` come from the mesh (`parallel.process_rows`); without them, process index/count
+  (default JAX's; pass them to simulate other hosts in tests) give equal blocks.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  host_batch_size(config.batch_size, process_count)  # fail before loading any data
+  if rows is None:
+    rows = host_rows(config.batch_size, process_index, process_count)  # fails before loading
   ds = train_dataset(
       load_source(config, 'train'), batch_size=config.batch_size, seed=config.data.seed,
-      process_index=process_index, process_count=process_count,
-      num_threads=config.data.get('num_threads', 2))
+      num_threads=config.data.get('num_threads', 2), rows=rows)
   return iter(ds)
+
+
+def skip_to(it: grain.DatasetIterator, num_batches: int) -> None:
+  """Moves a fresh iterator to just after `num_batches` global batches (any host count)."""
+  state = it.get_state()
+  if set(state) != {'next_index'}:
+    raise ValueError(f'cannot position this iterator by batch count: state {state}')
+  it.set_state({'next_index': int(num_batches)})
 
 
 def iterator_save_arg(it: grain.DatasetIterator) -> Any:

@@ -15,6 +15,17 @@ flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'bench'],
                   'train (or resume); sample: a grid from the latest checkpoint; '
                   'eval: bits/dim, FID, IS, precision/recall, class accuracy per decoder -> '
                   'DIR/eval.json; bench: decoder and train-step timings, MFU -> DIR/bench.json.')
+flags.DEFINE_integer('stop_at', 0, 'train: end this invocation after this global step, with a '
+                     'checkpoint (a later run resumes); 0 = run the whole plan.')
+flags.DEFINE_string('coordinator_address', '',
+                    'Multi-process: host:port of process 0 for jax.distributed. Not needed on '
+                    'Cloud TPU pods, under SLURM or Open MPI (detected from the environment).')
+flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes (with --coordinator_address).')
+flags.DEFINE_integer('process_id', -1, 'Multi-process: this process, in [0, num_processes).')
+flags.DEFINE_string('local_device_ids', '', 'Comma-separated local devices this process uses '
+                    '(e.g. one GPU per process); empty = all.')
+flags.DEFINE_enum('cpu_collectives', '', ['', 'gloo', 'mpi'],
+                  'Collectives across processes on CPU (gloo for local multi-process runs).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -32,12 +43,19 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().python_handler.addFilter(_quiet_library_info)
   # Imported here so `--help` is fast and flag errors come before JAX starts.
+  from biflow_jax import parallel  # pylint: disable=g-import-not-at-top
+  # Before anything touches a device: a multi-process job joins its peers first.
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id, FLAGS.local_device_ids,
+                                  FLAGS.cpu_collectives)
+  if not parallel.is_main_process():
+    logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
   from biflow_jax import benchmark, train  # pylint: disable=g-import-not-at-top
   from biflow_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   logging.info('mode=%s workdir=%s\n%s', FLAGS.mode, FLAGS.workdir, config)
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir, stop_at=FLAGS.stop_at or None)
   elif FLAGS.mode == 'sample':
     train.sample_from_checkpoint(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':

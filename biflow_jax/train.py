@@ -1,9 +1,12 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 One jitted, pure `train_step` per phase of the plan (the phase is a static argument,
-so each phase compiles once); metrics through clu writers; held-out bits/dim and PNG
-sample grids at intervals; orbax checkpoints of state and data iterator; SIGTERM
-(how preemption arrives) saves and exits cleanly.
+so each phase compiles once), over the device mesh of `config.mesh` (parallel.py:
+batch split over every device, state replicated or FSDP-sharded); metrics through clu
+writers; held-out bits/dim and PNG sample grids at intervals; orbax checkpoints of state
+and data iterator, restorable onto another mesh; SIGTERM (how preemption arrives) saves
+and exits cleanly. Every process runs the same loop; process 0 alone writes logs,
+samples and config, while every process writes its own checkpoint shards.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from biflow_jax import checkpoints, config_lib, images, input_pipeline, objectives, optim, sampling
+from biflow_jax import (checkpoints, config_lib, images, input_pipeline, objectives, optim,
+                        parallel, sampling)
 from biflow_jax.models import layers
 from biflow_jax.models.flow import ForwardFlow
 
@@ -65,6 +69,23 @@ def init_state(config: ml_collections.ConfigDict, models: Models, tx) -> TrainSt
     params['reverse'] = models.generator.init(reverse_rng, z, y, jnp.zeros((1,)))['params']
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                     ema=optim.init_ema(params), rng=train_rng, skips=jnp.int32(0))
+
+
+def create_state(config, models: Models, tx, mesh) -> tuple[TrainState, Any]:
+  """A fresh train state laid out on the mesh (initialised in place, never gathered)."""
+  init = lambda: init_state(config, models, tx)
+  shardings = parallel.state_shardings(jax.eval_shape(init), mesh, config.mesh)
+  return jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def jit_train_step(config, models: Models, tx, plan, mesh, state_shardings):
+  """The train step jitted over the mesh: (state, global batch, phase=static) -> (state, metrics)."""
+  def step(state, batch, phase):
+    return train_step(state, batch, models=models, tx=tx, config=config, plan=plan, phase=phase)
+  jitted = jax.jit(step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, parallel.replicated(mesh)),
+                   static_argnums=(2,), donate_argnums=(0,))
+  return lambda state, batch, *, phase: jitted(state, batch, phase)
 
 
 def preprocess(batch: dict, rng: jax.Array, config, num_classes: int, train: bool):
@@ -190,17 +211,26 @@ def _heldout_nll(params, batch, rng, *, flow: ForwardFlow, sigma: float) -> jax.
   return objectives.gaussian_nll(z, logdet)
 
 
-def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config) -> float:
-  """Mean bits/dim of x~ over the held-out set (fixed noise, true labels)."""
+def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config,
+                         mesh=None) -> float:
+  """Mean bits/dim of x~ over the held-out set (fixed noise, true labels).
+
+  With a mesh, each batch is split over its devices (every process takes its rows of
+  the held-out arrays it has in memory) and every process must call this.
+  """
   sigma = float(config.objective.noise_sigma)
   nlls = []
+  rows = None if mesh is None else parallel.process_rows(mesh, config.batch_size)
   batches = input_pipeline.heldout_batches(heldout, config.batch_size)
   for i, batch in enumerate(batches):
     if i >= config.eval_batches:
       break
-    nlls.append(np.asarray(_heldout_nll(forward_params, batch,
-                                        jax.random.PRNGKey(EVAL_NOISE_SEED + i),
-                                        flow=flow, sigma=sigma)))
+    if mesh is not None:
+      batch = parallel.global_batch({k: v[rows] for k, v in batch.items()}, mesh,
+                                    config.batch_size)
+    nlls.append(parallel.to_host(_heldout_nll(forward_params, batch,
+                                              jax.random.PRNGKey(EVAL_NOISE_SEED + i),
+                                              flow=flow, sigma=sigma)))
   if not nlls:
     raise ValueError(f'held-out set has fewer than batch_size={config.batch_size} examples')
   return float(np.mean(objectives.bits_per_dim(np.concatenate(nlls), flow.num_dims)))
@@ -231,7 +261,10 @@ def make_samplers(config, decoders) -> dict[str, sampling.Sampler]:
 
 def write_sample_grid(config, samplers: dict, params, path: Path, num: int | None = None,
                       temperature: float | None = None) -> tuple[Path, dict]:
-  """One PNG with a grid per decoder, side by side, all from the same noise and labels."""
+  """One PNG with a grid per decoder, side by side, all from the same noise and labels.
+
+  Every process samples (the params may span hosts); process 0 alone writes the file.
+  """
   num = num or config.sample.num
   labels = sampling.class_rows(num, config.model.num_classes)
   temperature = config.sample.temperature if temperature is None else temperature
@@ -241,9 +274,11 @@ def write_sample_grid(config, samplers: dict, params, path: Path, num: int | Non
   for name, sampler in samplers.items():
     x = sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels,
                 guidance=decoder_guidance(config, name), temperature=temperature)
-    outputs[name] = np.asarray(x)
+    outputs[name] = parallel.to_host(x)
     grids.append(images.make_grid(images.to_uint8(outputs[name]), rows=rows))
-  return images.save_png(images.side_by_side(grids), path), outputs
+  if parallel.is_main_process():
+    images.save_png(images.side_by_side(grids), path)
+  return path, outputs
 
 
 class _Preemption:
@@ -295,9 +330,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir.mkdir(parents=True, exist_ok=True)
   models = build_models(config)
   tx = optim.make_optimizer(config, plan)
-  data_iter = input_pipeline.create_train_iterator(config)
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.check_batch_divisible(config.batch_size, mesh)
+  logging.info('mesh %s over %d devices (%d processes), params %s', dict(mesh.shape),
+               mesh.size, jax.process_count(), config.mesh.param_sharding)
+  data_iter = input_pipeline.create_train_iterator(
+      config, rows=parallel.process_rows(mesh, config.batch_size))
   heldout = input_pipeline.load_heldout(config)
-  state = init_state(config, models, tx)
+  state, state_shardings = create_state(config, models, tx, mesh)
 
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
@@ -309,8 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   step = int(state.step)
   report = periodic_actions.ReportProgress(num_train_steps=end, writer=writer)
-  step_fn = jax.jit(functools.partial(train_step, models=models, tx=tx, config=config, plan=plan),
-                    static_argnames=('phase',), donate_argnums=(0,))
+  step_fn = jit_train_step(config, models, tx, plan, mesh, state_shardings)
   samplers = make_samplers(config, panel_decoders(config))
   last = end if stop_at is None else min(end, stop_at)
   pending, t_log, steps_at_log = [], time.time(), step
@@ -320,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   with _Preemption() as preemption:
     while step < last:
       phase = optim.phase_at(plan, step)
-      batch = next(data_iter)
+      batch = parallel.global_batch(next(data_iter), mesh, config.batch_size)
       state, metrics = step_fn(state, batch, phase=phase)
       step += 1
       pending.append(metrics)
@@ -345,12 +384,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         writer.write_scalars(step, means)
         pending, t_log, steps_at_log = [], time.time(), step
       if step % config.eval_every == 0 or step == end:
-        bpd = heldout_bits_per_dim(models.flow, state.ema['forward'], heldout, config)
+        bpd = heldout_bits_per_dim(models.flow, state.ema['forward'], heldout, config, mesh)
         writer.write_scalars(step, {'heldout/bits_per_dim': bpd})
-      if (step % config.sample_every == 0 or step == end) and jax.process_index() == 0:
+      if step % config.sample_every == 0 or step == end:
         path, _ = write_sample_grid(config, samplers, state.ema,
                                     workdir / 'samples' / f'step_{step}.png')
-        logging.info('wrote %s (%s)', path, ', '.join(samplers))
+        if parallel.is_main_process():
+          logging.info('wrote %s (%s)', path, ', '.join(samplers))
       if (step % config.checkpoint_every == 0 or finished) and int(state.skips) == 0:
         checkpoints.save(manager, step, state, data_iter)
       if preemption.requested:
@@ -369,6 +409,9 @@ def restore_for_inference(config, workdir: str | Path) -> tuple[Models, TrainSta
   models = build_models(config)
   tx = optim.make_optimizer(config, plan)
   abstract = jax.eval_shape(lambda: init_state(config, models, tx))
+  mesh = parallel.make_mesh(config.mesh)
+  abstract = parallel.with_shardings(abstract,
+                                     parallel.state_shardings(abstract, mesh, config.mesh))
   if not (Path(workdir) / 'checkpoints').is_dir():  # say so without creating anything
     raise FileNotFoundError(f'no checkpoint in {Path(workdir) / "checkpoints"}: train first '
                             '(--mode=train) or point --workdir at a run that has one')
@@ -389,7 +432,8 @@ def sample_from_checkpoint(config, workdir: str | Path, name: str | None = None)
   name = name or f'{s.decoder}_w{w:g}_t{s.temperature:g}_step{step}'
   path, outputs = write_sample_grid(config, make_samplers(config, (s.decoder,)), state.ema,
                                     workdir / 'samples' / f'{name}.png')
-  np.savez(workdir / 'samples' / f'{name}.npz', images=images.to_uint8(outputs[s.decoder]),
-           labels=np.asarray(sampling.class_rows(s.num, config.model.num_classes)))
+  if parallel.is_main_process():
+    np.savez(workdir / 'samples' / f'{name}.npz', images=images.to_uint8(outputs[s.decoder]),
+             labels=np.asarray(sampling.class_rows(s.num, config.model.num_classes)))
   logging.info('wrote %s', path)
   return path

@@ -115,10 +115,11 @@ def train_step_timing(config, state, step_fn, batch, repeats: int = 5,
                       peak: float | None = None) -> dict:
   """ms per train step, examples/s, and MFU from the compiled FLOPs and the chip's peak."""
   holder = {'state': state}
-  flops = compiled_flops(step_fn, state, batch)
+  args = batch if isinstance(batch, tuple) else (batch,)  # (batch[, frozen params])
+  flops = compiled_flops(step_fn, state, *args)
 
   def run():
-    holder['state'], metrics = step_fn(holder['state'], batch)
+    holder['state'], metrics = step_fn(holder['state'], *args)
     return metrics
 
   t = time_fn(run, repeats)
@@ -161,10 +162,11 @@ def run(config, workdir: str | Path, batch: int | None = None) -> dict:
                                  guidance=config_lib.reverse_guidance(config), repeats=repeats))
     result['speedup_reverse_vs_exact'] = (result['exact_ms_per_image']
                                           / result['reverse_ms_per_image'])
+  models, frozen_params = train.load_frozen(config, models)
   step_fn = jax.jit(functools.partial(train.train_step, models=models, tx=tx, config=config,
                                       plan=plan, phase=plan[0]))
-  fake = {'image': jnp.zeros((config.batch_size,) + flow.image_shape, jnp.uint8),
-          'label': jnp.zeros((config.batch_size,), jnp.int32)}
+  fake = jax.tree.map(jnp.asarray, train.example_batch(config))
+  fake = (fake, frozen_params)  # frozen weights are an argument, not compiled-in constants
   peak = peak_tflops(result['device'], float(config.bench.peak_tflops))
   result.update(train_step_timing(config, state, step_fn, fake, repeats, peak))
   result['peak_memory_bytes'] = peak_memory_bytes()

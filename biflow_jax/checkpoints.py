@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from biflow_jax import input_pipeline
 
 
-def make_manager(workdir: str | Path, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(workdir: str | epath.PathLike, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(Path(workdir).absolute() / 'checkpoints', options=options,
+  return ocp.CheckpointManager(epath.Path(workdir).absolute() / 'checkpoints', options=options,
                                item_names=('state', 'data'))
 
 
@@ -33,7 +33,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None) 
   manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def _saved_state_tree(step_dir: Path) -> dict:
+def _saved_state_tree(step_dir: epath.Path) -> dict:
   metadata = ocp.StandardCheckpointer().metadata(step_dir / 'state').item_metadata
   return getattr(metadata, 'tree', metadata)
 
@@ -43,7 +43,7 @@ def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
   return {'/'.join(str(getattr(k, 'key', k)) for k in path): shape_of(leaf) for path, leaf in flat}
 
 
-def check_compatible(step_dir: Path, abstract_state: Any) -> None:
+def check_compatible(step_dir: epath.Path, abstract_state: Any) -> None:
   """A checkpoint of a different model is a config error: say which parameter differs."""
   tree = _saved_state_tree(step_dir)
   fields = {f.name for f in dataclasses.fields(abstract_state)}
@@ -64,7 +64,7 @@ def check_compatible(step_dir: Path, abstract_state: Any) -> None:
           'Use the config the run was trained with, or a fresh --workdir.')
 
 
-def _has_iterator_state(step_dir: Path) -> bool:
+def _has_iterator_state(step_dir: epath.Path) -> bool:
   """Whether the step holds a data-iterator file for this process and process count."""
   name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
   return (step_dir / 'data' / name).exists()
@@ -86,7 +86,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
                             '(--mode=train) or point --workdir at a run that has one')
   errors = []
   for candidate in steps:
-    step_dir = Path(manager.directory) / str(candidate)
+    step_dir = epath.Path(manager.directory) / str(candidate)
     try:
       check_compatible(step_dir, abstract_state)
     except ValueError:
@@ -118,7 +118,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
                       [s for s, _ in errors])
       if set_aside_unreadable:
         for bad, _ in errors:
-          bad_dir = Path(manager.directory) / str(bad)
+          bad_dir = epath.Path(manager.directory) / str(bad)
           bad_dir.rename(bad_dir.with_name(f'damaged_{bad}_{int(time.time())}'))
         manager.reload()
     return restored['state'], candidate

@@ -1,7 +1,10 @@
 """Image grids as PNG: how every sample this project makes is looked at."""
 from __future__ import annotations
 
-from pathlib import Path
+import io
+import os
+
+from etils import epath
 
 import numpy as np
 from PIL import Image
@@ -26,12 +29,17 @@ def make_grid(images: np.ndarray, rows: int | None = None, pad: int = 2) -> np.n
   return grid
 
 
-def save_png(grid: np.ndarray, path: str | Path) -> Path:
-  """Writes atomically (temp file + rename), so a crash never leaves half a PNG."""
-  path = Path(path)
+def save_png(grid: np.ndarray, path: str | os.PathLike) -> epath.Path:
+  """Writes atomically (temp file + rename), so a crash never leaves half a PNG.
+
+  Local paths and gs:// alike (etils.epath).
+  """
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix('.tmp.png')
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
+  buffer = io.BytesIO()
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format='PNG')
+  tmp.write_bytes(buffer.getvalue())
   tmp.replace(path)
   return path
 

@@ -304,7 +304,7 @@ class ArrayGather:
 class Source:
   """`length` examples and a picklable `gather(indices) -> batch`."""
   length: int
-  gather: ArrayGather | TfdsGather
+  gather: Any  # ArrayGather | TfdsGather | latents.LatentGather
 
 
 def _array_source(images: np.ndarray, labels: np.ndarray, config: ml_collections.ConfigDict,
@@ -339,6 +339,13 @@ def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
                        f'but config.model.num_classes={model.num_classes}; labels index '
                        'the sorted folder names, so every split needs every class.')
     return _array_source(images, labels, config, where)
+  if data.source == 'latents':
+    from biflow_jax import latents  # pylint: disable=g-import-not-at-top
+    if not data.path:
+      raise ValueError("config.data.source='latents' needs config.data.path, the directory "
+                       'written by `python -m biflow_jax.tools.cache_latents`')
+    source = latents.open_latent_source(data.path, split)
+    return Source(len(source), latents.LatentGather.from_config(source, config))
   if data.source == 'tfds':
     where = f'tfds {data.tfds_name}:{split}'
     source = open_tfds_source(data.tfds_name, split, data.data_dir)
@@ -349,7 +356,7 @@ def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
     return Source(len(source), TfdsGather(source, model.image_size, model.in_channels,
                                           model.num_classes, where))
   raise ValueError(f'unknown config.data.source={data.source!r}; '
-                   "expected 'bundled_mnist', 'tfds' or 'jpeg'")
+                   "expected 'bundled_mnist', 'tfds', 'jpeg' or 'latents'")
 
 
 # ---------------------------------------------------------------------------- training
@@ -452,10 +459,12 @@ def iterator_restore_arg(it: grain.DatasetIterator) -> Any:
 # ----------------------------------------------------------------------------- held out
 
 
-def load_heldout(config: ml_collections.ConfigDict) -> Batch:
-  """The whole held-out split in memory ({'image': uint8 NHWC, 'label': int32}) for bits/dim."""
+def load_heldout(config: ml_collections.ConfigDict, max_examples: int | None = None) -> Batch:
+  """The held-out split in memory ({'image': uint8 NHWC, 'label': int32}, or latent
+  mean/std), its first `max_examples` examples when given (what evaluation uses)."""
   source = load_source(config, 'heldout')
-  return source.gather(np.arange(source.length))
+  n = source.length if max_examples is None else min(source.length, int(max_examples))
+  return source.gather(np.arange(n))
 
 
 def heldout_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:

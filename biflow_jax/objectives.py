@@ -146,7 +146,7 @@ def _state_distance(pred: Array, target: Array, *, norm_control: bool,
 def reverse_loss(output: Array, projections, clean, trajectory, *, mode: str = 'align',
                  norm_control: bool = True, adaptive_p: float = 0.0, eps: float = 1e-3,
                  denoise: str = 'learned', token_weighting: bool = False,
-                 perceptual_terms=()) -> tuple[Array, dict]:
+                 perceptual_terms=(), perceptual_decode=None) -> tuple[Array, dict]:
   """Loss that trains G from F's trajectory (METHOD.md 3.1) -> (scalar, metrics).
 
   Terms (each a per-sample distance D, adaptively weighted per sample with
@@ -160,8 +160,11 @@ def reverse_loss(output: Array, projections, clean, trajectory, *, mode: str = '
       With denoise != 'learned' the x^0 projection would duplicate the end point
       (phi_0 = identity on the output), so it is dropped: projections may have
       length B (the last one is ignored) or B - 1.
-    - perceptual_terms: (name, fn, weight) with fn(output, end_target) -> (batch,);
-      each is adaptively weighted, scaled by weight and added to the end point.
+    - perceptual_terms: (name, fn, weight) with fn(image, target_image) -> (batch,);
+      each is adaptively weighted, scaled by weight and added to the end point. The
+      images are perceptual_decode(output) and sg(perceptual_decode(end_target)),
+      decoded once for all terms (e.g. unpatchify + the frozen VAE decoder, through
+      which the gradient reaches G); without a decode they are output and end_target.
   D is MSE, on states divided by the target's RMS when norm_control (every depth,
   the end point included, on the same scale), token-weighted when token_weighting.
   All targets are stop-gradient. Metrics: the raw (unweighted) batch-mean distance of
@@ -203,8 +206,11 @@ def reverse_loss(output: Array, projections, clean, trajectory, *, mode: str = '
   d = dist(output, end_target)
   metrics['reverse/out'] = jnp.mean(d)
   total = total + jnp.mean(adaptive_weight(d, adaptive_p, eps))
+  if perceptual_terms:
+    decode = perceptual_decode or (lambda tokens: tokens)
+    image, target_image = decode(output), jax.lax.stop_gradient(decode(end_target))
   for name, fn, weight in perceptual_terms:
-    d = _f32(fn(output, end_target))
+    d = _f32(fn(image, target_image))
     metrics[f'reverse/{name}'] = jnp.mean(d)
     total = total + weight * jnp.mean(adaptive_weight(d, adaptive_p, eps))
 

@@ -56,9 +56,12 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
                            environ: Mapping[str, str] | None = None) -> bool:
   """Calls `jax.distributed.initialize` when this is a multi-process job; True if it did.
 
-  Explicit flags win (an explicit coordinator for anything JAX does not detect); else
-  JAX's own detection for Cloud TPU pods, SLURM and Open MPI environments; else nothing
-  (one process owns all local devices). Must run before anything touches a device.
+  Explicit flags win (an explicit coordinator for anything JAX does not detect; also
+  from BIFLOW_COORDINATOR / BIFLOW_NUM_PROCESSES / BIFLOW_PROCESS_ID); else JAX's own
+  detection when the environment shows SLURM, Open MPI or a GKE TPU slice, or when
+  BIFLOW_DISTRIBUTED=1 (Cloud TPU VMs, which JAX finds through their metadata server);
+  else nothing (one process owns all local devices). Must run before anything touches
+  a device.
   """
   env = os.environ if environ is None else environ
   coordinator_address = coordinator_address or env.get('BIFLOW_COORDINATOR', '')
@@ -80,6 +83,8 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
                                num_processes=num_processes, process_id=process_id, **kwargs)
   else:
     cluster = detect_cluster(env)
+    if cluster is None and env.get('BIFLOW_DISTRIBUTED', '') not in ('', '0'):
+      cluster = 'BIFLOW_DISTRIBUTED=1: JAX'  # e.g. Cloud TPU VMs, found via their metadata
     if cluster is None:
       return False
     logging.info('%s environment detected: jax.distributed.initialize() from it', cluster)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import signal
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax
@@ -22,10 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from clu import metric_writers, periodic_actions
 
-from biflow_jax import (checkpoints, config_lib, images, input_pipeline, objectives, optim,
-                        parallel, sampling)
+from biflow_jax import (checkpoints, config_lib, frozen, images, input_pipeline, objectives,
+                        optim, parallel, sampling)
 from biflow_jax.models import layers
 from biflow_jax.models.flow import ForwardFlow
 
@@ -46,6 +46,7 @@ class TrainState:
 class Models(NamedTuple):
   flow: ForwardFlow
   generator: Any  # ReverseModel, or None while config.reverse.enabled is False
+  frozen: Any = None  # frozen.FrozenNets (VAE decoder, perceptual nets) when the config uses them
 
 
 def build_models(config: ml_collections.ConfigDict) -> Models:
@@ -79,24 +80,52 @@ def create_state(config, models: Models, tx, mesh) -> tuple[TrainState, Any]:
 
 
 def jit_train_step(config, models: Models, tx, plan, mesh, state_shardings):
-  """The train step jitted over the mesh: (state, global batch, phase=static) -> (state, metrics)."""
-  def step(state, batch, phase):
-    return train_step(state, batch, models=models, tx=tx, config=config, plan=plan, phase=phase)
-  jitted = jax.jit(step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+  """The train step jitted over the mesh: (state, global batch, frozen params, phase=static)
+  -> (state, metrics). Frozen nets' params are replicated on every device."""
+  def step(state, batch, frozen_params, phase):
+    return train_step(state, batch, frozen_params, models=models, tx=tx, config=config,
+                      plan=plan, phase=phase)
+  jitted = jax.jit(step, in_shardings=(state_shardings, parallel.batch_sharding(mesh),
+                                       parallel.replicated(mesh)),
                    out_shardings=(state_shardings, parallel.replicated(mesh)),
-                   static_argnums=(2,), donate_argnums=(0,))
-  return lambda state, batch, *, phase: jitted(state, batch, phase)
+                   static_argnums=(3,), donate_argnums=(0,))
+  return lambda state, batch, frozen_params=None, *, phase: jitted(
+      state, batch, frozen_params or {}, phase)
+
+
+def example_batch(config, batch_size: int | None = None) -> dict:
+  """Zeros shaped like a training batch of this config's data source (benchmarks, lowering)."""
+  n = config.batch_size if batch_size is None else batch_size
+  m = config.model
+  shape = (n, m.image_size, m.image_size, m.in_channels)
+  batch = {'label': np.zeros((n,), np.int32)}
+  if frozen.uses_latents(config):
+    batch.update(latent_mean=np.zeros(shape, np.float32), latent_std=np.ones(shape, np.float32))
+  else:
+    batch['image'] = np.zeros(shape, np.uint8)
+  return batch
 
 
 def preprocess(batch: dict, rng: jax.Array, config, num_classes: int, train: bool):
-  """uint8 images -> x in [-1, 1], x~ = x + sigma * eps; labels dropped to -1 w.p. p."""
+  """Batch -> (x, x~ = x + sigma * eps, labels dropped to -1 w.p. p).
+
+  x is uint8 images mapped to [-1, 1], or, from a latent cache, a fresh posterior draw
+  (mean + std * eps) * vae.scaling_factor.
+  """
   drop_prob = config.objective.label_drop_prob if train else 0.0
-  return _noisy_inputs(batch, rng, config.objective.noise_sigma, drop_prob, num_classes)
+  return _noisy_inputs(batch, rng, config.objective.noise_sigma, drop_prob, num_classes,
+                       float(config.vae.scaling_factor))
 
 
-def _noisy_inputs(batch: dict, rng: jax.Array, sigma: float, drop_prob: float, num_classes: int):
-  noise_rng, drop_rng = jax.random.split(rng)
-  x = batch['image'].astype(jnp.float32) / 127.5 - 1.0
+def _noisy_inputs(batch: dict, rng: jax.Array, sigma: float, drop_prob: float, num_classes: int,
+                  scaling_factor: float = 1.0):
+  noise_rng, drop_rng, latent_rng = jax.random.split(rng, 3)
+  if 'latent_mean' in batch:
+    from biflow_jax import latents  # pylint: disable=g-import-not-at-top
+    x = latents.sample_latents(batch['latent_mean'], batch['latent_std'], latent_rng,
+                               scaling_factor).astype(jnp.float32)
+  else:
+    x = batch['image'].astype(jnp.float32) / 127.5 - 1.0
   x_noisy = x + sigma * jax.random.normal(noise_rng, x.shape)
   if not num_classes:
     return x, x_noisy, None
@@ -128,7 +157,8 @@ def inverse_matching_target(flow: ForwardFlow, forward_params, z, y, config) -> 
   return jax.lax.stop_gradient(layers.patchify(x, flow.patch_size))
 
 
-def reverse_objective(models: Models, params, x_clean, x_noisy, y, trajectory, rng, config):
+def reverse_objective(models: Models, params, x_clean, x_noisy, y, trajectory, rng, config,
+                      frozen_params=None):
   """L_reverse for G: paired trajectory alignment, or inverse matching on fresh noise."""
   flow, generator = models.flow, models.generator
   obj = config.objective
@@ -144,15 +174,21 @@ def reverse_objective(models: Models, params, x_clean, x_noisy, y, trajectory, r
     return objectives.inverse_matching_loss(out, target)
   z = jax.lax.stop_gradient(trajectory[-1])
   out, projections = _generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
+  decode, terms = frozen.perceptual_terms(models.frozen, frozen_params or {}, flow.patch_size,
+                                          flow.image_shape)
   return objectives.reverse_loss(
       out, projections, layers.patchify(x_clean, flow.patch_size), trajectory,
       mode=obj.reverse_mode, norm_control=obj.norm_control, adaptive_p=obj.adaptive_p,
-      eps=obj.adaptive_eps, denoise=obj.denoise, token_weighting=obj.token_weighting)
+      eps=obj.adaptive_eps, denoise=obj.denoise, token_weighting=obj.token_weighting,
+      perceptual_terms=terms, perceptual_decode=decode)
 
 
-def train_step(state: TrainState, batch: dict, *, models: Models, tx, config,
-               plan, phase: optim.Phase) -> tuple[TrainState, dict]:
-  """One update of the phase's trainable groups: L = w_nll L_NLL(F) + w_rev L_reverse(G)."""
+def train_step(state: TrainState, batch: dict, frozen_params=None, *, models: Models, tx,
+               config, plan, phase: optim.Phase) -> tuple[TrainState, dict]:
+  """One update of the phase's trainable groups: L = w_nll L_NLL(F) + w_rev L_reverse(G).
+
+  `frozen_params`: weights of models.frozen (VAE decoder, perceptual nets), never updated.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
   data_rng, reverse_rng = jax.random.split(rng)
   flow = models.flow
@@ -166,12 +202,13 @@ def train_step(state: TrainState, batch: dict, *, models: Models, tx, config,
     nll = objectives.gaussian_nll(z, logdet)
     nll_per_dim = jnp.mean(nll) / num_dims
     metrics = dict(nll_per_dim=nll_per_dim, logdet_per_dim=jnp.mean(logdet) / num_dims,
-                   bits_per_dim=jnp.mean(objectives.bits_per_dim(nll, num_dims)),
                    z_rms=jnp.sqrt(jnp.mean(jnp.square(z))))
+    if not frozen.uses_latents(config):  # 8-bit bins exist in pixel space only
+      metrics['bits_per_dim'] = jnp.mean(objectives.bits_per_dim(nll, num_dims))
     loss = nll_weight * nll_per_dim
     if reverse_weight > 0:
       reverse_loss, reverse_metrics = reverse_objective(
-          models, params, x_clean, x_noisy, y, trajectory, reverse_rng, config)
+          models, params, x_clean, x_noisy, y, trajectory, reverse_rng, config, frozen_params)
       loss = loss + reverse_weight * reverse_loss
       metrics.update(reverse_metrics)
     return loss, metrics
@@ -203,17 +240,18 @@ class NonFiniteError(RuntimeError):
   """Too many consecutive non-finite steps: the run stops, its checkpoints untouched."""
 
 
-@functools.partial(jax.jit, static_argnames=('flow', 'sigma'))
-def _heldout_nll(params, batch, rng, *, flow: ForwardFlow, sigma: float) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=('flow', 'sigma', 'scaling_factor'))
+def _heldout_nll(params, batch, rng, *, flow: ForwardFlow, sigma: float,
+                 scaling_factor: float = 1.0) -> jax.Array:
   """Per-example NLL of x~; module-level so periodic evaluations reuse one compilation."""
-  _, x_noisy, y = _noisy_inputs(batch, rng, sigma, 0.0, flow.num_classes)
+  _, x_noisy, y = _noisy_inputs(batch, rng, sigma, 0.0, flow.num_classes, scaling_factor)
   z, logdet, _ = flow.apply({'params': params}, x_noisy, y)
   return objectives.gaussian_nll(z, logdet)
 
 
-def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config,
-                         mesh=None) -> float:
-  """Mean bits/dim of x~ over the held-out set (fixed noise, true labels).
+def heldout_nll_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config,
+                        mesh=None) -> float:
+  """Mean NLL per dimension (nats) of x~ over the held-out set (fixed noise, true labels).
 
   With a mesh, each batch is split over its devices (every process takes its rows of
   the held-out arrays it has in memory) and every process must call this.
@@ -228,12 +266,29 @@ def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, confi
     if mesh is not None:
       batch = parallel.global_batch({k: v[rows] for k, v in batch.items()}, mesh,
                                     config.batch_size)
-    nlls.append(parallel.to_host(_heldout_nll(forward_params, batch,
-                                              jax.random.PRNGKey(EVAL_NOISE_SEED + i),
-                                              flow=flow, sigma=sigma)))
+    nlls.append(parallel.to_host(_heldout_nll(
+        forward_params, batch, jax.random.PRNGKey(EVAL_NOISE_SEED + i), flow=flow,
+        sigma=sigma, scaling_factor=float(config.vae.scaling_factor))))
   if not nlls:
     raise ValueError(f'held-out set has fewer than batch_size={config.batch_size} examples')
-  return float(np.mean(objectives.bits_per_dim(np.concatenate(nlls), flow.num_dims)))
+  return float(np.mean(np.concatenate(nlls))) / flow.num_dims
+
+
+def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config,
+                         mesh=None) -> float:
+  """Mean bits/dim of x~ over the held-out set: the NLL per dim in 8-bit pixel bins."""
+  nll = heldout_nll_per_dim(flow, forward_params, heldout, config, mesh)
+  return float(objectives.bits_per_dim(nll * flow.num_dims, flow.num_dims))
+
+
+def heldout_metrics(flow: ForwardFlow, forward_params, heldout: dict, config, mesh=None) -> dict:
+  """What the periodic evaluation logs: NLL per dim, and bits/dim for pixel data."""
+  nll = heldout_nll_per_dim(flow, forward_params, heldout, config, mesh)
+  metrics = {'heldout/nll_per_dim': nll}
+  if not frozen.uses_latents(config):
+    metrics['heldout/bits_per_dim'] = float(objectives.bits_per_dim(nll * flow.num_dims,
+                                                                    flow.num_dims))
+  return metrics
 
 
 def default_denoise(config, decoder: str) -> str:
@@ -259,11 +314,13 @@ def make_samplers(config, decoders) -> dict[str, sampling.Sampler]:
           for d in decoders}
 
 
-def write_sample_grid(config, samplers: dict, params, path: Path, num: int | None = None,
-                      temperature: float | None = None) -> tuple[Path, dict]:
+def write_sample_grid(config, samplers: dict, params, path: epath.PathLike, num: int | None = None,
+                      temperature: float | None = None, to_pixels=None) -> tuple[epath.Path, dict]:
   """One PNG with a grid per decoder, side by side, all from the same noise and labels.
 
-  Every process samples (the params may span hosts); process 0 alone writes the file.
+  `to_pixels` maps model-space samples to images (the VAE decoder for latent runs);
+  outputs hold the images. Every process samples (the params may span hosts); process 0
+  alone writes the file.
   """
   num = num or config.sample.num
   labels = sampling.class_rows(num, config.model.num_classes)
@@ -274,11 +331,27 @@ def write_sample_grid(config, samplers: dict, params, path: Path, num: int | Non
   for name, sampler in samplers.items():
     x = sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels,
                 guidance=decoder_guidance(config, name), temperature=temperature)
+    if to_pixels is not None:
+      x = to_pixels(x)
     outputs[name] = parallel.to_host(x)
     grids.append(images.make_grid(images.to_uint8(outputs[name]), rows=rows))
   if parallel.is_main_process():
     images.save_png(images.side_by_side(grids), path)
   return path, outputs
+
+
+def pixel_decoder(models: Models, frozen_params: dict):
+  """Jitted samples -> images for latent runs (VAE decode); None when samples are images."""
+  if models.frozen is None or models.frozen.vae is None:
+    return None
+  decode = jax.jit(lambda p, x: frozen.to_images(models.frozen, p, x))
+  return lambda x: decode(frozen_params, x)
+
+
+def load_frozen(config, models: Models) -> tuple[Models, dict]:
+  """Models with their frozen nets attached, and those nets' weights (from config files)."""
+  nets, params = frozen.load(config)
+  return models._replace(frozen=nets), params
 
 
 class _Preemption:
@@ -311,12 +384,12 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in history if k in m])) for k in keys}
 
 
-def _write_config(config, workdir: Path) -> None:
+def _write_config(config, workdir: epath.Path) -> None:
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
                        stop_at: int | None = None) -> TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state.
 
@@ -326,9 +399,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   config_lib.validate(config)
   plan = optim.build_phase_plan(config)
   end = optim.total_steps(plan)
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   models = build_models(config)
+  models, frozen_params = load_frozen(config, models)  # missing weight files fail here
   tx = optim.make_optimizer(config, plan)
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_divisible(config.batch_size, mesh)
@@ -336,7 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                mesh.size, jax.process_count(), config.mesh.param_sharding)
   data_iter = input_pipeline.create_train_iterator(
       config, rows=parallel.process_rows(mesh, config.batch_size))
-  heldout = input_pipeline.load_heldout(config)
+  heldout = input_pipeline.load_heldout(config, config.eval_batches * config.batch_size)
   state, state_shardings = create_state(config, models, tx, mesh)
 
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
@@ -350,6 +424,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   step = int(state.step)
   report = periodic_actions.ReportProgress(num_train_steps=end, writer=writer)
   step_fn = jit_train_step(config, models, tx, plan, mesh, state_shardings)
+  frozen_params = jax.device_put(frozen_params, parallel.replicated(mesh))
+  to_pixels = pixel_decoder(models, frozen_params)
   samplers = make_samplers(config, panel_decoders(config))
   last = end if stop_at is None else min(end, stop_at)
   pending, t_log, steps_at_log = [], time.time(), step
@@ -360,7 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     while step < last:
       phase = optim.phase_at(plan, step)
       batch = parallel.global_batch(next(data_iter), mesh, config.batch_size)
-      state, metrics = step_fn(state, batch, phase=phase)
+      state, metrics = step_fn(state, batch, frozen_params, phase=phase)
       step += 1
       pending.append(metrics)
       report(step, time.time())
@@ -384,11 +460,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         writer.write_scalars(step, means)
         pending, t_log, steps_at_log = [], time.time(), step
       if step % config.eval_every == 0 or step == end:
-        bpd = heldout_bits_per_dim(models.flow, state.ema['forward'], heldout, config, mesh)
-        writer.write_scalars(step, {'heldout/bits_per_dim': bpd})
+        writer.write_scalars(step, heldout_metrics(models.flow, state.ema['forward'], heldout,
+                                                   config, mesh))
       if step % config.sample_every == 0 or step == end:
         path, _ = write_sample_grid(config, samplers, state.ema,
-                                    workdir / 'samples' / f'step_{step}.png')
+                                    workdir / 'samples' / f'step_{step}.png', to_pixels=to_pixels)
         if parallel.is_main_process():
           logging.info('wrote %s (%s)', path, ', '.join(samplers))
       if (step % config.checkpoint_every == 0 or finished) and int(state.skips) == 0:
@@ -402,7 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   return state
 
 
-def restore_for_inference(config, workdir: str | Path) -> tuple[Models, TrainState, int]:
+def restore_for_inference(config, workdir: str | epath.PathLike) -> tuple[Models, TrainState, int]:
   """Models and train state from the latest checkpoint (no data iterator)."""
   config_lib.validate(config)
   plan = optim.build_phase_plan(config)
@@ -412,8 +488,8 @@ def restore_for_inference(config, workdir: str | Path) -> tuple[Models, TrainSta
   mesh = parallel.make_mesh(config.mesh)
   abstract = parallel.with_shardings(abstract,
                                      parallel.state_shardings(abstract, mesh, config.mesh))
-  if not (Path(workdir) / 'checkpoints').is_dir():  # say so without creating anything
-    raise FileNotFoundError(f'no checkpoint in {Path(workdir) / "checkpoints"}: train first '
+  if not (epath.Path(workdir) / 'checkpoints').is_dir():  # say so without creating anything
+    raise FileNotFoundError(f'no checkpoint in {epath.Path(workdir) / "checkpoints"}: train first '
                             '(--mode=train) or point --workdir at a run that has one')
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   try:
@@ -423,17 +499,20 @@ def restore_for_inference(config, workdir: str | Path) -> tuple[Models, TrainSta
   return models, state, step
 
 
-def sample_from_checkpoint(config, workdir: str | Path, name: str | None = None) -> Path:
+def sample_from_checkpoint(config, workdir: str | epath.PathLike, name: str | None = None) -> epath.Path:
   """`--mode=sample`: a grid (and the raw samples) from the latest checkpoint's EMA params."""
-  workdir = Path(workdir)
-  _, state, step = restore_for_inference(config, workdir)
+  workdir = epath.Path(workdir)
+  models, state, step = restore_for_inference(config, workdir)
+  models, frozen_params = load_frozen(config, models) if frozen.uses_latents(config) else (models, {})
   s = config.sample
   w = decoder_guidance(config, s.decoder)
   name = name or f'{s.decoder}_w{w:g}_t{s.temperature:g}_step{step}'
   path, outputs = write_sample_grid(config, make_samplers(config, (s.decoder,)), state.ema,
-                                    workdir / 'samples' / f'{name}.png')
+                                    workdir / 'samples' / f'{name}.png',
+                                    to_pixels=pixel_decoder(models, frozen_params))
   if parallel.is_main_process():
-    np.savez(workdir / 'samples' / f'{name}.npz', images=images.to_uint8(outputs[s.decoder]),
-             labels=np.asarray(sampling.class_rows(s.num, config.model.num_classes)))
+    with (workdir / 'samples' / f'{name}.npz').open('wb') as f:
+      np.savez(f, images=images.to_uint8(outputs[s.decoder]),
+               labels=np.asarray(sampling.class_rows(s.num, config.model.num_classes)))
   logging.info('wrote %s', path)
   return path

@@ -122,6 +122,10 @@ def run(config, out: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.process_index < 0:
+    # On a cluster each host encodes its own shards: learn which host this is.
+    from biflow_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.initialize_distributed()
   summary = run(FLAGS.config, FLAGS.out)
   done = ('meta.json written: the cache is complete' if summary['meta_written'] else
           'other processes still have shards to do; the last one writes meta.json')

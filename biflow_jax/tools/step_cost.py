@@ -1,0 +1,118 @@
+"""Parameters and FLOPs of a config's train step and 1-NFE sample, without running anything.
+
+  python -m biflow_jax.tools.step_cost --config=configs/imagenet256.py:B [--out=cost.json]
+
+Everything is abstract: shapes from `jax.eval_shape`, FLOPs from XLA's cost analysis of
+the lowered (not compiled, not executed) programs, so it works on a laptop CPU for a model
+that needs a TPU pod. Times are arithmetic, FLOPs / (MFU x peak), and are labelled so.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from biflow_jax import benchmark, config_lib, frozen, optim, train
+
+# Chips the estimate is printed for (dense bf16 peak TFLOP/s, as in benchmark.PEAK_TFLOPS).
+ESTIMATE_CHIPS = ('TPU v5p', 'NVIDIA H200')
+ESTIMATE_MFU = 0.4
+
+
+def count(tree: Any) -> int:
+  return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
+
+
+def lowered_flops(fn, *args) -> float:
+  """FLOPs of one call from XLA's HLO cost analysis of the lowered program."""
+  cost = jax.jit(fn).lower(*args).cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost['flops'])
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+def step_cost(config) -> dict:
+  """Parameter counts per network and FLOPs per train step (each phase) and per sample."""
+  config_lib.validate(config)
+  plan = optim.build_phase_plan(config)
+  models = train.build_models(config)
+  nets, frozen_params = frozen.abstract(config)
+  models = models._replace(frozen=nets)
+  tx = optim.make_optimizer(config, plan)
+  state = jax.eval_shape(lambda: train.init_state(config, models, tx))
+  batch = _abstract(train.example_batch(config))
+  result: dict[str, Any] = {
+      'batch_size': int(config.batch_size),
+      'params_forward': count(state.params['forward']),
+      'params_reverse': count(state.params.get('reverse', {})),
+      'params_vae_decoder': count(frozen_params.get('vae', {})),
+      'params_perceptual': {k: count(v) for k, v in frozen_params.get('perceptual', {}).items()},
+      'train_step_flops': {},
+  }
+  for phase in plan:
+    step = lambda s, b, f, phase=phase: train.train_step(s, b, f, models=models, tx=tx,
+                                                          config=config, plan=plan, phase=phase)
+    result['train_step_flops'][phase.name] = lowered_flops(step, state, batch, frozen_params)
+
+  flow, generator = models.flow, models.generator
+  tokens = jax.ShapeDtypeStruct((1, flow.num_tokens, flow.token_dim), jnp.float32)
+  labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+  image = jax.ShapeDtypeStruct((1,) + flow.image_shape, jnp.float32)
+  # F's exact inverse does the work of one forward pass, spread over T x B serial steps
+  # (KV cache); cost analysis counts a loop body once, so the forward pass is measured.
+  result['sample_flops_forward_pass_F'] = lowered_flops(
+      lambda p, x, y: flow.apply({'params': p}, x, y)[0], state.params['forward'], image, labels)
+  if generator is not None:
+    result['sample_flops_G'] = lowered_flops(
+        lambda p, z, y: generator.apply({'params': p}, z, y, jnp.zeros((1,)))[0],
+        state.params['reverse'], tokens, labels)
+  if nets is not None and nets.vae is not None:
+    result['sample_flops_vae_decode'] = lowered_flops(
+        lambda p, x: frozen.to_images(nets, p, x), frozen_params, image)
+  result['estimates'] = estimates(result)
+  return result
+
+
+def estimates(result: dict) -> dict:
+  """Arithmetic times at ESTIMATE_MFU of each chip's dense bf16 peak (not measurements)."""
+  out = {}
+  for chip in ESTIMATE_CHIPS:
+    rate = ESTIMATE_MFU * benchmark.PEAK_TFLOPS[chip] * 1e12
+    chip_out = {f'train_step_s/{name}': flops / rate
+                for name, flops in result['train_step_flops'].items()}
+    if 'sample_flops_G' in result:
+      chip_out['sample_ms_G'] = 1e3 * result['sample_flops_G'] / rate
+    if 'sample_flops_vae_decode' in result:
+      chip_out['sample_ms_vae_decode'] = 1e3 * result['sample_flops_vae_decode'] / rate
+    out[f'{chip} @ {ESTIMATE_MFU:.0%} MFU'] = chip_out
+  return out
+
+
+def main(argv=None) -> None:
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  flags.DEFINE_string('out', '', 'Also write the numbers to this JSON file.')
+  flags.mark_flags_as_required(['config'])
+
+  def run(_):
+    result = step_cost(flags.FLAGS.config)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if flags.FLAGS.out:
+      Path(flags.FLAGS.out).write_text(text)
+
+  app.run(run, argv=argv or sys.argv)
+
+
+if __name__ == '__main__':
+  main()

@@ -205,14 +205,15 @@ def load_jpeg_images(
 
 
 def _tfds_unprepared_error(tfds: Any, name: str, split: str, data_dir: str,
-                           err: Exception) -> ValueError | None:
+                           err: Exception, manual_dir: str = '') -> ValueError | None:
   """Turns "not prepared / wrong file format" into one actionable message."""
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except Exception:  # pylint: disable=broad-except  # the original error says more
     return None
   shown = data_dir or '(tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets)'
-  build = (f'tfds build {name} --data_dir={data_dir or "<data_dir>"} '
+  manual = f'--manual_dir={manual_dir} ' if manual_dir else ''
+  build = (f'tfds build {name} --data_dir={data_dir or "<data_dir>"} {manual}'
            '--file_format=array_record')
   if not builder.is_prepared():
     return ValueError(
@@ -230,8 +231,12 @@ def _tfds_unprepared_error(tfds: Any, name: str, split: str, data_dir: str,
   return None
 
 
-def open_tfds_source(name: str, split: str, data_dir: str = '') -> Sequence[dict[str, Any]]:
-  """A random-access tfds source (ArrayRecord) of {'image', 'label'} records; never downloads."""
+def open_tfds_source(name: str, split: str, data_dir: str = '',
+                     manual_dir: str = '') -> Sequence[dict[str, Any]]:
+  """A random-access tfds source (ArrayRecord) of {'image', 'label'} records; never downloads.
+
+  `manual_dir` only goes into the how-to-prepare message (ImageNet needs its archives).
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow; tfds only
   if not name:
     raise ValueError("config.data.source='tfds' needs config.data.tfds_name, "
@@ -242,7 +247,7 @@ def open_tfds_source(name: str, split: str, data_dir: str = '') -> Sequence[dict
     raise ValueError(f'unknown tfds dataset {name!r} (config.data.tfds_name); '
                      '`tfds.list_builders()` lists the known names') from None
   except Exception as err:  # pylint: disable=broad-except
-    better = _tfds_unprepared_error(tfds, name, split, data_dir, err)
+    better = _tfds_unprepared_error(tfds, name, split, data_dir, err, manual_dir)
     if better is None:
       raise
     raise better from err

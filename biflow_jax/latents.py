@@ -545,31 +545,5 @@ def open_image_source(name: str, split: str, data_dir: str = '',
                       manual_dir: str = '') -> Sequence[Mapping[str, Any]]:
   """A prepared tfds dataset as a random-access source of {'image', 'label'}; never
   downloads or prepares (ImageNet needs its archives, which only the user has)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow import
-  shown = data_dir or '(tfds default: $TFDS_DATA_DIR or ~/tensorflow_datasets)'
-  build = (f'tfds build {name} --data_dir={data_dir or "<data_dir>"} '
-           f'--manual_dir={manual_dir or "<folder with the downloaded archives>"} '
-           '--file_format=array_record')
-  try:
-    return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
-  except tfds.core.DatasetNotFoundError:
-    raise ValueError(f'unknown tfds dataset {name!r} (config.data.tfds_name); '
-                     '`tfds.list_builders()` lists the known names') from None
-  except Exception as err:  # pylint: disable=broad-except
-    try:
-      builder = tfds.builder(name, data_dir=data_dir or None)
-      prepared = builder.is_prepared()
-      file_format = str(getattr(builder.info, 'file_format', '') or '')
-    except Exception:  # pylint: disable=broad-except  # the original error says more
-      raise err from None
-    if not prepared:
-      raise ValueError(
-          f'tfds dataset {name!r} (split {split!r}) is not prepared under data_dir {shown} '
-          f'(looked in {builder.data_path}). Prepare it once in ArrayRecord format: '
-          f'`{build}`, then set config.data.data_dir to that data_dir.') from err
-    if 'array_record' not in file_format.lower():
-      raise ValueError(
-          f'tfds dataset {name!r} under {builder.data_path} is prepared as {file_format}, '
-          f'but random access needs ArrayRecord: rebuild it with `{build}` into another '
-          'data_dir.') from err
-    raise
+  from biflow_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.open_tfds_source(name, split, data_dir, manual_dir)

@@ -1,11 +1,11 @@
 """Entry point: python -m biflow_jax.main --config=configs/<name>.py --workdir=DIR [--mode=...]."""
 from __future__ import annotations
 
-import re
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from biflow_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
@@ -64,20 +64,5 @@ def main(argv):
     benchmark.run(config, FLAGS.workdir)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with a one-line message for an override of a field that doesn't exist."""
-  try:
-    return FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    overrides = [a for a in argv[1:] if re.match(r'^--?config\.', a)]
-    print(f'FATAL: a --config.* override names a field the config does not have ({e}); '
-          f'overrides given: {overrides}. Fields are listed in biflow_jax/config_lib.py '
-          'and the config file.', file=sys.stderr)
-    sys.exit(2)
-  except flags.Error as e:
-    print(f'FATAL: {e}\nPass --helpfull to see the flags.', file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import frozen, input_pipeline, latents, optim, parallel, perceptual, train
+from biflow_jax import frozen, input_pipeline, latents, optim, parallel, train
 from biflow_jax.convert import vae as vae_convert
-from test_perceptual import _order, _recipe, _reference
+from test_perceptual import lpips_standin_state
 from test_train import parse_config
 
 DATA = Path(__file__).parent / 'testdata'
@@ -24,15 +24,7 @@ NUM_IMAGES = 40
 
 
 def lpips_weights(path: Path) -> Path:
-  make, ref, state = _recipe(), _reference('lpips_vgg'), {}
-  for k, (name, shape) in enumerate(_order('lpips_vgg')):
-    if name.startswith('net.'):
-      state[name] = make(name, tuple(shape), k)
-    elif name.startswith('lin'):
-      state[name] = ref[f'lin/{name}']
-  state['scaling_layer.shift'] = np.array(perceptual.LPIPS_SHIFT, np.float32).reshape(1, 3, 1, 1)
-  state['scaling_layer.scale'] = np.array(perceptual.LPIPS_SCALE, np.float32).reshape(1, 3, 1, 1)
-  np.savez(path, **state)
+  np.savez(path, **lpips_standin_state())
   return path
 
 

@@ -310,7 +310,7 @@ from biflow_jax.tools import cache_latents
 cache_latents.load_vae = lambda vae_cfg: test_latents.tiny_vae()
 with tfds.testing.mock_data(num_examples={n}):
   app.run(cache_latents.main, argv=['cache_latents'] + sys.argv[1:],
-          flags_parser=cache_latents.parse_flags)
+          flags_parser=cache_latents.cli.parse_flags)
 """
 
 

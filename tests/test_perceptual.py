@@ -51,9 +51,9 @@ def lpips_ref():
   return _reference('lpips_vgg')
 
 
-@pytest.fixture(scope='module')
-def lpips_state(lpips_ref):
-  """The reference LPIPS state dict in lpips naming (net.slice*, lin*, lins.*)."""
+def lpips_standin_state(lpips_ref=None):
+  """The reference LPIPS state dict in lpips naming: stand-in VGG trunk, real heads."""
+  lpips_ref = _reference('lpips_vgg') if lpips_ref is None else lpips_ref
   make = _recipe()
   state = {}
   for k, (name, shape) in enumerate(_order('lpips_vgg')):  # k counts every entry
@@ -64,6 +64,11 @@ def lpips_state(lpips_ref):
   state['scaling_layer.shift'] = np.array(perceptual.LPIPS_SHIFT, np.float32).reshape(1, 3, 1, 1)
   state['scaling_layer.scale'] = np.array(perceptual.LPIPS_SCALE, np.float32).reshape(1, 3, 1, 1)
   return state
+
+
+@pytest.fixture(scope='module')
+def lpips_state(lpips_ref):
+  return lpips_standin_state(lpips_ref)
 
 
 @pytest.fixture(scope='module')

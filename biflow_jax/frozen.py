@@ -37,14 +37,16 @@ def perceptual_enabled(config) -> bool:
   return float(p.lpips_weight) > 0 or float(p.convnext_weight) > 0
 
 
-def load(config) -> tuple[FrozenNets | None, dict]:
+def load(config, with_perceptual: bool = True) -> tuple[FrozenNets | None, dict]:
   """(nets, params) for this config; (None, {}) when nothing frozen is needed.
 
   Missing weight files are FileNotFoundErrors naming the config field and how to get them,
-  raised here, before any training step compiles.
+  raised here, before any training step compiles. `with_perceptual=False` loads only the
+  VAE (sampling and evaluation need no loss networks).
   """
   needs_vae = uses_latents(config)
-  if not needs_vae and not perceptual_enabled(config):
+  with_perceptual = with_perceptual and perceptual_enabled(config)
+  if not needs_vae and not with_perceptual:
     return None, {}
   params: dict[str, Any] = {}
   vae = None
@@ -53,7 +55,7 @@ def load(config) -> tuple[FrozenNets | None, dict]:
     vae, vae_params = vae_convert.load(config.vae)
     params['vae'] = {k: v for k, v in vae_params.items() if k in VAE_DECODER_PARTS}
   terms = []
-  if perceptual_enabled(config):
+  if with_perceptual:
     from biflow_jax import perceptual  # pylint: disable=g-import-not-at-top
     params['perceptual'] = {}
     for term in perceptual.load_terms(config.perceptual):

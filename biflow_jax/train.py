@@ -348,9 +348,9 @@ def pixel_decoder(models: Models, frozen_params: dict):
   return lambda x: decode(frozen_params, x)
 
 
-def load_frozen(config, models: Models) -> tuple[Models, dict]:
+def load_frozen(config, models: Models, with_perceptual: bool = True) -> tuple[Models, dict]:
   """Models with their frozen nets attached, and those nets' weights (from config files)."""
-  nets, params = frozen.load(config)
+  nets, params = frozen.load(config, with_perceptual)
   return models._replace(frozen=nets), params
 
 
@@ -503,7 +503,7 @@ def sample_from_checkpoint(config, workdir: str | epath.PathLike, name: str | No
   """`--mode=sample`: a grid (and the raw samples) from the latest checkpoint's EMA params."""
   workdir = epath.Path(workdir)
   models, state, step = restore_for_inference(config, workdir)
-  models, frozen_params = load_frozen(config, models) if frozen.uses_latents(config) else (models, {})
+  models, frozen_params = load_frozen(config, models, with_perceptual=False)
   s = config.sample
   w = decoder_guidance(config, s.decoder)
   name = name or f'{s.decoder}_w{w:g}_t{s.temperature:g}_step{step}'

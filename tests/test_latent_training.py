@@ -126,14 +126,41 @@ def test_lpips_gradient_reaches_G_through_the_frozen_decoder(cache, lpips_file):
   assert max(jax.tree.leaves(moved)) > 0  # LPIPS changed G's gradient in the real step
 
 
-def test_latent_run_end_to_end(cache, lpips_file, tmp_path):
+@pytest.fixture(scope='module')
+def trained_run(cache, lpips_file, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('latent_run')
   config = latent_config(cache, lpips_file)
-  state = train.train_and_evaluate(config, tmp_path)
+  state = train.train_and_evaluate(config, workdir)
+  return config, workdir, state
+
+
+def test_latent_run_end_to_end(trained_run):
+  config, workdir, state = trained_run
   assert int(state.step) == 6
-  grid = Image.open(tmp_path / 'samples' / 'step_6.png')
+  grid = Image.open(workdir / 'samples' / 'step_6.png')
   # Three decoders side by side, each a grid of VAE-decoded 32x32 RGB images.
   assert grid.mode == 'RGB' and min(grid.size) > 32
   # --mode=sample decodes the latents too: 32x32 RGB images, not 8x8x4 latents.
-  path = train.sample_from_checkpoint(config, tmp_path, name='check')
+  path = train.sample_from_checkpoint(config, workdir, name='check')
   with np.load(path.with_suffix('.npz')) as saved:
     assert saved['images'].shape == (10, 32, 32, 3) and saved['images'].dtype == np.uint8
+
+
+def test_latent_eval_scores_decoded_images(trained_run, tmp_path):
+  """--mode=eval on a latent run: samples and held-out latents are decoded to pixels
+  and scored by the FID InceptionV3 (stand-in weights); NLL per latent dimension."""
+  from biflow_jax.evaluation import evaluate
+  from test_inception import stand_in_state_dict
+  config, workdir, _ = trained_run
+  config = config.copy_and_resolve_references()
+  weights = tmp_path / 'inception_standin.npz'
+  np.savez(weights, **stand_in_state_dict())
+  config.eval.feature_net, config.eval.inception_weights = 'inception', str(weights)
+  config.eval.decoders, config.eval.num_samples, config.eval.batch = 'reverse', 8, 8
+  config.eval.is_splits, config.eval.pr_k = 1, 2
+  result = evaluate.evaluate(config, workdir)
+  assert np.isfinite(result['heldout_nll_per_dim_ema']) and 'heldout_bits_per_dim_ema' not in result
+  entry = result['decoders']['reverse']
+  assert np.isfinite(entry['frechet_distance']) and entry['frechet_distance'] > 0
+  # The floor (real training latents, decoded) is closer to the reference than G's samples.
+  assert result['real_train_images']['frechet_distance'] < entry['frechet_distance']

@@ -11,6 +11,12 @@
 
 Statistics of the real data are computed once per workdir and feature net and cached
 in DIR/eval_cache/.
+
+Latent runs (data.source='latents') are scored in pixel space: samples go through the
+frozen VAE decoder, and the real reference is the decoder's image of each held-out
+latent's posterior mean (VAE reconstructions; the standard ImageNet FID reference
+batch of real images gives somewhat different numbers). The held-out metric is then NLL
+per latent dimension.
 """
 from __future__ import annotations
 
@@ -88,14 +94,27 @@ def make_feature_fn(config) -> tuple[str, FeatureFn]:
   raise ValueError(f'config.eval.feature_net={net!r}; use one of {FEATURE_NETS}')
 
 
-def real_statistics(config, net_name: str, feature_fn: FeatureFn, cache_dir: Path) -> dict:
+def real_images(config, batch: dict, to_pixels=None) -> np.ndarray:
+  """Real examples as images in [-1, 1]: pixels as stored, latents decoded (posterior mean)."""
+  if 'image' in batch:
+    return batch['image'].astype(np.float32) / 127.5 - 1.0
+  if to_pixels is None:
+    raise ValueError('latent data needs the VAE decoder (config.vae.weights) to be scored')
+  scale, size = float(config.vae.scaling_factor), int(config.eval.batch)
+  means = batch['latent_mean']
+  return np.concatenate([np.asarray(to_pixels(jnp.asarray(means[i:i + size]) * scale))
+                         for i in range(0, len(means), size)])
+
+
+def real_statistics(config, net_name: str, feature_fn: FeatureFn, cache_dir: Path,
+                    to_pixels=None) -> dict:
   """Held-out features' (mu, sigma) and a subset for precision/recall, cached on disk."""
   path = cache_dir / f'real_{config.data.source}_{config.data.tfds_name or "default"}_{net_name}.npz'
   if path.exists():
     cached = np.load(path)
     return {k: cached[k] for k in cached.files}
   heldout = input_pipeline.load_heldout(config)
-  images = heldout['image'].astype(np.float32) / 127.5 - 1.0
+  images = real_images(config, heldout, to_pixels)
   logits, features = feature_fn(images)
   mu, sigma = metrics.feature_stats(features)
   stats = {'mu': mu, 'sigma': sigma, 'features': features.astype(np.float32),
@@ -107,8 +126,10 @@ def real_statistics(config, net_name: str, feature_fn: FeatureFn, cache_dir: Pat
   return stats
 
 
-def generate(config, params, decoder: str, num: int, batch: int) -> tuple[np.ndarray, np.ndarray, float]:
-  """(images in [-1, 1], labels, seconds) from `decoder`, class-balanced labels."""
+def generate(config, params, decoder: str, num: int, batch: int,
+             to_pixels=None) -> tuple[np.ndarray, np.ndarray, float]:
+  """(images in [-1, 1], labels, seconds) from `decoder`, class-balanced labels; latent
+  samples are decoded by `to_pixels` (the VAE), inside the timed loop."""
   from biflow_jax import train  # pylint: disable=g-import-not-at-top
   sampler = sampling.make_sampler(config, decoder, train.default_denoise(config, decoder))
   guidance = train.decoder_guidance(config, decoder)
@@ -118,8 +139,8 @@ def generate(config, params, decoder: str, num: int, batch: int) -> tuple[np.nda
   for i, start in enumerate(range(0, num, batch)):
     y = jnp.asarray(labels[start:start + batch])
     rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), i)
-    out.append(np.asarray(sampler(params, rng, y, guidance=guidance,
-                                  temperature=config.sample.temperature)))
+    x = sampler(params, rng, y, guidance=guidance, temperature=config.sample.temperature)
+    out.append(np.asarray(x if to_pixels is None else to_pixels(x)))
   return np.concatenate(out), labels, time.time() - t0
 
 
@@ -145,15 +166,17 @@ def evaluate(config, workdir: str | Path) -> dict:
   decoders = decoders_to_evaluate(config)
   net_name, feature_fn = make_feature_fn(config)  # fails before any sampling if weights miss
   models, state, step = train.restore_for_inference(config, workdir)
-  heldout = input_pipeline.load_heldout(config)
+  models, frozen_params = train.load_frozen(config, models, with_perceptual=False)
+  to_pixels = train.pixel_decoder(models, frozen_params)
+  heldout = input_pipeline.load_heldout(config, config.eval_batches * config.batch_size)
+  heldout_metrics = train.heldout_metrics(models.flow, state.ema['forward'], heldout, config)
   result: dict[str, Any] = {
       'step': step, 'feature_net': net_name, 'num_samples': int(config.eval.num_samples),
       'noise_sigma': float(config.objective.noise_sigma),
       'temperature': float(config.sample.temperature),
-      'heldout_bits_per_dim_ema': train.heldout_bits_per_dim(models.flow, state.ema['forward'],
-                                                              heldout, config),
+      **{f"heldout_{k.split('/')[1]}_ema": v for k, v in heldout_metrics.items()},
       'decoders': {}}
-  real = real_statistics(config, net_name, feature_fn, workdir / 'eval_cache')
+  real = real_statistics(config, net_name, feature_fn, workdir / 'eval_cache', to_pixels)
   if config.model.num_classes:
     result['real_heldout_class_accuracy'] = float(
         np.mean(np.argmax(real['logits'], axis=-1) == real['labels']))
@@ -161,11 +184,10 @@ def evaluate(config, workdir: str | Path) -> dict:
   train_source = input_pipeline.load_source(config, 'train')
   train_real = train_source.gather(np.arange(min(train_source.length, int(config.eval.num_samples))))
   result['real_train_images'] = sample_metrics(
-      train_real['image'].astype(np.float32) / 127.5 - 1.0, train_real['label'], real,
-      feature_fn, config)
+      real_images(config, train_real, to_pixels), train_real['label'], real, feature_fn, config)
   for decoder in decoders:
     fake, labels, seconds = generate(config, state.ema, decoder, int(config.eval.num_samples),
-                                     int(config.eval.batch))
+                                     int(config.eval.batch), to_pixels)
     entry = sample_metrics(fake, labels, real, feature_fn, config)
     entry['guidance'] = float(train.decoder_guidance(config, decoder))
     entry['sampling_seconds'] = seconds

@@ -37,6 +37,19 @@ def perceptual_enabled(config) -> bool:
   return float(p.lpips_weight) > 0 or float(p.convnext_weight) > 0
 
 
+def _assemble(config, vae, vae_params, terms) -> tuple[FrozenNets, dict]:
+  """Nets and params from a VAE (or None) and perceptual terms: the step needs the
+  decoder half of the VAE only (the encoder built the cache)."""
+  params: dict[str, Any] = {}
+  if vae is not None:
+    params['vae'] = {k: v for k, v in vae_params.items() if k in VAE_DECODER_PARTS}
+  if terms:
+    params['perceptual'] = {t.name: t.params for t in terms}
+  nets = FrozenNets(vae, float(config.vae.scaling_factor),
+                    tuple((t.name, t.weight, t.distance) for t in terms))
+  return nets, params
+
+
 def load(config, with_perceptual: bool = True) -> tuple[FrozenNets | None, dict]:
   """(nets, params) for this config; (None, {}) when nothing frozen is needed.
 
@@ -48,21 +61,15 @@ def load(config, with_perceptual: bool = True) -> tuple[FrozenNets | None, dict]
   with_perceptual = with_perceptual and perceptual_enabled(config)
   if not needs_vae and not with_perceptual:
     return None, {}
-  params: dict[str, Any] = {}
-  vae = None
+  vae, vae_params = None, None
   if needs_vae:
     from biflow_jax.convert import vae as vae_convert  # pylint: disable=g-import-not-at-top
     vae, vae_params = vae_convert.load(config.vae)
-    params['vae'] = {k: v for k, v in vae_params.items() if k in VAE_DECODER_PARTS}
   terms = []
   if with_perceptual:
     from biflow_jax import perceptual  # pylint: disable=g-import-not-at-top
-    params['perceptual'] = {}
-    for term in perceptual.load_terms(config.perceptual):
-      terms.append((term.name, term.weight, term.distance))
-      params['perceptual'][term.name] = term.params
-  nets = FrozenNets(vae, float(config.vae.scaling_factor), tuple(terms))
-  return nets, params
+    terms = perceptual.load_terms(config.perceptual)
+  return _assemble(config, vae, vae_params, terms)
 
 
 def to_images(nets: FrozenNets | None, params: dict, x: Array) -> Array:
@@ -102,34 +109,18 @@ def _bind(distance, term_params):
 def abstract(config) -> tuple[FrozenNets | None, dict]:
   """Like `load`, with ShapeDtypeStructs instead of weights (no files): for jax.eval_shape,
   lowering the full train step, and FLOP counts on any machine."""
-  import functools  # pylint: disable=g-import-not-at-top
   needs_vae = uses_latents(config)
   if not needs_vae and not perceptual_enabled(config):
     return None, {}
-  rng = jax.random.PRNGKey(0)
-  params: dict[str, Any] = {}
-  vae = None
+  vae, vae_params = None, None
   if needs_vae:
     from biflow_jax.models.vae import AutoencoderKL  # pylint: disable=g-import-not-at-top
     vae = AutoencoderKL.from_config(config.vae)
     side = int(config.vae.image_size)
-    shapes = jax.eval_shape(vae.init, rng, jnp.zeros((1, side, side, vae.in_channels)))['params']
-    params['vae'] = {k: v for k, v in shapes.items() if k in VAE_DECODER_PARTS}
+    vae_params = jax.eval_shape(vae.init, jax.random.PRNGKey(0),
+                                jnp.zeros((1, side, side, vae.in_channels)))['params']
   terms = []
-  p = config.perceptual
   if perceptual_enabled(config):
     from biflow_jax import perceptual  # pylint: disable=g-import-not-at-top
-    params['perceptual'] = {}
-    if float(p.lpips_weight) > 0:
-      model = perceptual.LPIPS()
-      x = jnp.zeros((1, 64, 64, 3))
-      params['perceptual']['lpips'] = jax.eval_shape(model.init, rng, x, x)['params']
-      terms.append(('lpips', float(p.lpips_weight), functools.partial(perceptual.lpips_distance, model)))
-    if float(p.convnext_weight) > 0:
-      model = perceptual.convnext_model(p.convnext_variant)
-      x = jnp.zeros((1, int(p.convnext_resize), int(p.convnext_resize), 3))
-      params['perceptual']['convnext'] = jax.eval_shape(model.init, rng, x)['params']
-      terms.append(('convnext', float(p.convnext_weight),
-                    functools.partial(perceptual.convnext_distance, model,
-                                      resize=int(p.convnext_resize))))
-  return FrozenNets(vae, float(config.vae.scaling_factor), tuple(terms)), params
+    terms = perceptual.abstract_terms(config.perceptual)
+  return _assemble(config, vae, vae_params, terms)

@@ -359,6 +359,20 @@ def _existing_paths(field: str, value, how_to: str) -> list[Path]:
   return paths
 
 
+def _lpips_term(weight: float, params) -> PerceptualTerm:
+  return PerceptualTerm('lpips', weight, params, functools.partial(lpips_distance, LPIPS()))
+
+
+def _convnext_term(weight: float, model: ConvNeXtV2, params, resize: int) -> PerceptualTerm:
+  return PerceptualTerm('convnext', weight, params,
+                        functools.partial(convnext_distance, model, resize=resize))
+
+
+def _weights(perceptual_cfg) -> tuple[float, float]:
+  return (float(perceptual_cfg.get('lpips_weight', 0.0) or 0.0),
+          float(perceptual_cfg.get('convnext_weight', 0.0) or 0.0))
+
+
 def load_terms(perceptual_cfg) -> list[PerceptualTerm]:
   """The perceptual terms with weight > 0, weights loaded from config.perceptual.
 
@@ -368,13 +382,10 @@ def load_terms(perceptual_cfg) -> list[PerceptualTerm]:
   """
   from biflow_jax.convert import perceptual as convert  # pylint: disable=g-import-not-at-top
   terms = []
-  lpips_weight = float(perceptual_cfg.get('lpips_weight', 0.0) or 0.0)
+  lpips_weight, convnext_weight = _weights(perceptual_cfg)
   if lpips_weight > 0:
     paths = _existing_paths('lpips_weights', perceptual_cfg.get('lpips_weights'), LPIPS_HOW_TO)
-    params = convert.load_lpips_params(paths)
-    terms.append(PerceptualTerm('lpips', lpips_weight, params,
-                                functools.partial(lpips_distance, LPIPS())))
-  convnext_weight = float(perceptual_cfg.get('convnext_weight', 0.0) or 0.0)
+    terms.append(_lpips_term(lpips_weight, convert.load_lpips_params(paths)))
   if convnext_weight > 0:
     variant = str(perceptual_cfg.get('convnext_variant', 'base'))
     how_to = CONVNEXT_HOW_TO.format(variant=variant.removeprefix('convnextv2_'))
@@ -382,9 +393,24 @@ def load_terms(perceptual_cfg) -> list[PerceptualTerm]:
     if len(paths) != 1:
       raise ValueError('config.perceptual.convnext_weights names one checkpoint file, got '
                        f'{len(paths)}: {[str(p) for p in paths]}')
-    path = paths[0]
-    model, params = convert.load_convnext_params(path, variant)
+    model, params = convert.load_convnext_params(paths[0], variant)
+    terms.append(_convnext_term(convnext_weight, model, params,
+                                int(perceptual_cfg.get('convnext_resize', 224))))
+  return terms
+
+
+def abstract_terms(perceptual_cfg) -> list[PerceptualTerm]:
+  """`load_terms` with ShapeDtypeStruct params and no files (eval_shape, lowering, FLOPs)."""
+  rng = jax.random.PRNGKey(0)
+  terms = []
+  lpips_weight, convnext_weight = _weights(perceptual_cfg)
+  if lpips_weight > 0:
+    x = jnp.zeros((1, 64, 64, 3))
+    terms.append(_lpips_term(lpips_weight, jax.eval_shape(LPIPS().init, rng, x, x)['params']))
+  if convnext_weight > 0:
+    model = convnext_model(str(perceptual_cfg.get('convnext_variant', 'base')))
     resize = int(perceptual_cfg.get('convnext_resize', 224))
-    terms.append(PerceptualTerm('convnext', convnext_weight, params,
-                                functools.partial(convnext_distance, model, resize=resize)))
+    x = jnp.zeros((1, resize, resize, 3))
+    terms.append(_convnext_term(convnext_weight, model,
+                                jax.eval_shape(model.init, rng, x)['params'], resize))
   return terms

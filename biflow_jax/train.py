@@ -72,11 +72,17 @@ def init_state(config: ml_collections.ConfigDict, models: Models, tx) -> TrainSt
                     ema=optim.init_ema(params), rng=train_rng, skips=jnp.int32(0))
 
 
+def abstract_state(config, models: Models, tx, mesh) -> TrainState:
+  """The train state's shapes, dtypes and shardings on the mesh: what a fresh state is
+  created as and what a checkpoint is restored onto (any mesh)."""
+  abstract = jax.eval_shape(lambda: init_state(config, models, tx))
+  return parallel.with_shardings(abstract, parallel.state_shardings(abstract, mesh, config.mesh))
+
+
 def create_state(config, models: Models, tx, mesh) -> tuple[TrainState, Any]:
   """A fresh train state laid out on the mesh (initialised in place, never gathered)."""
-  init = lambda: init_state(config, models, tx)
-  shardings = parallel.state_shardings(jax.eval_shape(init), mesh, config.mesh)
-  return jax.jit(init, out_shardings=shardings)(), shardings
+  shardings = jax.tree.map(lambda a: a.sharding, abstract_state(config, models, tx, mesh))
+  return jax.jit(lambda: init_state(config, models, tx), out_shardings=shardings)(), shardings
 
 
 def jit_train_step(config, models: Models, tx, plan, mesh, state_shardings):
@@ -274,21 +280,21 @@ def heldout_nll_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config
   return float(np.mean(np.concatenate(nlls))) / flow.num_dims
 
 
-def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config,
-                         mesh=None) -> float:
-  """Mean bits/dim of x~ over the held-out set: the NLL per dim in 8-bit pixel bins."""
-  nll = heldout_nll_per_dim(flow, forward_params, heldout, config, mesh)
-  return float(objectives.bits_per_dim(nll * flow.num_dims, flow.num_dims))
-
-
 def heldout_metrics(flow: ForwardFlow, forward_params, heldout: dict, config, mesh=None) -> dict:
-  """What the periodic evaluation logs: NLL per dim, and bits/dim for pixel data."""
+  """What the periodic evaluation logs: NLL per dim, and bits/dim (8-bit pixel bins) for
+  pixel data."""
   nll = heldout_nll_per_dim(flow, forward_params, heldout, config, mesh)
   metrics = {'heldout/nll_per_dim': nll}
   if not frozen.uses_latents(config):
     metrics['heldout/bits_per_dim'] = float(objectives.bits_per_dim(nll * flow.num_dims,
                                                                     flow.num_dims))
   return metrics
+
+
+def heldout_bits_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config,
+                         mesh=None) -> float:
+  """Mean bits/dim of x~ over the held-out set (pixel data)."""
+  return heldout_metrics(flow, forward_params, heldout, config, mesh)['heldout/bits_per_dim']
 
 
 def default_denoise(config, decoder: str) -> str:
@@ -484,10 +490,7 @@ def restore_for_inference(config, workdir: str | epath.PathLike) -> tuple[Models
   plan = optim.build_phase_plan(config)
   models = build_models(config)
   tx = optim.make_optimizer(config, plan)
-  abstract = jax.eval_shape(lambda: init_state(config, models, tx))
-  mesh = parallel.make_mesh(config.mesh)
-  abstract = parallel.with_shardings(abstract,
-                                     parallel.state_shardings(abstract, mesh, config.mesh))
+  abstract = abstract_state(config, models, tx, parallel.make_mesh(config.mesh))
   if not (epath.Path(workdir) / 'checkpoints').is_dir():  # say so without creating anything
     raise FileNotFoundError(f'no checkpoint in {epath.Path(workdir) / "checkpoints"}: train first '
                             '(--mode=train) or point --workdir at a run that has one')

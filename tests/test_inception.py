@@ -1,12 +1,10 @@
 """FID InceptionV3 parity with pytorch-fid 0.3.0 (tests/testdata/fid_inception_reference.*).
 
-The reference was produced with deterministic stand-in weights (see the recipe below, the
-same rule as /work/shared/reference/weight_recipe.py), so the test rebuilds the state dict,
+The reference was produced with deterministic stand-in weights (tests/testdata/weight_recipe.py,
+a copy of /work/shared/reference/weight_recipe.py), so the test rebuilds the state dict,
 imports it through the .npz importer and compares pool3 features and 1008 logits.
 """
 import importlib.util
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,25 +13,17 @@ import pytest
 
 from biflow_jax.convert import inception as convert
 from biflow_jax.evaluation import inception
+import reference_vectors
 
-DATA = Path(__file__).parent / 'testdata'
-REF_NPZ = DATA / 'fid_inception_reference.npz'
-REF_JSON = DATA / 'fid_inception_reference.json'
+REF_NPZ = reference_vectors.DATA / 'fid_inception_reference.npz'
 ATOL = 1e-4
 
 
-def _load_recipe():
-  spec = importlib.util.spec_from_file_location('weight_recipe', DATA / 'weight_recipe.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.make
-
-
-recipe_weight = _load_recipe()  # the reference README's rule, from its own file
+recipe_weight = reference_vectors.recipe()
 
 
 def stand_in_state_dict():
-  order = json.loads(REF_JSON.read_text())['state_dict_order']
+  order = reference_vectors.state_dict_order('fid_inception')
   state = {}
   for k, (name, shape) in enumerate(order):  # k counts every entry, skipped ones too
     if name.endswith('num_batches_tracked'):
@@ -76,7 +66,7 @@ def test_variables_layout(variables):
   assert params['fc']['kernel'].shape == (2048, 1008)
   assert variables['batch_stats']['Mixed_7c']['branch_pool']['bn']['var'].shape == (192,)
   n_params = sum(x.size for x in jax.tree.leaves(variables))
-  order = json.loads(REF_JSON.read_text())['state_dict_order']
+  order = reference_vectors.state_dict_order('fid_inception')
   n_torch = sum(int(np.prod(s)) for n, s in order if not n.endswith('num_batches_tracked'))
   assert n_params == n_torch
 

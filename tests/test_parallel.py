@@ -29,6 +29,14 @@ def run(cmd, timeout=300, env=None):
   return proc.stdout
 
 
+def restore_both(config, workdir_a, workdir_b, step):
+  """The latest train states of two runs, both at `step`, restored onto this process."""
+  _, a, step_a = train.restore_for_inference(config, workdir_a)
+  _, b, step_b = train.restore_for_inference(config, workdir_b)
+  assert step_a == step_b == step
+  return a, b
+
+
 def max_diff(a, b) -> float:
   diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y)))),
                        a, b)
@@ -119,9 +127,7 @@ def test_two_processes_match_one(tmp_path):
   run(['bash', launch, '1', '4', f'--workdir={tmp_path / "one"}', '--stop_at=5', *common],
       timeout=240)
   config = parse_config('--config.schedule.forward_steps=8')
-  _, two, step_two = train.restore_for_inference(config, tmp_path / 'two')
-  _, one, step_one = train.restore_for_inference(config, tmp_path / 'one')
-  assert step_two == step_one == 5
+  two, one = restore_both(config, tmp_path / 'two', tmp_path / 'one', 5)
   assert max_diff(two.params, one.params) <= TOL
   assert max_diff(two.ema, one.ema) <= TOL
   # Both processes wrote their iterator state; process 0 alone wrote the config.
@@ -131,9 +137,7 @@ def test_two_processes_match_one(tmp_path):
   # Another process count resumes: the data stream is positioned by the step.
   for name in ('two', 'one'):
     run(['bash', launch, '1', '4', f'--workdir={tmp_path / name}', *common], timeout=240)
-  _, two, step_two = train.restore_for_inference(config, tmp_path / 'two')
-  _, one, step_one = train.restore_for_inference(config, tmp_path / 'one')
-  assert step_two == step_one == 8
+  two, one = restore_both(config, tmp_path / 'two', tmp_path / 'one', 8)
   assert max_diff(two.params, one.params) <= TOL
   assert (tmp_path / 'two' / 'samples' / 'step_8.png').exists()
 
@@ -148,9 +152,7 @@ def test_checkpoint_from_8_devices_trains_on_with_4(tmp_path):
   run(child + ['4', str(tmp_path / 'moved'), '0', *common, *fsdp])
   run(child + ['8', str(tmp_path / 'straight'), '0', *common])
   config = parse_config('--config.schedule.forward_steps=10')
-  _, moved, step_moved = train.restore_for_inference(config, tmp_path / 'moved')
-  _, straight, step_straight = train.restore_for_inference(config, tmp_path / 'straight')
-  assert step_moved == step_straight == 10
+  moved, straight = restore_both(config, tmp_path / 'moved', tmp_path / 'straight', 10)
   assert max_diff(moved.params, straight.params) <= TOL
   assert max_diff(moved.opt_state, straight.opt_state) <= TOL
 

@@ -6,10 +6,6 @@ entry k of the json's `state_dict_order`. LPIPS's heads are the real ones (`lin/
 in the .npz) and its scaling layer the package's constants, so neither comes from the
 recipe. The tests rebuild the weights, write them to .npz files and import them.
 """
-import importlib.util
-import json
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,25 +14,11 @@ import pytest
 
 from biflow_jax import perceptual
 from biflow_jax.convert import perceptual as convert
+from reference_vectors import recipe as _recipe
+from reference_vectors import reference as _reference
+from reference_vectors import state_dict_order as _order
 
-DATA = Path(__file__).parent / 'testdata'
 ATOL = 1e-4
-
-
-def _recipe():
-  spec = importlib.util.spec_from_file_location('weight_recipe', DATA / 'weight_recipe.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.make
-
-
-def _order(name):
-  return json.loads((DATA / f'{name}_reference.json').read_text())['state_dict_order']
-
-
-def _reference(name):
-  with np.load(DATA / f'{name}_reference.npz') as ref:
-    return {k: ref[k] for k in ref.files}
 
 
 def _nhwc(x):

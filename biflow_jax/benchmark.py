@@ -6,7 +6,6 @@ depend on the trained weights), otherwise freshly initialised weights (stated).
 """
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -16,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biflow_jax import config_lib, optim
+from biflow_jax import checkpoints, config_lib
+from biflow_jax.experiment import build_experiment, example_batch
 from biflow_jax.models.flow import ForwardFlow, score_denoise
 
 
@@ -111,11 +111,14 @@ def reverse_timing(generator, reverse_params, flow: ForwardFlow, batch: int, gui
   return {'reverse_ms_per_image': 1e3 * time_fn(lambda: run(reverse_params, z, y, w), repeats) / batch}
 
 
-def train_step_timing(config, state, step_fn, batch, repeats: int = 5,
+def train_step_timing(config, state, step_fn, args: tuple, repeats: int = 5,
                       peak: float | None = None) -> dict:
-  """ms per train step, examples/s, and MFU from the compiled FLOPs and the chip's peak."""
+  """ms per train step, examples/s, and MFU from the compiled FLOPs and the chip's peak.
+
+  step_fn(state, *args) -> (state, metrics); it may donate the state (each call's output
+  state is the next call's input).
+  """
   holder = {'state': state}
-  args = batch if isinstance(batch, tuple) else (batch,)  # (batch[, frozen params])
   flops = compiled_flops(step_fn, state, *args)
 
   def run():
@@ -133,19 +136,21 @@ def train_step_timing(config, state, step_fn, batch, repeats: int = 5,
 
 
 def run(config, workdir: str | Path, batch: int | None = None) -> dict:
-  """`--mode=bench`: decoder and train-step timings -> DIR/bench.json and a table."""
-  from biflow_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
+  """`--mode=bench`: decoder and train-step timings -> DIR/bench.json and a table.
+
+  The train step timed is the experiment's own (`build_experiment`): the jitted, sharded
+  step that training runs, on a global batch laid out on the same mesh, for the plan's
+  first phase.
+  """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  plan = optim.build_phase_plan(config)
-  models = train.build_models(config)
-  flow = models.flow
-  tx = optim.make_optimizer(config, plan)
-  state = train.init_state(config, models, tx)
+  exp = build_experiment(config)
+  flow = exp.models.flow
+  state = exp.create_state()
   manager = checkpoints.make_manager(workdir, config.keep_checkpoints)
   weights = 'random init (no checkpoint in workdir)'
   if manager.latest_step() is not None:
-    state, step = checkpoints.restore(manager, checkpoints.abstract_like(state))
+    state, step = checkpoints.restore(manager, exp.abstract_state)
     weights = f'checkpoint step {step} (EMA)'
   manager.close()
   s = config.sample
@@ -157,18 +162,17 @@ def run(config, workdir: str | Path, batch: int | None = None) -> dict:
                                 guidance=float(s.guidance), tol=float(s.fixed_point_tol),
                                 num_groups=int(s.fixed_point_groups),
                                 sigma=float(config.objective.noise_sigma), repeats=repeats))
-  if models.generator is not None:
-    result.update(reverse_timing(models.generator, state.ema['reverse'], flow, batch,
+  if exp.models.generator is not None:
+    result.update(reverse_timing(exp.models.generator, state.ema['reverse'], flow, batch,
                                  guidance=config_lib.reverse_guidance(config), repeats=repeats))
     result['speedup_reverse_vs_exact'] = (result['exact_ms_per_image']
                                           / result['reverse_ms_per_image'])
-  models, frozen_params = train.load_frozen(config, models)
-  step_fn = jax.jit(functools.partial(train.train_step, models=models, tx=tx, config=config,
-                                      plan=plan, phase=plan[0]))
-  fake = jax.tree.map(jnp.asarray, train.example_batch(config))
-  fake = (fake, frozen_params)  # frozen weights are an argument, not compiled-in constants
+  train_batch = exp.global_batch({k: v[exp.process_rows()]
+                                  for k, v in example_batch(config).items()})
+  # Frozen weights are an argument of the step, not compiled-in constants.
+  args = (train_batch, exp.frozen_params, exp.plan[0])
   peak = peak_tflops(result['device'], float(config.bench.peak_tflops))
-  result.update(train_step_timing(config, state, step_fn, fake, repeats, peak))
+  result.update(train_step_timing(config, state, exp.step, args, repeats, peak))
   result['peak_memory_bytes'] = peak_memory_bytes()
   (workdir / 'bench.json').write_text(json.dumps(result, indent=2))
   print(format_table(result))

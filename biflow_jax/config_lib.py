@@ -10,6 +10,10 @@ import math
 
 import ml_collections
 
+from biflow_jax import biflow, input_pipeline, optim, parallel, sampling
+from biflow_jax.evaluation import features
+from biflow_jax.models import generator, layers
+
 
 def optimizer_group(lr: float = 3e-4, warmup_steps: int = 200) -> ml_collections.ConfigDict:
   """AdamW + warmup-cosine + clipping for one parameter group."""
@@ -103,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
       label_drop_prob=0.1,      # label -> -1 (the null class), so guidance exists
       nll_weight=1.0,
       reverse_weight=1.0,       # lambda in L = L_NLL + lambda * L_reverse
-      # What G learns from (METHOD.md sec. 3):
+      # What G learns from (docs/method.md §4):
       reverse_target='trajectory',  # trajectory (pairs z = F(x)) | inverse_matching (fresh z)
       reverse_mode='align',     # align (hidden alignment) | hidden (hidden distillation) | naive
       denoise='learned',        # learned (G maps z to clean x) | score | none
@@ -179,20 +183,21 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Every enumerated field, with the module that owns its choices (one source of truth).
 _CHOICES = {
-    'data.source': ('bundled_mnist', 'tfds', 'jpeg', 'latents'),
-    'schedule.plan': ('forward_only', 'two_stage', 'progressive'),
-    'objective.reverse_target': ('trajectory', 'inverse_matching'),
-    'objective.reverse_mode': ('align', 'hidden', 'naive'),
-    'objective.denoise': ('learned', 'score', 'none'),
-    'sample.decoder': ('reverse', 'exact', 'fixed_point'),
-    'sample.denoise': ('score', 'none'),
-    'model.dtype': ('float32', 'bfloat16', 'float16'),
-    'eval.feature_net': ('classifier', 'inception'),
-    'reverse.size': ('tiny', 'S', 'B', 'L', 'XL'),
-    'reverse.mlp': ('swiglu', 'gelu'),
-    'reverse.head_mode': ('per_stage', 'shared'),
-    'mesh.param_sharding': ('replicated', 'fsdp'),
+    'data.source': input_pipeline.SOURCES,
+    'schedule.plan': optim.PLANS,
+    'objective.reverse_target': biflow.REVERSE_TARGETS,
+    'objective.reverse_mode': biflow.REVERSE_MODES,
+    'objective.denoise': biflow.DENOISE_MODES,
+    'sample.decoder': sampling.DECODERS,
+    'sample.denoise': sampling.DENOISERS,
+    'model.dtype': tuple(layers.DTYPES),
+    'eval.feature_net': features.FEATURE_NETS,
+    'reverse.size': tuple(generator.SIZES),
+    'reverse.mlp': generator.MLP_KINDS,
+    'reverse.head_mode': generator.HEAD_MODES,
+    'mesh.param_sharding': parallel.PARAM_SHARDINGS,
 }
 _POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch_size',
              'model.channels', 'model.num_blocks', 'model.layers_per_block', 'model.num_heads',

@@ -14,7 +14,10 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from biflow_jax.models import layers
+from biflow_jax import perceptual
+from biflow_jax.convert import perceptual as perceptual_convert
+from biflow_jax.convert import vae as vae_convert
+from biflow_jax.models.vae import AutoencoderKL
 
 Array = jax.Array
 
@@ -63,12 +66,10 @@ def load(config, with_perceptual: bool = True) -> tuple[FrozenNets | None, dict]
     return None, {}
   vae, vae_params = None, None
   if needs_vae:
-    from biflow_jax.convert import vae as vae_convert  # pylint: disable=g-import-not-at-top
     vae, vae_params = vae_convert.load(config.vae)
   terms = []
   if with_perceptual:
-    from biflow_jax import perceptual  # pylint: disable=g-import-not-at-top
-    terms = perceptual.load_terms(config.perceptual)
+    terms = perceptual_convert.load_terms(config.perceptual)
   return _assemble(config, vae, vae_params, terms)
 
 
@@ -76,34 +77,13 @@ def to_images(nets: FrozenNets | None, params: dict, x: Array) -> Array:
   """Model-space NHWC x -> images in about [-1, 1]: VAE-decoded latents, or x itself."""
   if nets is None or nets.vae is None:
     return x
-  from biflow_jax.models.vae import AutoencoderKL  # pylint: disable=g-import-not-at-top
   return nets.vae.apply({'params': params['vae']}, x / nets.scaling_factor,
                         method=AutoencoderKL.decode)
 
 
-def _rgb(images: Array) -> Array:
+def rgb(images: Array) -> Array:
   """Feature nets expect RGB: a grey image is repeated over three channels."""
   return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-
-
-def perceptual_terms(nets: FrozenNets | None, params: dict, patch_size: int,
-                     image_shape: tuple[int, int, int]):
-  """(decode, terms) for `objectives.reverse_loss`: decode maps G's tokens to images once,
-  each term compares decoded output and target with its frozen net."""
-  if nets is None or not nets.terms:
-    return None, ()
-
-  def decode(tokens: Array) -> Array:
-    x = layers.unpatchify(tokens, image_shape, patch_size)
-    return _rgb(to_images(nets, params, x).astype(jnp.float32))
-
-  terms = tuple((name, _bind(distance, params['perceptual'][name]), weight)
-                for name, weight, distance in nets.terms)
-  return decode, terms
-
-
-def _bind(distance, term_params):
-  return lambda image, target: distance(term_params, image, target)
 
 
 def abstract(config) -> tuple[FrozenNets | None, dict]:
@@ -114,13 +94,11 @@ def abstract(config) -> tuple[FrozenNets | None, dict]:
     return None, {}
   vae, vae_params = None, None
   if needs_vae:
-    from biflow_jax.models.vae import AutoencoderKL  # pylint: disable=g-import-not-at-top
     vae = AutoencoderKL.from_config(config.vae)
     side = int(config.vae.image_size)
     vae_params = jax.eval_shape(vae.init, jax.random.PRNGKey(0),
                                 jnp.zeros((1, side, side, vae.in_channels)))['params']
   terms = []
   if perceptual_enabled(config):
-    from biflow_jax import perceptual  # pylint: disable=g-import-not-at-top
     terms = perceptual.abstract_terms(config.perceptual)
   return _assemble(config, vae, vae_params, terms)

@@ -32,6 +32,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from biflow_jax import latents
+
+#: config.data.source: where examples come from (see `load_source`).
+SOURCES = ('bundled_mnist', 'tfds', 'jpeg', 'latents')
 DATA_DIR = Path(__file__).parent / 'data'
 MNIST_IMAGES = 't10k-images-idx3-ubyte.gz'
 MNIST_LABELS = 't10k-labels-idx1-ubyte.gz'
@@ -237,7 +241,8 @@ def open_tfds_source(name: str, split: str, data_dir: str = '',
 
   `manual_dir` only goes into the how-to-prepare message (ImageNet needs its archives).
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow; tfds only
+  # Lazy: tfds imports TensorFlow (seconds), which only tfds sources need.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if not name:
     raise ValueError("config.data.source='tfds' needs config.data.tfds_name, "
                      "e.g. 'cifar10' or 'imagenet_resized/64x64'")
@@ -345,7 +350,6 @@ def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
                        'the sorted folder names, so every split needs every class.')
     return _array_source(images, labels, config, where)
   if data.source == 'latents':
-    from biflow_jax import latents  # pylint: disable=g-import-not-at-top
     if not data.path:
       raise ValueError("config.data.source='latents' needs config.data.path, the directory "
                        'written by `python -m biflow_jax.tools.cache_latents`')
@@ -360,8 +364,7 @@ def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
       raise ValueError(f'{where} is empty')
     return Source(len(source), TfdsGather(source, model.image_size, model.in_channels,
                                           model.num_classes, where))
-  raise ValueError(f'unknown config.data.source={data.source!r}; '
-                   "expected 'bundled_mnist', 'tfds', 'jpeg' or 'latents'")
+  raise ValueError(f'unknown config.data.source={data.source!r}; expected one of {SOURCES}')
 
 
 # ---------------------------------------------------------------------------- training

@@ -3,7 +3,7 @@
 Latent BiFlow trains on VAE posteriors. Running the encoder every step would cost more
 than the flow, so `python -m biflow_jax.tools.cache_latents` encodes each image once, as
 is and mirrored, and stores the posterior (mean, std). Training then draws
-z = (mean + std * eps) * scaling_factor inside the jitted step (`sample_latents`), so
+z = (mean + std * eps) * scaling_factor inside the jitted step (`biflow.sample_latents`), so
 every epoch still sees fresh posterior noise.
 
 Layout of DIR/<split>/:
@@ -43,9 +43,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+from array_record.python import array_record_module
 from absl import logging
 from PIL import Image
 
@@ -343,7 +345,6 @@ def _write_shard(directory: Path, shard: int, num_shards: int, bounds: tuple[int
                  load: Callable[[int], tuple[np.ndarray, int]], encode_fn: EncodeFn,
                  pool: concurrent.futures.Executor | None, batch_size: int,
                  dtype: np.dtype, settings: _Settings) -> None:
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   path = directory / shard_name(shard, num_shards)
   tmp = directory / f'.{path.name}.tmp'
   _done_path(path).unlink(missing_ok=True)
@@ -424,7 +425,6 @@ class LatentSource:
   """
 
   def __init__(self, directory: str | os.PathLike[str], meta: Mapping[str, Any]):
-    import grain  # pylint: disable=g-import-not-at-top
     self.directory = Path(directory)
     self.meta = dict(meta)
     self.latent_shape = tuple(int(d) for d in meta['latent_shape'])
@@ -529,21 +529,3 @@ class LatentGather:
                        f'{self.num_classes}) set by config.model.num_classes; set it to the '
                        'dataset\'s class count.')
     return {'latent_mean': mean, 'latent_std': std, 'label': labels}
-
-
-def sample_latents(mean: jax.Array, std: jax.Array, rng: jax.Array,
-                   scaling_factor: float) -> jax.Array:
-  """A posterior sample in the space F and G see: (mean + std * eps) * scaling_factor."""
-  eps = jax.random.normal(rng, jnp.shape(mean), jnp.float32)
-  return (jnp.asarray(mean, jnp.float32) + jnp.asarray(std, jnp.float32) * eps) * scaling_factor
-
-
-# ------------------------------------------------------------------------ image source
-
-
-def open_image_source(name: str, split: str, data_dir: str = '',
-                      manual_dir: str = '') -> Sequence[Mapping[str, Any]]:
-  """A prepared tfds dataset as a random-access source of {'image', 'label'}; never
-  downloads or prepares (ImageNet needs its archives, which only the user has)."""
-  from biflow_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.open_tfds_source(name, split, data_dir, manual_dir)

@@ -1,11 +1,11 @@
 """Entry point: python -m biflow_jax.main --config=configs/<name>.py --workdir=DIR [--mode=...]."""
 from __future__ import annotations
 
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from biflow_jax import cli
+from biflow_jax import benchmark, cli, inference, parallel, train
+from biflow_jax.evaluation import evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
@@ -42,22 +42,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().python_handler.addFilter(_quiet_library_info)
-  # Imported here so `--help` is fast and flag errors come before JAX starts.
-  from biflow_jax import parallel  # pylint: disable=g-import-not-at-top
   # Before anything touches a device: a multi-process job joins its peers first.
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.local_device_ids,
                                   FLAGS.cpu_collectives)
   if not parallel.is_main_process():
     logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
-  from biflow_jax import benchmark, train  # pylint: disable=g-import-not-at-top
-  from biflow_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   logging.info('mode=%s workdir=%s\n%s', FLAGS.mode, FLAGS.workdir, config)
   if FLAGS.mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir, stop_at=FLAGS.stop_at or None)
   elif FLAGS.mode == 'sample':
-    train.sample_from_checkpoint(config, FLAGS.workdir)
+    inference.sample_from_checkpoint(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':
     evaluate.evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'bench':

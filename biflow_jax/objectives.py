@@ -1,4 +1,5 @@
-"""Losses. This file holds the likelihood side; the reverse-model terms join it later.
+"""Loss primitives: NLL and bits/dim, distances, norm control, adaptive and token weights,
+the CFG combination. How they are assembled into BiFlow's objective is `biflow.py`.
 
 Likelihood accounting (written once, used everywhere):
 
@@ -22,22 +23,20 @@ length. We report it as such and always state sigma beside it.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
+from biflow_jax.models.flow import gaussian_nll  # F's density: the NLL term of the objective
+
+__all__ = ['gaussian_nll', 'bits_per_dim', 'mse', 'normalize_state', 'adaptive_weight',
+           'token_weights', 'token_weighted_mse', 'state_distance', 'cfg_combine',
+           'sample_guidance_scale', 'inverse_matching_loss']
+
 Array = jax.Array
 
 DEFAULT_BIN_WIDTH = 2.0 / 255.0  # x = k / 127.5 - 1 for 8-bit k
-
-
-def gaussian_nll(z: Array, logdet: Array) -> Array:
-  """Per-sample NLL in nats of the input F mapped to z (batch, ...), float32."""
-  z = z.astype(jnp.float32).reshape(z.shape[0], -1)
-  n = z.shape[1]
-  return 0.5 * jnp.sum(z * z, axis=1) + 0.5 * n * math.log(2 * math.pi) - logdet.astype(jnp.float32)
 
 
 def bits_per_dim(nll: Array, num_dims: int, bin_width: float = DEFAULT_BIN_WIDTH) -> Array:
@@ -46,7 +45,7 @@ def bits_per_dim(nll: Array, num_dims: int, bin_width: float = DEFAULT_BIN_WIDTH
 
 
 # ==========================================================================
-# Reverse side: how G is supervised (METHOD.md section 3).
+# Reverse side: the distances G is supervised with (docs/method.md §4).
 #
 # Conventions. F's trajectory is [x^0 = x~, x^1, ..., x^B = z], each (batch, T, D).
 # G returns its sample `output` (batch, T, D) and `projections`, a list of B arrays
@@ -55,9 +54,6 @@ def bits_per_dim(nll: Array, num_dims: int, bin_width: float = DEFAULT_BIN_WIDTH
 # data, F^-1(z)) goes through stop_gradient here: the reverse loss trains G only.
 # All distances and losses are float32, whatever the inputs' dtype.
 # ==========================================================================
-
-REVERSE_MODES = ('naive', 'hidden', 'align')
-DENOISE_MODES = ('learned', 'none', 'score')
 
 
 def _f32(x: Array) -> Array:
@@ -130,7 +126,7 @@ def token_weighted_mse(pred: Array, target: Array, eps: float = 1e-12) -> Array:
   return jnp.mean(token_weights(pred, target, eps) * e, axis=1)
 
 
-def _state_distance(pred: Array, target: Array, *, norm_control: bool,
+def state_distance(pred: Array, target: Array, *, norm_control: bool,
                     token_weighting: bool) -> Array:
   """Per-sample distance between a G estimate and a (detached) target, (batch,)."""
   target = jax.lax.stop_gradient(_f32(target))
@@ -143,83 +139,8 @@ def _state_distance(pred: Array, target: Array, *, norm_control: bool,
   return mse(pred, target)
 
 
-def reverse_loss(output: Array, projections, clean, trajectory, *, mode: str = 'align',
-                 norm_control: bool = True, adaptive_p: float = 0.0, eps: float = 1e-3,
-                 denoise: str = 'learned', token_weighting: bool = False,
-                 perceptual_terms=(), perceptual_decode=None) -> tuple[Array, dict]:
-  """Loss that trains G from F's trajectory (METHOD.md 3.1) -> (scalar, metrics).
-
-  Terms (each a per-sample distance D, adaptively weighted per sample with
-  `adaptive_p`/`eps`, then averaged over the batch; the loss is their sum):
-    - end point: D(output, end_target). end_target is `clean` (x) with
-      denoise='learned', else x~ = trajectory[0] ('none' / 'score': G learns only
-      F^-1, any denoising happens at sampling time).
-    - mode 'align' (BiFlow hidden alignment) and 'hidden' (hidden distillation) add
-      sum_j D(projections[j], x^{B-1-j}); they differ only in G's heads. 'naive'
-      uses the end point alone and ignores `projections` (may be None).
-      With denoise != 'learned' the x^0 projection would duplicate the end point
-      (phi_0 = identity on the output), so it is dropped: projections may have
-      length B (the last one is ignored) or B - 1.
-    - perceptual_terms: (name, fn, weight) with fn(image, target_image) -> (batch,);
-      each is adaptively weighted, scaled by weight and added to the end point. The
-      images are perceptual_decode(output) and sg(perceptual_decode(end_target)),
-      decoded once for all terms (e.g. unpatchify + the frozen VAE decoder, through
-      which the gradient reaches G); without a decode they are output and end_target.
-  D is MSE, on states divided by the target's RMS when norm_control (every depth,
-  the end point included, on the same scale), token-weighted when token_weighting.
-  All targets are stop-gradient. Metrics: the raw (unweighted) batch-mean distance of
-  every term ('reverse/align_j' for projections[j], 'reverse/out', 'reverse/<name>')
-  and the total 'reverse/loss'.
-  """
-  if mode not in REVERSE_MODES:
-    raise ValueError(f'unknown reverse mode {mode!r}; expected one of {REVERSE_MODES}')
-  if denoise not in DENOISE_MODES:
-    raise ValueError(f'unknown denoise mode {denoise!r}; expected one of {DENOISE_MODES}')
-  trajectory = [jax.lax.stop_gradient(_f32(x)) for x in trajectory]
-  num_blocks = len(trajectory) - 1
-  if num_blocks < 0:
-    raise ValueError('trajectory must hold at least x^0')
-  if denoise == 'learned':
-    if clean is None:
-      raise ValueError("denoise='learned' needs the clean x as the end-point target")
-    end_target = jax.lax.stop_gradient(_f32(clean))
-  else:
-    end_target = trajectory[0]
-
-  dist = functools.partial(_state_distance, norm_control=norm_control,
-                           token_weighting=token_weighting)
-  metrics = {}
-  total = jnp.zeros((), jnp.float32)
-
-  if mode != 'naive':
-    projections = list(projections)
-    n_used = num_blocks if denoise == 'learned' else num_blocks - 1
-    allowed = (num_blocks,) if denoise == 'learned' else (num_blocks, num_blocks - 1)
-    if len(projections) not in allowed:
-      raise ValueError(f'expected {allowed} projections for {num_blocks} blocks '
-                       f'(denoise={denoise!r}), got {len(projections)}')
-    for j in range(max(n_used, 0)):
-      d = dist(projections[j], trajectory[num_blocks - 1 - j])
-      metrics[f'reverse/align_{j}'] = jnp.mean(d)
-      total = total + jnp.mean(adaptive_weight(d, adaptive_p, eps))
-
-  d = dist(output, end_target)
-  metrics['reverse/out'] = jnp.mean(d)
-  total = total + jnp.mean(adaptive_weight(d, adaptive_p, eps))
-  if perceptual_terms:
-    decode = perceptual_decode or (lambda tokens: tokens)
-    image, target_image = decode(output), jax.lax.stop_gradient(decode(end_target))
-  for name, fn, weight in perceptual_terms:
-    d = _f32(fn(image, target_image))
-    metrics[f'reverse/{name}'] = jnp.mean(d)
-    total = total + weight * jnp.mean(adaptive_weight(d, adaptive_p, eps))
-
-  metrics['reverse/loss'] = total
-  return total, metrics
-
-
 def cfg_combine(cond: Array, uncond: Array, w: Array) -> Array:
-  """Training-time CFG target quantity (cond + w * uncond) / (1 + w) (METHOD.md 3.1).
+  """Training-time CFG target quantity (cond + w * uncond) / (1 + w) (docs/method.md §4.6).
 
   cond = G(h | c, w), uncond = G(h | null, w); w (batch,) broadcasts over the rest.
   Computed in float32, returned in the inputs' dtype; w = 0 returns cond exactly.

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ('data', 'fsdp')
@@ -213,5 +214,4 @@ def to_host(x: jax.Array) -> np.ndarray:
   """The whole value of a (possibly multi-host) array on this host, as numpy."""
   if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
     return np.asarray(x)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -19,8 +19,8 @@ PyTorch networks' maths so that imported weights give the same numbers:
   as 1x1 convs (atto..nano, timm's conv_mlp=True): the same maths.
 
 `convnext_distance` is this project's design (documented there); `lpips_distance` is
-LPIPS. `load_terms(config.perceptual)` builds the weighted terms the reverse loss adds.
-Weights are imported by `biflow_jax.convert.perceptual` (nothing is downloaded here).
+LPIPS. `convert.perceptual.load_terms(config.perceptual)` builds the weighted terms the
+reverse loss adds from weight files (nothing is downloaded).
 
 Norms (LPIPS channel norm, GRN) use a square root whose gradient is 0 at 0 instead of
 inf (PyTorch would give NaN there), so an all-zero ReLU column cannot poison training.
@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -312,105 +311,32 @@ class PerceptualTerm:
   distance: Callable[[Any, Array, Array], Array]
 
 
-LPIPS_HOW_TO = """\
-LPIPS-VGG needs two sets of weights (biflow_jax never downloads anything):
-  - the VGG16 trunk: torchvision's `vgg16-397923af.pth`
-    (https://download.pytorch.org/models/vgg16-397923af.pth; names features.N.*),
-  - the linear heads: the `lpips` pip package's `lpips/weights/v0.1/vgg.pth`
-    (names lin0.model.1.weight .. lin4.model.1.weight).
-Set config.perceptual.lpips_weights='/path/vgg16-397923af.pth,/path/vgg.pth' (trunk,heads),
-or merge both into one file on a machine with network and torch:
-  import lpips, numpy as np
-  m = lpips.LPIPS(net='vgg')  # fetches the torchvision trunk, reads the package's heads
-  np.savez('lpips_vgg.npz', **{k: v.numpy() for k, v in m.state_dict().items()})
-and set config.perceptual.lpips_weights='/path/lpips_vgg.npz'. Files may be .pth/.bin
-(needs torch), .safetensors or .npz."""
-
-CONVNEXT_HOW_TO = """\
-ConvNeXt-V2 weights are timm's convnextv2_{variant} checkpoint, e.g. the Hugging Face repo
-timm/convnextv2_{variant}.fcmae_ft_in22k_in1k (atto/femto/pico have .fcmae_ft_in1k only),
-file `model.safetensors` or `pytorch_model.bin` (biflow_jax never downloads it). Or, on a
-machine with network and timm:
-  import timm, numpy as np
-  m = timm.create_model('convnextv2_{variant}.fcmae_ft_in22k_in1k', pretrained=True)
-  np.savez('convnextv2_{variant}.npz', **{{k: v.numpy() for k, v in m.state_dict().items()}})
-Then set config.perceptual.convnext_weights to the file and
-config.perceptual.convnext_variant='{variant}' to match it."""
-
-
-def split_paths(value: str | Sequence[str] | None) -> list[str]:
-  """'a,b' / ['a', 'b'] / '' / None -> the non-empty paths."""
-  if value is None:
-    return []
-  parts = value.split(',') if isinstance(value, str) else list(value)
-  return [str(p).strip() for p in parts if str(p).strip()]
-
-
-def _existing_paths(field: str, value, how_to: str) -> list[Path]:
-  """The files named by config.perceptual.<field>; FileNotFoundError naming the field."""
-  paths = split_paths(value)
-  if not paths:
-    raise FileNotFoundError(f'config.perceptual.{field} is empty but its term has weight > 0 '
-                            f'(set the weight to 0 to turn it off).\n{how_to}')
-  paths = [Path(p).expanduser() for p in paths]
-  for p in paths:
-    if not p.is_file():
-      raise FileNotFoundError(f'config.perceptual.{field}: file {p} not found.\n{how_to}')
-  return paths
-
-
-def _lpips_term(weight: float, params) -> PerceptualTerm:
+def lpips_term(weight: float, params) -> PerceptualTerm:
   return PerceptualTerm('lpips', weight, params, functools.partial(lpips_distance, LPIPS()))
 
 
-def _convnext_term(weight: float, model: ConvNeXtV2, params, resize: int) -> PerceptualTerm:
+def convnext_term(weight: float, model: ConvNeXtV2, params, resize: int) -> PerceptualTerm:
   return PerceptualTerm('convnext', weight, params,
                         functools.partial(convnext_distance, model, resize=resize))
 
 
-def _weights(perceptual_cfg) -> tuple[float, float]:
+def term_weights(perceptual_cfg) -> tuple[float, float]:
   return (float(perceptual_cfg.get('lpips_weight', 0.0) or 0.0),
           float(perceptual_cfg.get('convnext_weight', 0.0) or 0.0))
-
-
-def load_terms(perceptual_cfg) -> list[PerceptualTerm]:
-  """The perceptual terms with weight > 0, weights loaded from config.perceptual.
-
-  Fields: lpips_weight, lpips_weights ('file' or 'trunk,heads'; see LPIPS_HOW_TO),
-  convnext_weight, convnext_weights, convnext_variant, convnext_resize. A term with
-  weight > 0 and no readable weights file raises FileNotFoundError naming the field.
-  """
-  from biflow_jax.convert import perceptual as convert  # pylint: disable=g-import-not-at-top
-  terms = []
-  lpips_weight, convnext_weight = _weights(perceptual_cfg)
-  if lpips_weight > 0:
-    paths = _existing_paths('lpips_weights', perceptual_cfg.get('lpips_weights'), LPIPS_HOW_TO)
-    terms.append(_lpips_term(lpips_weight, convert.load_lpips_params(paths)))
-  if convnext_weight > 0:
-    variant = str(perceptual_cfg.get('convnext_variant', 'base'))
-    how_to = CONVNEXT_HOW_TO.format(variant=variant.removeprefix('convnextv2_'))
-    paths = _existing_paths('convnext_weights', perceptual_cfg.get('convnext_weights'), how_to)
-    if len(paths) != 1:
-      raise ValueError('config.perceptual.convnext_weights names one checkpoint file, got '
-                       f'{len(paths)}: {[str(p) for p in paths]}')
-    model, params = convert.load_convnext_params(paths[0], variant)
-    terms.append(_convnext_term(convnext_weight, model, params,
-                                int(perceptual_cfg.get('convnext_resize', 224))))
-  return terms
 
 
 def abstract_terms(perceptual_cfg) -> list[PerceptualTerm]:
   """`load_terms` with ShapeDtypeStruct params and no files (eval_shape, lowering, FLOPs)."""
   rng = jax.random.PRNGKey(0)
   terms = []
-  lpips_weight, convnext_weight = _weights(perceptual_cfg)
+  lpips_weight, convnext_weight = term_weights(perceptual_cfg)
   if lpips_weight > 0:
     x = jnp.zeros((1, 64, 64, 3))
-    terms.append(_lpips_term(lpips_weight, jax.eval_shape(LPIPS().init, rng, x, x)['params']))
+    terms.append(lpips_term(lpips_weight, jax.eval_shape(LPIPS().init, rng, x, x)['params']))
   if convnext_weight > 0:
     model = convnext_model(str(perceptual_cfg.get('convnext_variant', 'base')))
     resize = int(perceptual_cfg.get('convnext_resize', 224))
     x = jnp.zeros((1, resize, resize, 3))
-    terms.append(_convnext_term(convnext_weight, model,
+    terms.append(convnext_term(convnext_weight, model,
                                 jax.eval_shape(model.init, rng, x)['params'], resize))
   return terms

@@ -8,7 +8,7 @@ One implementation per decoder, all over the same noise z ~ N(0, temperature^2 I
 F's inverses land on noisy images x~ (F models x + sigma * eps); 'score' denoising
 (Tweedie through F) cleans them. G learns its own denoising by default.
 
-Noise-space uses of having both directions (METHOD.md sec. 4) are here too:
+Noise-space uses of having both directions (docs/method.md §6) are here too:
 `make_inpainter` (keep F(x) where the mask keeps pixels, fresh noise elsewhere, then
 G) and `make_interpolator` (spherical interpolation between two z, then G).
 """
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from biflow_jax.models import layers
 from biflow_jax.models.flow import ForwardFlow, score_denoise
+from biflow_jax.models.generator import ReverseModel
 
 DECODERS = ('reverse', 'exact', 'fixed_point')
 DENOISERS = ('score', 'none')
@@ -40,7 +41,6 @@ def _reverse_model(config):
   if not config.reverse.enabled:
     raise ValueError("decoder 'reverse' needs the reverse model: set config.reverse.enabled=True "
                      "and train it, or use decoder 'exact' / 'fixed_point'")
-  from biflow_jax.models.generator import ReverseModel  # pylint: disable=g-import-not-at-top
   return ReverseModel.from_config(config.reverse, config.model)
 
 

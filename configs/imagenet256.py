@@ -1,5 +1,5 @@
 """BiFlow on ImageNet 256 in the Stable Diffusion VAE's latent space (32x32x4): the paper's
-headline experiment (BiFlow-B/2, FID 2.39 in 1 NFE; METHOD.md sec. 5).
+headline experiment (BiFlow-B/2, FID 2.39 in 1 NFE; docs/method.md §7).
 
   --config=configs/imagenet256.py      B/2 (default)
   --config=configs/imagenet256.py:S    S/2, a cheaper ablation scale

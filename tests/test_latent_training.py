@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import frozen, input_pipeline, latents, optim, parallel, train
+from biflow_jax import biflow, frozen, inference, input_pipeline, latents, optim, train
+from biflow_jax.experiment import build_experiment
 from biflow_jax.convert import vae as vae_convert
 from test_perceptual import lpips_standin_state
 from test_train import parse_config
@@ -71,7 +72,7 @@ def test_latent_source_feeds_posterior_draws(cache):
   it = input_pipeline.create_train_iterator(config)
   batch = next(it)
   assert batch['latent_mean'].shape == (8, 8, 8, 4) and batch['label'].dtype == np.int32
-  x, x_noisy, _ = train.preprocess(batch, jax.random.PRNGKey(0), config, 10, train=True)
+  x, x_noisy, _ = biflow.prepare_inputs(batch, jax.random.PRNGKey(0), config, 10, train=True)
   expected_mean = batch['latent_mean'] * config.vae.scaling_factor
   # x is a posterior draw: centred on the scaled mean, spread by the scaled std.
   z = (np.asarray(x) - expected_mean) / (batch['latent_std'] * config.vae.scaling_factor)
@@ -89,11 +90,9 @@ def test_missing_vae_weights_fail_before_training(cache, tmp_path):
 
 def test_lpips_gradient_reaches_G_through_the_frozen_decoder(cache, lpips_file):
   config = latent_config(cache, lpips_file)
-  plan = optim.build_phase_plan(config)
-  models, frozen_params = train.load_frozen(config, train.build_models(config))
+  exp = build_experiment(config)
+  plan, models, frozen_params = exp.plan, exp.models, exp.frozen_params
   assert set(frozen_params['vae']) == set(frozen.VAE_DECODER_PARTS)  # no encoder in the step
-  tx = optim.make_optimizer(config, plan)
-  mesh = parallel.make_mesh(config.mesh)
   batch = next(input_pipeline.create_train_iterator(config))
   reverse_phase = optim.phase_at(plan, 3)
   assert reverse_phase.trains('reverse') and not reverse_phase.trains('forward')
@@ -101,11 +100,9 @@ def test_lpips_gradient_reaches_G_through_the_frozen_decoder(cache, lpips_file):
   def reverse_grads(weight):
     c = config.copy_and_resolve_references()
     c.perceptual.lpips_weight = weight
-    m, fp = (models, frozen_params) if weight else (models._replace(frozen=None), {})
-    state, shardings = train.create_state(c, m, tx, mesh)
-    step = train.jit_train_step(c, m, tx, plan, mesh, shardings)
-    new, metrics = step(state, parallel.global_batch(batch, mesh, c.batch_size), fp,
-                        phase=reverse_phase)
+    e = build_experiment(c, mesh=exp.mesh)  # weight 0: the VAE decoder alone, no term
+    new, metrics = e.step(e.create_state(), e.global_batch(batch), e.frozen_params,
+                          reverse_phase)
     return jax.device_get(metrics), jax.device_get(new.opt_state)  # Adam moments hold the grads
 
   with_lpips, moments_lpips = reverse_grads(0.5)
@@ -114,7 +111,7 @@ def test_lpips_gradient_reaches_G_through_the_frozen_decoder(cache, lpips_file):
   assert np.isfinite(with_lpips['reverse/lpips']) and with_lpips['reverse/lpips'] > 0
   assert with_lpips['loss'] > without['loss']
   # The term's own gradient w.r.t. G's output tokens, through decoder and LPIPS.
-  decode, terms = frozen.perceptual_terms(models.frozen, frozen_params, 2, (8, 8, 4))
+  decode, terms = biflow.perceptual_terms(models.frozen, frozen_params, 2, (8, 8, 4))
   (name, distance, weight), = terms
   assert (name, weight) == ('lpips', 0.5)
   tokens = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16))
@@ -141,7 +138,7 @@ def test_latent_run_end_to_end(trained_run):
   # Three decoders side by side, each a grid of VAE-decoded 32x32 RGB images.
   assert grid.mode == 'RGB' and min(grid.size) > 32
   # --mode=sample decodes the latents too: 32x32 RGB images, not 8x8x4 latents.
-  path = train.sample_from_checkpoint(config, workdir, name='check')
+  path = inference.sample_from_checkpoint(config, workdir, name='check')
   with np.load(path.with_suffix('.npz')) as saved:
     assert saved['images'].shape == (10, 32, 32, 3) and saved['images'].dtype == np.uint8
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import objectives
+from biflow_jax import biflow, objectives
 
 BATCH, T, D, B = 3, 4, 5, 3
 
@@ -37,7 +37,7 @@ def perfect(clean, trajectory, denoise):
 def test_zero_at_targets(mode, denoise, norm_control, p, token_weighting):
   _, _, clean, trajectory = make_data()
   output, projections = perfect(clean, trajectory, denoise)
-  loss, metrics = objectives.reverse_loss(
+  loss, metrics = biflow.reverse_loss(
       output, projections, clean, trajectory, mode=mode, norm_control=norm_control,
       adaptive_p=p, denoise=denoise, token_weighting=token_weighting)
   assert loss.dtype == jnp.float32 and loss.shape == ()
@@ -47,36 +47,36 @@ def test_zero_at_targets(mode, denoise, norm_control, p, token_weighting):
 
 def test_metrics_keys_and_total():
   output, projections, clean, trajectory = make_data()
-  loss, m = objectives.reverse_loss(output, projections, clean, trajectory, mode='align')
+  loss, m = biflow.reverse_loss(output, projections, clean, trajectory, mode='align')
   assert set(m) == {f'reverse/align_{j}' for j in range(B)} | {'reverse/out', 'reverse/loss'}
   np.testing.assert_allclose(float(loss), sum(float(m[k]) for k in m if k != 'reverse/loss'),
                              rtol=1e-6)
-  _, m = objectives.reverse_loss(output, projections, clean, trajectory, mode='naive')
+  _, m = biflow.reverse_loss(output, projections, clean, trajectory, mode='naive')
   assert set(m) == {'reverse/out', 'reverse/loss'}
   # denoise='none': the x^0 projection duplicates the end point and is dropped.
-  _, m = objectives.reverse_loss(output, projections, clean, trajectory, denoise='none')
+  _, m = biflow.reverse_loss(output, projections, clean, trajectory, denoise='none')
   assert set(m) == {f'reverse/align_{j}' for j in range(B - 1)} | {'reverse/out', 'reverse/loss'}
-  _, m2 = objectives.reverse_loss(output, projections[:-1], None, trajectory, denoise='score')
+  _, m2 = biflow.reverse_loss(output, projections[:-1], None, trajectory, denoise='score')
   assert all(float(m[k]) == float(m2[k]) for k in m)
   with pytest.raises(ValueError):
-    objectives.reverse_loss(output, projections[:-1], clean, trajectory, mode='align')
+    biflow.reverse_loss(output, projections[:-1], clean, trajectory, mode='align')
   with pytest.raises(ValueError):
-    objectives.reverse_loss(output, projections, clean, trajectory, mode='bogus')
+    biflow.reverse_loss(output, projections, clean, trajectory, mode='bogus')
 
 
 def test_end_point_target_depends_on_denoise():
   _, projections, clean, trajectory = make_data()
-  _, m = objectives.reverse_loss(clean, projections, clean, trajectory, mode='naive')
+  _, m = biflow.reverse_loss(clean, projections, clean, trajectory, mode='naive')
   assert float(m['reverse/out']) == 0.0
-  _, m = objectives.reverse_loss(clean, projections, clean, trajectory, mode='naive',
+  _, m = biflow.reverse_loss(clean, projections, clean, trajectory, mode='naive',
                                  denoise='none')
   assert float(m['reverse/out']) > 0.0
 
 
 def test_naive_ignores_projections_align_uses_all():
   output, projections, clean, trajectory = make_data()
-  naive = lambda ps: objectives.reverse_loss(output, ps, clean, trajectory, mode='naive')[0]
-  align = lambda ps: objectives.reverse_loss(output, ps, clean, trajectory, mode='align')[0]
+  naive = lambda ps: biflow.reverse_loss(output, ps, clean, trajectory, mode='naive')[0]
+  align = lambda ps: biflow.reverse_loss(output, ps, clean, trajectory, mode='align')[0]
   base_naive, base_align = float(naive(projections)), float(align(projections))
   assert float(naive(None)) == base_naive
   for j in range(B):
@@ -84,7 +84,7 @@ def test_naive_ignores_projections_align_uses_all():
     perturbed[j] = perturbed[j] + 0.5
     assert float(naive(perturbed)) == base_naive
     assert float(align(perturbed)) != base_align
-  hidden = objectives.reverse_loss(output, projections, clean, trajectory, mode='hidden')[0]
+  hidden = biflow.reverse_loss(output, projections, clean, trajectory, mode='hidden')[0]
   assert float(hidden) == base_align
 
 
@@ -102,7 +102,7 @@ def test_adaptive_weight_value_and_gradient():
 def test_adaptive_weight_is_per_sample_in_loss():
   output, projections, clean, trajectory = make_data()
   p, eps = 0.5, 1e-3
-  loss, _ = objectives.reverse_loss(output, projections, clean, trajectory, mode='naive',
+  loss, _ = biflow.reverse_loss(output, projections, clean, trajectory, mode='naive',
                                     adaptive_p=p, eps=eps, norm_control=False)
   d = np.asarray(objectives.mse(output, clean))
   np.testing.assert_allclose(float(loss), np.mean(d * (d + eps) ** -p), rtol=1e-5)
@@ -117,7 +117,7 @@ def test_norm_control_scale(j):
     traj, projs = list(trajectory), list(projections)
     traj[B - 1 - j] = traj[B - 1 - j] * scale
     projs[j] = projs[j] * scale
-    _, m = objectives.reverse_loss(output, projs, clean, traj, norm_control=norm_control)
+    _, m = biflow.reverse_loss(output, projs, clean, traj, norm_control=norm_control)
     return float(m[key])
 
   np.testing.assert_allclose(term(10.0, True), term(1.0, True), rtol=1e-4)
@@ -140,17 +140,17 @@ def test_no_gradient_to_targets(norm_control, token_weighting, p):
   kw = dict(norm_control=norm_control, token_weighting=token_weighting, adaptive_p=p)
 
   def loss_fn(traj, cl):
-    return objectives.reverse_loss(output, projections, cl, traj, **kw)[0]
+    return biflow.reverse_loss(output, projections, cl, traj, **kw)[0]
 
   g_traj, g_clean = jax.grad(loss_fn, argnums=(0, 1))(trajectory, clean)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in g_traj)
   assert float(jnp.max(jnp.abs(g_clean))) == 0.0
-  g_traj = jax.grad(lambda t: objectives.reverse_loss(output, projections, clean, t,
+  g_traj = jax.grad(lambda t: biflow.reverse_loss(output, projections, clean, t,
                                                       denoise='none', **kw)[0])(trajectory)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in g_traj)
   # ... while G's outputs do get gradients.
   g_out, g_proj = jax.grad(
-      lambda o, ps: objectives.reverse_loss(o, ps, clean, trajectory, **kw)[0],
+      lambda o, ps: biflow.reverse_loss(o, ps, clean, trajectory, **kw)[0],
       argnums=(0, 1))(output, projections)
   assert float(jnp.max(jnp.abs(g_out))) > 0.0
   assert all(float(jnp.max(jnp.abs(g))) > 0.0 for g in g_proj)
@@ -158,7 +158,7 @@ def test_no_gradient_to_targets(norm_control, token_weighting, p):
 
 def test_jit_and_bf16_inputs():
   output, projections, clean, trajectory = make_data()
-  fn = jax.jit(functools.partial(objectives.reverse_loss, mode='align', adaptive_p=0.5,
+  fn = jax.jit(functools.partial(biflow.reverse_loss, mode='align', adaptive_p=0.5,
                                  token_weighting=True))
   loss, m = fn(output.astype(jnp.bfloat16), [p.astype(jnp.bfloat16) for p in projections],
                clean, trajectory)
@@ -168,16 +168,16 @@ def test_jit_and_bf16_inputs():
 
 def test_perceptual_terms():
   output, projections, clean, trajectory = make_data()
-  base, m0 = objectives.reverse_loss(output, projections, clean, trajectory)
-  base_empty, _ = objectives.reverse_loss(output, projections, clean, trajectory,
+  base, m0 = biflow.reverse_loss(output, projections, clean, trajectory)
+  base_empty, _ = biflow.reverse_loss(output, projections, clean, trajectory,
                                           perceptual_terms=())
   assert float(base) == float(base_empty)
   l1 = lambda a, b: jnp.mean(jnp.abs(a - b).reshape(a.shape[0], -1), axis=1)
-  loss, m = objectives.reverse_loss(output, projections, clean, trajectory,
+  loss, m = biflow.reverse_loss(output, projections, clean, trajectory,
                                     perceptual_terms=[('l1', l1, 0.5)], adaptive_p=0.0)
   np.testing.assert_allclose(float(m['reverse/l1']), float(jnp.mean(l1(output, clean))), rtol=1e-6)
   np.testing.assert_allclose(float(loss), float(base) + 0.5 * float(m['reverse/l1']), rtol=1e-5)
-  g = jax.grad(lambda c: objectives.reverse_loss(output, projections, c, trajectory,
+  g = jax.grad(lambda c: biflow.reverse_loss(output, projections, c, trajectory,
                                                  perceptual_terms=[('l1', l1, 0.5)])[0])(clean)
   assert float(jnp.max(jnp.abs(g))) == 0.0
 

@@ -208,8 +208,8 @@ def _cfg(**overrides):
 
 
 def test_load_terms_off():
-  assert perceptual.load_terms(_cfg()) == []
-  assert perceptual.load_terms(_cfg(lpips_weights='/nowhere.npz')) == []  # weight 0: not read
+  assert convert.load_terms(_cfg()) == []
+  assert convert.load_terms(_cfg(lpips_weights='/nowhere.npz')) == []  # weight 0: not read
 
 
 @pytest.mark.parametrize('field, value, match', [
@@ -222,11 +222,11 @@ def test_load_terms_off():
 def test_load_terms_missing_file(field, value, match):
   cfg = _cfg(**{f'{field}_weight': 0.5, f'{field}_weights': value})
   with pytest.raises(FileNotFoundError, match=match):
-    perceptual.load_terms(cfg)
+    convert.load_terms(cfg)
 
 
 def test_load_terms_loads(lpips_file, convnext_file, lpips_params):
-  terms = perceptual.load_terms(_cfg(lpips_weight=0.5, lpips_weights=str(lpips_file),
+  terms = convert.load_terms(_cfg(lpips_weight=0.5, lpips_weights=str(lpips_file),
                                      convnext_weight=0.25, convnext_weights=str(convnext_file),
                                      convnext_variant='atto', convnext_resize=32))
   assert [(t.name, t.weight) for t in terms] == [('lpips', 0.5), ('convnext', 0.25)]

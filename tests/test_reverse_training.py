@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import input_pipeline, optim, sampling, train
+from biflow_jax import biflow, inference, input_pipeline, optim, sampling, train
+from biflow_jax.experiment import build_models
 from biflow_jax.models import layers
 from biflow_jax.models.flow import ForwardFlow
 
@@ -53,11 +54,11 @@ def test_frozen_forward_is_bit_identical_through_reverse_phase(two_stage_run):
 def test_reverse_model_inverts_trained_forward(two_stage_run):
   """|| G(F(x~)) - x ||^2 < 10% of the data variance on held-out digits."""
   config, _, final, _ = two_stage_run
-  models = train.build_models(config)
+  models = build_models(config)
   heldout = input_pipeline.load_heldout(config)
   batch = {k: v[:64] for k, v in heldout.items()}
-  x, x_noisy, y = train.preprocess(batch, jax.random.PRNGKey(0), config,
-                                   models.flow.num_classes, train=False)
+  x, x_noisy, y = biflow.prepare_inputs(batch, jax.random.PRNGKey(0), config,
+                                        models.flow.num_classes, train=False)
   z, logdet, _ = models.flow.apply({'params': final.params['forward']}, x_noisy, y)
   # F really is not the identity after training.
   assert float(jnp.mean(jnp.abs(z - layers.patchify(x_noisy, 7)))) > 0.1
@@ -74,8 +75,8 @@ def test_training_writes_decoders_side_by_side(two_stage_run):
   config, _, final, workdir = two_stage_run
   grid = workdir / 'samples' / 'step_600.png'
   assert grid.exists()
-  samplers = train.make_samplers(config, ('reverse', 'exact', 'fixed_point'))
-  _, outputs = train.write_sample_grid(config, samplers, final.ema, workdir / 'check.png', num=10)
+  samplers = inference.make_samplers(config, ('reverse', 'exact', 'fixed_point'))
+  _, outputs = inference.write_sample_grid(config, samplers, final.ema, workdir / 'check.png', num=10)
   assert set(outputs) == {'reverse', 'exact', 'fixed_point'}
   for images in outputs.values():
     assert images.shape == (10, 28, 28, 1) and np.all(np.abs(images) <= 1.0)
@@ -87,7 +88,7 @@ def test_inverse_matching_target_is_the_flow_inverse(two_stage_run):
   flow = ForwardFlow.from_config(config.model)
   z = jax.random.normal(jax.random.PRNGKey(3), (4, flow.num_tokens, flow.token_dim))
   y = jnp.array([0, 1, 2, -1])
-  target = train.inverse_matching_target(flow, final.params['forward'], z, y, config)
+  target = biflow.inverse_matching_target(flow, final.params['forward'], z, y, config)
   exact = flow.apply({'params': final.params['forward']}, z, y, method=ForwardFlow.inverse)
   np.testing.assert_allclose(target, layers.patchify(exact, flow.patch_size), atol=1e-4)
 

@@ -1,6 +1,6 @@
 """Import PyTorch LPIPS-VGG and timm ConvNeXt-V2 weights into `biflow_jax.perceptual`.
 
-Nothing is downloaded; see `perceptual.LPIPS_HOW_TO` / `perceptual.CONVNEXT_HOW_TO` for
+Nothing is downloaded; see `LPIPS_HOW_TO` / `CONVNEXT_HOW_TO` below for
 where the files come from. Files are read with `read_state_dict` (.npz, .safetensors,
 .pth/.bin with torch).
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import jax
@@ -31,6 +32,55 @@ from biflow_jax import perceptual
 from biflow_jax.convert.state_dict import read_state_dict
 
 PathLike = str | os.PathLike
+
+# ------------------------------------------------------------------ where weights come from
+
+LPIPS_HOW_TO = """\
+LPIPS-VGG needs two sets of weights (biflow_jax never downloads anything):
+  - the VGG16 trunk: torchvision's `vgg16-397923af.pth`
+    (https://download.pytorch.org/models/vgg16-397923af.pth; names features.N.*),
+  - the linear heads: the `lpips` pip package's `lpips/weights/v0.1/vgg.pth`
+    (names lin0.model.1.weight .. lin4.model.1.weight).
+Set config.perceptual.lpips_weights='/path/vgg16-397923af.pth,/path/vgg.pth' (trunk,heads),
+or merge both into one file on a machine with network and torch:
+  import lpips, numpy as np
+  m = lpips.LPIPS(net='vgg')  # fetches the torchvision trunk, reads the package's heads
+  np.savez('lpips_vgg.npz', **{k: v.numpy() for k, v in m.state_dict().items()})
+and set config.perceptual.lpips_weights='/path/lpips_vgg.npz'. Files may be .pth/.bin
+(needs torch), .safetensors or .npz."""
+
+CONVNEXT_HOW_TO = """\
+ConvNeXt-V2 weights are timm's convnextv2_{variant} checkpoint, e.g. the Hugging Face repo
+timm/convnextv2_{variant}.fcmae_ft_in22k_in1k (atto/femto/pico have .fcmae_ft_in1k only),
+file `model.safetensors` or `pytorch_model.bin` (biflow_jax never downloads it). Or, on a
+machine with network and timm:
+  import timm, numpy as np
+  m = timm.create_model('convnextv2_{variant}.fcmae_ft_in22k_in1k', pretrained=True)
+  np.savez('convnextv2_{variant}.npz', **{{k: v.numpy() for k, v in m.state_dict().items()}})
+Then set config.perceptual.convnext_weights to the file and
+config.perceptual.convnext_variant='{variant}' to match it."""
+
+
+def split_paths(value: str | Sequence[str] | None) -> list[str]:
+  """'a,b' / ['a', 'b'] / '' / None -> the non-empty paths."""
+  if value is None:
+    return []
+  parts = value.split(',') if isinstance(value, str) else list(value)
+  return [str(p).strip() for p in parts if str(p).strip()]
+
+
+def _existing_paths(field: str, value, how_to: str) -> list[Path]:
+  """The files named by config.perceptual.<field>; FileNotFoundError naming the field."""
+  paths = split_paths(value)
+  if not paths:
+    raise FileNotFoundError(f'config.perceptual.{field} is empty but its term has weight > 0 '
+                            f'(set the weight to 0 to turn it off).\n{how_to}')
+  paths = [Path(p).expanduser() for p in paths]
+  for p in paths:
+    if not p.is_file():
+      raise FileNotFoundError(f'config.perceptual.{field}: file {p} not found.\n{how_to}')
+  return paths
+
 
 # ----------------------------------------------------------------------------- shared
 
@@ -58,9 +108,9 @@ def _to_flax(name: str, value: np.ndarray, want: tuple[int, ...], leaf: str) -> 
 def _read_all(paths: PathLike | Sequence[PathLike]) -> dict[str, np.ndarray]:
   """Merge the state dicts of one or several files (later files win on a clash)."""
   if isinstance(paths, (str, os.PathLike)):
-    paths = perceptual.split_paths(str(paths))
+    paths = split_paths(str(paths))
   if not paths:
-    raise FileNotFoundError('no weights file given.\n' + perceptual.LPIPS_HOW_TO)
+    raise FileNotFoundError('no weights file given.\n' + LPIPS_HOW_TO)
   state = {}
   for path in paths:
     state.update(read_state_dict(path))
@@ -124,7 +174,7 @@ def convert_lpips_state_dict(state: Mapping[str, np.ndarray]) -> dict:
                      + (f'\n wrong shape: {mismatched[:8]}' if mismatched else '')
                      + (f'\n unexpected ({len(unexpected)}): {sorted(unexpected)[:8]}'
                         if unexpected else '')
-                     + '\n' + perceptual.LPIPS_HOW_TO)
+                     + '\n' + LPIPS_HOW_TO)
   return jax.tree.map(jnp.asarray, params)
 
 
@@ -208,3 +258,30 @@ def convert_convnext_state_dict(state: Mapping[str, np.ndarray],
 def load_convnext_params(path: PathLike, variant: str) -> tuple[perceptual.ConvNeXtV2, dict]:
   """(ConvNeXtV2, params) from a timm convnextv2_<variant> checkpoint file."""
   return convert_convnext_state_dict(read_state_dict(path), variant)
+
+
+# ----------------------------------------------------------------------------- terms
+
+def load_terms(perceptual_cfg) -> list[perceptual.PerceptualTerm]:
+  """The perceptual terms with weight > 0, weights loaded from config.perceptual.
+
+  Fields: lpips_weight, lpips_weights ('file' or 'trunk,heads'; see LPIPS_HOW_TO),
+  convnext_weight, convnext_weights, convnext_variant, convnext_resize. A term with
+  weight > 0 and no readable weights file raises FileNotFoundError naming the field.
+  """
+  terms = []
+  lpips_weight, convnext_weight = perceptual.term_weights(perceptual_cfg)
+  if lpips_weight > 0:
+    paths = _existing_paths('lpips_weights', perceptual_cfg.get('lpips_weights'), LPIPS_HOW_TO)
+    terms.append(perceptual.lpips_term(lpips_weight, load_lpips_params(paths)))
+  if convnext_weight > 0:
+    variant = str(perceptual_cfg.get('convnext_variant', 'base'))
+    how_to = CONVNEXT_HOW_TO.format(variant=variant.removeprefix('convnextv2_'))
+    paths = _existing_paths('convnext_weights', perceptual_cfg.get('convnext_weights'), how_to)
+    if len(paths) != 1:
+      raise ValueError('config.perceptual.convnext_weights names one checkpoint file, got '
+                       f'{len(paths)}: {[str(p) for p in paths]}')
+    model, params = load_convnext_params(paths[0], variant)
+    terms.append(perceptual.convnext_term(convnext_weight, model, params,
+                                int(perceptual_cfg.get('convnext_resize', 224))))
+  return terms

@@ -96,7 +96,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     arrays = read_safetensors(path)
   elif path.suffix in ('.pth', '.pt', '.bin'):
     try:
-      import torch  # pylint: disable=g-import-not-at-top
+      import torch  # pylint: disable=g-import-not-at-top  # optional: only .pth/.bin need it
     except ImportError as e:
       raise ImportError(
           f'reading {path} needs PyTorch (pip install torch), or convert it to .npz on a '

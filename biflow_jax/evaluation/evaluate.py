@@ -23,26 +23,25 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from biflow_jax import config_lib, input_pipeline, sampling
-from biflow_jax.evaluation import metrics
+from biflow_jax import config_lib, inference, input_pipeline, sampling
+from biflow_jax.evaluation import features, likelihood, metrics
+from biflow_jax.evaluation.features import FeatureFn
 
-FEATURE_NETS = ('classifier', 'inception')
 EVAL_SEED = 2024
 
-FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # [-1,1] NHWC -> (logits, feats)
 
 
 def decoders_to_evaluate(config) -> tuple[str, ...]:
   names = config.eval.decoders
   if not names:
-    return ('reverse', 'exact', 'fixed_point') if config.reverse.enabled else ('exact', 'fixed_point')
+    return tuple(d for d in sampling.DECODERS if config.reverse.enabled or d != 'reverse')
   decoders = tuple(d.strip() for d in names.split(',') if d.strip())
   for d in decoders:
     if d not in sampling.DECODERS:
@@ -50,48 +49,6 @@ def decoders_to_evaluate(config) -> tuple[str, ...]:
     if d == 'reverse' and not config.reverse.enabled:
       raise ValueError("config.eval.decoders asks for 'reverse' but config.reverse.enabled=False")
   return decoders
-
-
-def make_feature_fn(config) -> tuple[str, FeatureFn]:
-  """(name, fn) for the configured feature net; fn maps [-1, 1] images to (logits, features)."""
-  net = config.eval.feature_net
-  batch = int(config.eval.batch)
-  if net == 'classifier':
-    from biflow_jax.evaluation import classifier  # pylint: disable=g-import-not-at-top
-    module, variables, info = classifier.load_classifier(config.eval.classifier_path or None)
-    shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
-    expected = tuple(info.get('image_shape', (28, 28, 1)))
-    if shape != expected:
-      raise ValueError(f'the classifier at {config.eval.classifier_path or "the bundled asset"} '
-                       f'reads {expected} images but the model makes {shape}; train one for '
-                       'this dataset (python -m biflow_jax.tools.train_classifier) or use '
-                       '--config.eval.feature_net=inception')
-
-    def classify(images):
-      logits, features = classifier.classify(module, variables, images, batch_size=batch)
-      return np.asarray(logits), np.asarray(features)
-
-    return f"classifier_{info.get('dataset', 'custom')}", classify
-  if net == 'inception':
-    from biflow_jax.convert import inception as inception_convert  # pylint: disable=g-import-not-at-top
-    from biflow_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-    variables = inception_convert.load_fid_inception(config.eval.inception_weights or None)
-    features_fn = jax.jit(inception.fid_features)
-
-    def run(images):
-      pools, logits = [], []
-      for start in range(0, images.shape[0], batch):
-        x = jnp.asarray(images[start:start + batch], jnp.float32)
-        x = (x + 1.0) / 2.0
-        if x.shape[-1] == 1:
-          x = jnp.repeat(x, 3, axis=-1)
-        pool, logit = features_fn(variables, x)
-        pools.append(np.asarray(pool))
-        logits.append(np.asarray(logit))
-      return np.concatenate(logits), np.concatenate(pools)
-
-    return 'inception', run
-  raise ValueError(f'config.eval.feature_net={net!r}; use one of {FEATURE_NETS}')
 
 
 def real_images(config, batch: dict, to_pixels=None) -> np.ndarray:
@@ -130,9 +87,8 @@ def generate(config, params, decoder: str, num: int, batch: int,
              to_pixels=None) -> tuple[np.ndarray, np.ndarray, float]:
   """(images in [-1, 1], labels, seconds) from `decoder`, class-balanced labels; latent
   samples are decoded by `to_pixels` (the VAE), inside the timed loop."""
-  from biflow_jax import train  # pylint: disable=g-import-not-at-top
-  sampler = sampling.make_sampler(config, decoder, train.default_denoise(config, decoder))
-  guidance = train.decoder_guidance(config, decoder)
+  sampler = sampling.make_sampler(config, decoder, inference.default_denoise(config, decoder))
+  guidance = inference.decoder_guidance(config, decoder)
   classes = config.model.num_classes
   labels = (np.arange(num) % classes).astype(np.int32) if classes else -np.ones(num, np.int32)
   out, t0 = [], time.time()
@@ -160,16 +116,15 @@ def sample_metrics(fake: np.ndarray, labels: np.ndarray, real: dict, feature_fn:
 
 def evaluate(config, workdir: str | Path) -> dict:
   """Every metric for every decoder asked for, from the latest checkpoint -> DIR/eval.json."""
-  from biflow_jax import train  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
   workdir = Path(workdir)
   decoders = decoders_to_evaluate(config)
-  net_name, feature_fn = make_feature_fn(config)  # fails before any sampling if weights miss
-  models, state, step = train.restore_for_inference(config, workdir)
-  models, frozen_params = train.load_frozen(config, models, with_perceptual=False)
-  to_pixels = train.pixel_decoder(models, frozen_params)
+  net_name, feature_fn = features.make_feature_fn(config)  # fails before sampling if weights miss
+  exp, state, step = inference.restore(config, workdir)
+  to_pixels = inference.pixel_decoder(exp)
   heldout = input_pipeline.load_heldout(config, config.eval_batches * config.batch_size)
-  heldout_metrics = train.heldout_metrics(models.flow, state.ema['forward'], heldout, config)
+  heldout_metrics = likelihood.heldout_metrics(exp.models.flow, state.ema['forward'], heldout,
+                                               config)
   result: dict[str, Any] = {
       'step': step, 'feature_net': net_name, 'num_samples': int(config.eval.num_samples),
       'noise_sigma': float(config.objective.noise_sigma),
@@ -189,7 +144,7 @@ def evaluate(config, workdir: str | Path) -> dict:
     fake, labels, seconds = generate(config, state.ema, decoder, int(config.eval.num_samples),
                                      int(config.eval.batch), to_pixels)
     entry = sample_metrics(fake, labels, real, feature_fn, config)
-    entry['guidance'] = float(train.decoder_guidance(config, decoder))
+    entry['guidance'] = float(inference.decoder_guidance(config, decoder))
     entry['sampling_seconds'] = seconds
     result['decoders'][decoder] = entry
     logging.info('eval %s: %s', decoder, entry)

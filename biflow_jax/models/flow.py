@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biflow_jax import objectives
 from biflow_jax.models import layers
 
 Array = jax.Array
@@ -338,10 +337,22 @@ class ForwardFlow(nn.Module):
     return image, jnp.stack(iterations[::-1]), jnp.stack(residuals[::-1])
 
 
+def gaussian_nll(z: Array, logdet: Array) -> Array:
+  """Per-sample NLL in nats of the input F mapped to z (batch, ...), float32.
+
+  Change of variables under F's N(0, I) prior over N = T * D dimensions:
+  0.5 ||z||^2 + (N / 2) log(2 pi) - log|det dz/dx| (docs/method.md §2.2). The training
+  loss uses it through `objectives.gaussian_nll`.
+  """
+  z = z.astype(jnp.float32).reshape(z.shape[0], -1)
+  n = z.shape[1]
+  return 0.5 * jnp.sum(z * z, axis=1) + 0.5 * n * math.log(2 * math.pi) - logdet.astype(jnp.float32)
+
+
 def log_prob(flow: ForwardFlow, variables, x: Array, y: Array | None = None) -> Array:
   """Per-sample log density of x (nats), float32."""
   z, logdet, _ = flow.apply(variables, x, y)
-  return -objectives.gaussian_nll(z, logdet)
+  return -gaussian_nll(z, logdet)
 
 
 def score_denoise(flow: ForwardFlow, variables, x_noisy: Array, y: Array | None,

@@ -1,6 +1,6 @@
 """The reverse model G (BiFlow's generator): noise tokens z -> clean tokens x in one pass.
 
-A ViT with *bidirectional* attention over z's T tokens (METHOD.md section 3). Unlike
+A ViT with *bidirectional* attention over z's T tokens (docs/method.md §3). Unlike
 F's causal blocks, every output token sees every input token, which is what lets G
 undo all of F's blocks at once instead of token by token.
 

@@ -17,15 +17,16 @@ Dtype = Any
 # PyTorch's LayerNorm epsilon: keeps parity with TARFlow checkpoints.
 LAYER_NORM_EPS = 1e-5
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+#: config.model.dtype (and G's): compute dtypes by name.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 def resolve_dtype(name: str | Any) -> Any:
   """Config string ('bfloat16') or dtype -> dtype; unknown names are a clear error."""
   if isinstance(name, str):
-    if name not in _DTYPES:
-      raise ValueError(f'unknown compute dtype {name!r}; use one of {sorted(_DTYPES)}')
-    return _DTYPES[name]
+    if name not in DTYPES:
+      raise ValueError(f'unknown compute dtype {name!r}; use one of {sorted(DTYPES)}')
+    return DTYPES[name]
   return name
 
 

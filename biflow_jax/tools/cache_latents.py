@@ -25,7 +25,11 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from biflow_jax import cli
+import jax
+
+from biflow_jax import cli, input_pipeline, latents, parallel
+from biflow_jax.convert import vae as vae_convert
+from biflow_jax.models.vae import downsample_factor
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
@@ -68,15 +72,11 @@ class _Head:
 
 def load_vae(vae_cfg):
   """(model, params) of the VAE; a separate function so tests can swap in a tiny one."""
-  from biflow_jax.convert.vae import load  # pylint: disable=g-import-not-at-top
-  return load(vae_cfg)
+  return vae_convert.load(vae_cfg)
 
 
 def run(config, out: str) -> dict:
   """Caches config's dataset split into `out`; returns `latents.write_cache`'s summary."""
-  import jax  # pylint: disable=g-import-not-at-top  # after flag parsing: fast --help
-  from biflow_jax import latents  # pylint: disable=g-import-not-at-top
-  from biflow_jax.models.vae import downsample_factor  # pylint: disable=g-import-not-at-top
 
   if FLAGS.batch < 2 or FLAGS.batch % 2:
     raise app.UsageError(f'--batch={FLAGS.batch} must be even and >= 2: each image is '
@@ -87,7 +87,7 @@ def run(config, out: str) -> dict:
     raise app.UsageError(f'--process_index={process_index} is not in [0, '
                          f'--process_count={process_count})')
   vae_cfg, name = config.vae, config.data.tfds_name or DEFAULT_TFDS_NAME
-  source = latents.open_image_source(name, FLAGS.split, config.data.data_dir, FLAGS.manual_dir)
+  source = input_pipeline.open_tfds_source(name, FLAGS.split, config.data.data_dir, FLAGS.manual_dir)
   if FLAGS.max_examples > 0:
     source = _Head(source, FLAGS.max_examples)
 
@@ -123,7 +123,6 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.process_index < 0:
     # On a cluster each host encodes its own shards: learn which host this is.
-    from biflow_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed()
   summary = run(FLAGS.config, FLAGS.out)
   done = ('meta.json written: the cache is complete' if summary['meta_written'] else

@@ -15,8 +15,15 @@ import subprocess
 import sys
 import time
 
+# The device count is fixed when JAX starts its backend, which importing jax does not do:
+# each child gets its own XLA_FLAGS before its first jax call.
+import jax
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from biflow_jax import cli, input_pipeline
+from biflow_jax.experiment import build_experiment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=False)
@@ -28,28 +35,21 @@ LAYOUTS = ('1,1,1,replicated', '{n},-1,1,replicated', '{n},1,-1,fsdp')
 
 
 def run_layout(config, devices: int, data: int, fsdp: int, mode: str, steps: int) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from biflow_jax import input_pipeline, optim, parallel, train  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == devices, (jax.device_count(), devices)
   config.mesh.data, config.mesh.fsdp, config.mesh.param_sharding = data, fsdp, mode
-  plan = optim.build_phase_plan(config)
-  models = train.build_models(config)
-  tx = optim.make_optimizer(config, plan)
-  mesh = parallel.make_mesh(config.mesh)
-  state, shardings = train.create_state(config, models, tx, mesh)
-  step_fn = train.jit_train_step(config, models, tx, plan, mesh, shardings)
-  it = input_pipeline.create_train_iterator(config, rows=parallel.process_rows(mesh, config.batch_size))
-  phase = plan[0]
+  exp = build_experiment(config)
+  state = exp.create_state()
+  it = input_pipeline.create_train_iterator(config, rows=exp.process_rows())
+  phase = exp.plan[0]
   times = []
   for i in range(steps + 3):
     start = time.perf_counter()
-    batch = parallel.global_batch(next(it), mesh, config.batch_size)
-    state, metrics = step_fn(state, batch, phase=phase)
+    batch = exp.global_batch(next(it))
+    state, metrics = exp.step(state, batch, exp.frozen_params, phase)
     jax.block_until_ready(metrics['loss'])
     if i >= 3:
       times.append(time.perf_counter() - start)
-  return {'devices': devices, 'mesh': dict(mesh.shape), 'param_sharding': mode,
+  return {'devices': devices, 'mesh': dict(exp.mesh.shape), 'param_sharding': mode,
           'median_step_s': float(np.median(times)), 'loss': float(metrics['loss'])}
 
 
@@ -67,7 +67,11 @@ def main(argv):
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={layout.split(",")[0]}')
     out = subprocess.run([sys.executable, '-m', 'biflow_jax.tools.mesh_overhead', *passthrough,
                           f'--steps={FLAGS.steps}', f'--child={layout}'],
-                         env=env, capture_output=True, text=True, check=True)
+                         env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:  # the child's own error, not a CalledProcessError
+      sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
+      print(f'mesh_overhead: layout {layout} failed (exit {out.returncode})', file=sys.stderr)
+      sys.exit(out.returncode)
     results.append(json.loads(out.stdout.strip().splitlines()[-1]))
   base = results[0]['median_step_s']
   for r in results:
@@ -80,4 +84,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -16,8 +16,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
 
-from biflow_jax import benchmark, config_lib, frozen, optim, train
+from biflow_jax import benchmark, cli, frozen, parallel
+from biflow_jax.experiment import build_experiment, example_batch
 
 # Chips the estimate is printed for (dense bf16 peak TFLOP/s, as in benchmark.PEAK_TFLOPS).
 ESTIMATE_CHIPS = ('TPU v5p', 'NVIDIA H200')
@@ -28,28 +31,25 @@ def count(tree: Any) -> int:
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
 
 
-def lowered_flops(fn, *args) -> float:
-  """FLOPs of one call from XLA's HLO cost analysis of the lowered program."""
-  cost = jax.jit(fn).lower(*args).cost_analysis()
+def _flops(cost) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost['flops'])
 
 
-def _abstract(tree):
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+def lowered_flops(fn, *args) -> float:
+  """FLOPs of one call from XLA's HLO cost analysis of the lowered program."""
+  return _flops(jax.jit(fn).lower(*args).cost_analysis())
 
 
 def step_cost(config) -> dict:
   """Parameter counts per network and FLOPs per train step (each phase) and per sample."""
-  config_lib.validate(config)
-  plan = optim.build_phase_plan(config)
-  models = train.build_models(config)
-  nets, frozen_params = frozen.abstract(config)
-  models = models._replace(frozen=nets)
-  tx = optim.make_optimizer(config, plan)
-  state = jax.eval_shape(lambda: train.init_state(config, models, tx))
-  batch = _abstract(train.example_batch(config))
+  exp = build_experiment(config, abstract=True)
+  models, frozen_params, state = exp.models, exp.frozen_params, exp.abstract_state
+  nets = models.frozen
+  rows = parallel.batch_sharding(exp.mesh)
+  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rows),
+                       example_batch(config))
   result: dict[str, Any] = {
       'batch_size': int(config.batch_size),
       'params_forward': count(state.params['forward']),
@@ -58,10 +58,9 @@ def step_cost(config) -> dict:
       'params_perceptual': {k: count(v) for k, v in frozen_params.get('perceptual', {}).items()},
       'train_step_flops': {},
   }
-  for phase in plan:
-    step = lambda s, b, f, phase=phase: train.train_step(s, b, f, models=models, tx=tx,
-                                                          config=config, plan=plan, phase=phase)
-    result['train_step_flops'][phase.name] = lowered_flops(step, state, batch, frozen_params)
+  for phase in exp.plan:  # the jitted, sharded step that training runs
+    cost = exp.step.lower(state, batch, frozen_params, phase).cost_analysis()
+    result['train_step_flops'][phase.name] = _flops(cost)
 
   flow, generator = models.flow, models.generator
   tokens = jax.ShapeDtypeStruct((1, flow.num_tokens, flow.token_dim), jnp.float32)
@@ -98,8 +97,6 @@ def estimates(result: dict) -> dict:
 
 
 def main(argv=None) -> None:
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
   flags.DEFINE_string('out', '', 'Also write the numbers to this JSON file.')
   flags.mark_flags_as_required(['config'])
@@ -111,7 +108,7 @@ def main(argv=None) -> None:
     if flags.FLAGS.out:
       Path(flags.FLAGS.out).write_text(text)
 
-  app.run(run, argv=argv or sys.argv)
+  app.run(run, argv=argv or sys.argv, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

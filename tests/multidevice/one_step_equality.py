@@ -13,7 +13,8 @@ os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from biflow_jax import input_pipeline, optim, parallel, train  # pylint: disable=g-import-not-at-top
+from biflow_jax import input_pipeline, optim, parallel  # pylint: disable=g-import-not-at-top
+from biflow_jax.experiment import build_experiment  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 
@@ -32,16 +33,12 @@ def one_step(config, devices, data, fsdp, mode):
   config = config.copy_and_resolve_references()
   config.mesh.data, config.mesh.fsdp, config.mesh.param_sharding = data, fsdp, mode
   config.mesh.fsdp_min_size = 1
-  plan = optim.build_phase_plan(config)
-  models = train.build_models(config)
-  tx = optim.make_optimizer(config, plan)
-  mesh = parallel.make_mesh(config.mesh, devices)
-  state, shardings = train.create_state(config, models, tx, mesh)
-  it = input_pipeline.create_train_iterator(config, rows=parallel.process_rows(mesh, config.batch_size))
-  step_fn = train.jit_train_step(config, models, tx, plan, mesh, shardings)
+  exp = build_experiment(config, mesh=parallel.make_mesh(config.mesh, devices))
+  state, shardings = exp.create_state(), exp.state_shardings
+  it = input_pipeline.create_train_iterator(config, rows=exp.process_rows())
   for step in range(STEPS):
-    batch = parallel.global_batch(next(it), mesh, config.batch_size)
-    state, metrics = step_fn(state, batch, phase=optim.phase_at(plan, step))
+    batch = exp.global_batch(next(it))
+    state, metrics = exp.step(state, batch, exp.frozen_params, optim.phase_at(exp.plan, step))
   split = sum(1 for s in jax.tree.leaves(shardings) if not s.is_fully_replicated)
   return jax.device_get(state), jax.device_get(metrics), split, len(jax.tree.leaves(shardings))
 
@@ -51,9 +48,8 @@ def main():
   devices = jax.devices()
   assert len(devices) == 8, devices
   ref_state, ref_metrics, _, _ = one_step(config, devices[:1], 1, 1, 'replicated')
-  models = train.build_models(config)
-  plan = optim.build_phase_plan(config)
-  initial = jax.device_get(train.init_state(config, models, optim.make_optimizer(config, plan)).params)
+  initial = jax.device_get(build_experiment(config, mesh=parallel.make_mesh(config.mesh, devices[:1]))
+                           .init_state().params)
   report = {}
   for name, data, fsdp, mode in (('replicated_8', 8, 1, 'replicated'),
                                  ('fsdp_2x4', 2, 4, 'fsdp'), ('fsdp_1x8', 1, 8, 'fsdp')):

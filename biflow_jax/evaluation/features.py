@@ -1,0 +1,57 @@
+"""Feature networks that evaluation scores samples with: the dataset's own classifier
+(shipped for bundled MNIST) or the FID InceptionV3 (pytorch-fid weights from a local file).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biflow_jax.convert import inception as inception_convert
+from biflow_jax.evaluation import classifier, inception
+
+#: config.eval.feature_net
+FEATURE_NETS = ('classifier', 'inception')
+
+FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # [-1,1] NHWC -> (logits, feats)
+
+
+def make_feature_fn(config) -> tuple[str, FeatureFn]:
+  """(name, fn) for the configured feature net; fn maps [-1, 1] images to (logits, features)."""
+  net = config.eval.feature_net
+  batch = int(config.eval.batch)
+  if net == 'classifier':
+    module, variables, info = classifier.load_classifier(config.eval.classifier_path or None)
+    shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
+    expected = tuple(info.get('image_shape', (28, 28, 1)))
+    if shape != expected:
+      raise ValueError(f'the classifier at {config.eval.classifier_path or "the bundled asset"} '
+                       f'reads {expected} images but the model makes {shape}; train one for '
+                       'this dataset (python -m biflow_jax.tools.train_classifier) or use '
+                       '--config.eval.feature_net=inception')
+
+    def classify(images):
+      logits, features = classifier.classify(module, variables, images, batch_size=batch)
+      return np.asarray(logits), np.asarray(features)
+
+    return f"classifier_{info.get('dataset', 'custom')}", classify
+  if net == 'inception':
+    variables = inception_convert.load_fid_inception(config.eval.inception_weights or None)
+    features_fn = jax.jit(inception.fid_features)
+
+    def run(images):
+      pools, logits = [], []
+      for start in range(0, images.shape[0], batch):
+        x = jnp.asarray(images[start:start + batch], jnp.float32)
+        x = (x + 1.0) / 2.0
+        if x.shape[-1] == 1:
+          x = jnp.repeat(x, 3, axis=-1)
+        pool, logit = features_fn(variables, x)
+        pools.append(np.asarray(pool))
+        logits.append(np.asarray(logit))
+      return np.concatenate(logits), np.concatenate(pools)
+
+    return 'inception', run
+  raise ValueError(f'config.eval.feature_net={net!r}; use one of {FEATURE_NETS}')

@@ -56,11 +56,11 @@ export MODE PYTHONUNBUFFERED=1
 
 # Runs inside each task: pick this process's GPUs, then exec the main job.
 # shellcheck disable=SC2016  # expands in the task
-TASK_SH='vis=${CUDA_VISIBLE_DEVICES:-}
+TASK_SH='set -euo pipefail; vis=${CUDA_VISIBLE_DEVICES:-}
 if [[ $MODE == per_node ]]; then
   if [[ -n $vis ]]; then IFS=, read -ra gpus <<<"$vis"; n=${#gpus[@]}
-  else n=${SLURM_GPUS_ON_NODE:-$(nvidia-smi -L | grep -c "^GPU")}; fi
-  ids=$(seq -s, 0 $((n - 1)))
+  else n=${SLURM_GPUS_ON_NODE:-$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)}; fi
+  ids=""; if ((n > 0)); then ids=$(seq -s, 0 $((n - 1))); fi  # none counted: all devices
 elif [[ -n $vis && $vis != *,* ]]; then ids=0  # Slurm bound one GPU to this task
 else ids=$SLURM_LOCALID; fi
 exec "$@" --local_device_ids="$ids"'
@@ -89,15 +89,23 @@ if [[ $DRY_RUN == 1 ]]; then
   exit 0
 fi
 mkdir -p "$LOGDIR"
+# The interpreter every task runs: fail here, with its own error, rather than in N tasks.
+if ! PYTHON_PATH=$(command -v "$PYTHON"); then
+  echo "PYTHON=$PYTHON: no such interpreter; set PYTHON=/path/to/venv/bin/python" >&2; exit 127
+fi
+echo "PYTHON=$PYTHON_PATH"
+"$PYTHON" -c 'import biflow_jax' || {
+  rc=$?; echo "PYTHON=$PYTHON_PATH cannot import biflow_jax (exit $rc): activate the" \
+    "environment with \`pip install -e .\` before sbatch, or set PYTHON" >&2; exit "$rc"; }
 
 REQUEUE=0
-# shellcheck disable=SC2329  # runs from a trap
+# shellcheck disable=SC2317,SC2329  # runs from a trap
 on_usr1() {  # time limit near: the processes checkpoint and exit, then the job is requeued
   echo "USR1 (time limit in a few minutes): SIGTERM to the processes"
   REQUEUE=$REQUEUE_ON_TIMEOUT
   scancel --signal=TERM "$SLURM_JOB_ID" || true  # the job steps, not this script
 }
-# shellcheck disable=SC2329
+# shellcheck disable=SC2317,SC2329
 on_term() { echo "SIGTERM (preemption or scancel): waiting for the processes to checkpoint"; }
 trap on_usr1 USR1
 trap on_term TERM
@@ -111,12 +119,18 @@ while kill -0 "$srun_pid" 2>/dev/null; do  # a trap interrupted wait: keep waiti
   rc=0
   wait "$srun_pid" || rc=$?
 done
-echo "processes exited with status $rc; logs in $LOGDIR/process_*.log"
+if ((rc == 0)); then
+  echo "processes exited with status 0; logs in $LOGDIR/process_*.log"
+else  # srun's status is the highest of the tasks'; its own lines above name each failed task
+  echo "processes failed: srun exited with status $rc. The first 'srun: error: NODE: task T:" \
+       "Exited with exit code ...' line above names the task that failed; its log is" \
+       "$LOGDIR/process_T.log (all logs: $LOGDIR/process_*.log)" >&2
+fi
 
 if [[ $REQUEUE == 1 ]]; then
   if (( ${SLURM_RESTART_COUNT:-0} < MAX_RESTARTS )); then
     echo "requeueing job $SLURM_JOB_ID: it resumes from $WORKDIR"
-    scontrol requeue "$SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID" || echo "scontrol requeue failed (exit $?)" >&2
   else
     echo "not requeued: already restarted $MAX_RESTARTS times (MAX_RESTARTS)" >&2
   fi

@@ -8,6 +8,7 @@
 #           pip install -e . and -U 'jax[tpu]'
 #   run     the same main job on all workers at once; each worker logs to
 #           ~/biflow_logs/<TPU_NAME>_<hostname>.log (and the console, unless --background)
+#           and prints its exit status (--background: writes it to ~/biflow_logs/<TPU_NAME>.status)
 #   stop    SIGTERM to a --background run (the job saves a checkpoint and exits)
 #   delete  gcloud compute tpus tpu-vm delete
 #   all     create, setup, run (foreground), then delete, also when setup or run fails
@@ -32,7 +33,7 @@
 # path. A worker-local path leaves each host with only its own shards.
 set -euo pipefail
 
-usage() { sed -n '2,32p' "$0"; exit "${1:-2}"; }
+usage() { sed -n '2,33p' "$0"; exit "${1:-2}"; }
 TPU_NAME=${TPU_NAME:-biflow} ZONE=${ZONE:-} PROJECT=${PROJECT:-} ACCELERATOR=${ACCELERATOR:-v4-32}
 RUNTIME_VERSION=${RUNTIME_VERSION:-} SPOT=${SPOT:-0} PREEMPTIBLE=${PREEMPTIBLE:-0}
 CONFIG=${CONFIG:-} WORKDIR=${WORKDIR:-} BACKGROUND=${BACKGROUND:-0} DRY_RUN=${DRY_RUN:-0}
@@ -134,10 +135,15 @@ id=$(md agent-worker-number); n=$(tr , "\n" <<<"$eps" | grep -c .)
 export BIFLOW_PROCESS_ID=$id BIFLOW_NUM_PROCESSES=$n BIFLOW_COORDINATOR=$(cut -d, -f1 <<<"$eps" | cut -d: -f3):8476
 '
   fi
-  if [[ $BACKGROUND == 1 ]]; then
-    launch="nohup $job >>\"\$log\" 2>&1 </dev/null & echo \$! >\"\$L/$TPU_NAME.pid\"; echo \"\$(hostname): pid \$!, log \$log\""
-  else
-    launch="$job 2>&1 | tee -a \"\$log\""
+  if [[ $BACKGROUND == 1 ]]; then  # a watcher subshell records the job's exit status
+    launch="p=\$L/$TPU_NAME.pid st=\$L/$TPU_NAME.status; rm -f \"\$p\" \"\$st\"
+(trap '' HUP; $job >>\"\$log\" 2>&1 </dev/null & echo \$! >\"\$p\"; rc=0; wait \$! || rc=\$?
+ echo \"\$rc\" >\"\$st\"; echo \"\$(hostname): exit status \$rc\" >>\"\$log\") </dev/null >/dev/null 2>&1 &
+for _ in \$(seq 50); do if [[ -s \$p ]]; then break; fi; sleep 0.1; done
+echo \"\$(hostname): pid \$(cat \"\$p\"), log \$log; exit status (when done) in \$st\""
+  else  # the status of the job, not of tee (pipefail), ends the ssh command; each worker says it
+    launch="rc=0; $job 2>&1 | tee -a \"\$log\" || rc=\$?
+echo \"\$(hostname): exit status \$rc; log \$log\"; exit \$rc"
   fi
   on_all "set -euo pipefail; $PRE && L=\$HOME/biflow_logs && mkdir -p \"\$L\" && log=\$L/${TPU_NAME}_\$(hostname).log
 ${coord}export PYTHONUNBUFFERED=1; cd \"\$D\"

@@ -1,30 +1,29 @@
 """Faults: non-finite steps, damaged or foreign checkpoints, and real kills of the main job."""
-import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import input_pipeline, optim, train
+from biflow_jax import inference, input_pipeline, optim, step as step_lib, train, train_state
+from biflow_jax.experiment import build_models
 
-from test_train import ROOT, TINY, parse_config
+from subprocess_util import Child
+from test_train import TINY, parse_config
 
 
 def test_non_finite_step_is_skipped_and_counted():
   config = parse_config('--config.optim.forward.warmup_steps=0')  # lr > 0 from the first update
   plan = optim.build_phase_plan(config)
-  models = train.build_models(config)
+  models = build_models(config)
   tx = optim.make_optimizer(config, plan)
-  state = train.init_state(config, models, tx)
-  step = jax.jit(lambda s, b: train.train_step(s, b, models=models, tx=tx, config=config,
-                                               plan=plan, phase=plan[0]))
+  state = train_state.init_state(config, models, tx)
+  step = jax.jit(lambda s, b: step_lib.train_step(s, b, models=models, tx=tx, config=config,
+                                                  plan=plan, phase=plan[0]))
   batch = next(input_pipeline.create_train_iterator(config))
   good = {'image': batch['image'].astype(np.float32), 'label': batch['label']}
   bad = dict(good, image=good['image'].copy())
@@ -50,7 +49,7 @@ def test_consecutive_non_finite_steps_stop_the_job(tmp_path):
     train.train_and_evaluate(config, tmp_path)
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps and steps[-1] < 30
-  _, state, restored = train.restore_for_inference(config, tmp_path)
+  _, state, restored = inference.restore(config, tmp_path)
   assert restored == steps[-1] and int(state.skips) == 0
   assert all(np.all(np.isfinite(np.asarray(l))) for l in jax.tree.leaves(state.params))
 
@@ -63,7 +62,7 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
   for path in newest.rglob('*'):
     if path.is_file():
       path.write_bytes(b'\x00garbage')
-  _, state, step = train.restore_for_inference(config, tmp_path)
+  _, state, step = inference.restore(config, tmp_path)
   assert step == 4 and int(state.step) == 4
   assert 'unreadable' in caplog.text
   state = train.train_and_evaluate(config, tmp_path)  # resumes from 4 and trains on
@@ -79,7 +78,7 @@ def test_checkpoint_of_another_model_is_a_clear_error_and_touches_nothing(tmp_pa
   with pytest.raises(ValueError, match='different model.*channels|different model'):
     train.train_and_evaluate(other, tmp_path)
   with pytest.raises(ValueError, match='different model'):
-    train.sample_from_checkpoint(other, tmp_path)
+    inference.sample_from_checkpoint(other, tmp_path)
   assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*')} == before
 
 
@@ -101,7 +100,7 @@ def test_bad_config_values_fail_before_anything_is_written(tmp_path, override, m
 
 def _final_params(workdir):
   config = parse_config(*FAULT_FLAGS)
-  _, state, step = train.restore_for_inference(config, workdir)
+  _, state, step = inference.restore(config, workdir)
   return step, state.params
 
 
@@ -113,16 +112,14 @@ def _run_until(workdir, kill_at_step, sig):
   """Start the main job; once it logged `kill_at_step`, send `sig`. Returns its exit code."""
   cmd = [sys.executable, '-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}',
          *FAULT_FLAGS]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-  deadline = time.time() + 120
-  for line in proc.stdout:
-    if kill_at_step is not None and f'[{kill_at_step}] ' in line and 'loss=' in line:
+  with Child(cmd) as proc:
+    if kill_at_step is not None:
+      proc.wait_for(lambda line: f'[{kill_at_step}] ' in line and 'loss=' in line, timeout=120,
+                    what=f'step {kill_at_step}')
       proc.send_signal(sig)
-      break
-    assert time.time() < deadline, 'the job made no progress in time'
-  proc.communicate(timeout=120)
-  return proc.returncode
+      # Killed: the status the signal gives (checked by the caller); else it must succeed.
+      return proc.finish(expect=None, timeout=120)
+    return proc.finish(expect=0, timeout=240)
 
 
 def test_killed_and_restarted_job_equals_uninterrupted_run(tmp_path):
@@ -149,14 +146,14 @@ def test_killed_and_restarted_job_equals_uninterrupted_run(tmp_path):
 def test_same_config_and_seed_give_identical_losses_step_for_step():
   config = parse_config()
   plan = optim.build_phase_plan(config)
-  models = train.build_models(config)
+  models = build_models(config)
   tx = optim.make_optimizer(config, plan)
 
   def losses():
-    state = train.init_state(config, models, tx)
+    state = train_state.init_state(config, models, tx)
     data = input_pipeline.create_train_iterator(config)
-    step = jax.jit(lambda s, b: train.train_step(s, b, models=models, tx=tx, config=config,
-                                                 plan=plan, phase=plan[0]))
+    step = jax.jit(lambda s, b: step_lib.train_step(s, b, models=models, tx=tx, config=config,
+                                                    plan=plan, phase=plan[0]))
     out = []
     for _ in range(8):
       state, metrics = step(state, next(data))

@@ -3,8 +3,6 @@ real (tiny, random) AutoencoderKL, the reader and gather, and the CLI on a mocke
 ImageNet. No network, no real weights."""
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -12,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import latents
+from biflow_jax import biflow, input_pipeline, latents
 from biflow_jax.models.vae import AutoencoderKL
+from subprocess_util import python
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16           # pixels; the tiny VAE downsamples by 2 -> 8x8x4 latents
@@ -274,7 +273,7 @@ def test_gather(cache, images):
 def test_sample_latents_statistics():
   mean = jnp.full((64, 32, 32, 4), 2.0)
   std = jnp.full((64, 32, 32, 4), 0.5)
-  sample = jax.jit(latents.sample_latents, static_argnums=3)
+  sample = jax.jit(biflow.sample_latents, static_argnums=3)
   z = sample(mean, std, jax.random.PRNGKey(0), 0.2)
   assert z.shape == mean.shape and z.dtype == jnp.float32
   assert float(z.mean()) == pytest.approx(0.4, abs=2e-3)   # 2.0 * 0.2
@@ -289,15 +288,15 @@ def test_sample_latents_statistics():
 def test_open_image_source(tmp_path):
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=5):
-    source = latents.open_image_source('imagenet2012', 'train', str(tmp_path))
+    source = input_pipeline.open_tfds_source('imagenet2012', 'train', str(tmp_path))
     assert len(source) == 5
     assert source[0]['image'].dtype == np.uint8 and source[0]['image'].shape[-1] == 3
   with pytest.raises(ValueError, match='not prepared') as err:
-    latents.open_image_source('imagenet2012', 'train', str(tmp_path), manual_dir='/archives')
+    input_pipeline.open_tfds_source('imagenet2012', 'train', str(tmp_path), manual_dir='/archives')
   assert (f'tfds build imagenet2012 --data_dir={tmp_path} --manual_dir=/archives '
           '--file_format=array_record') in str(err.value)
   with pytest.raises(ValueError, match="unknown tfds dataset 'no_such_dataset_xyz'"):
-    latents.open_image_source('no_such_dataset_xyz', 'train')
+    input_pipeline.open_tfds_source('no_such_dataset_xyz', 'train')
 
 
 CLI = """
@@ -325,10 +324,8 @@ def test_cli_on_mock_imagenet(encode_fn, tmp_path):
           f'--config.data.data_dir={tmp_path / "tfds"}', '--config.model.image_size=8',
           f'--config.vae.image_size={SIZE}', '--config.vae.block_out_channels=(8, 8)',
           '--config.vae.layers_per_block=1', '--config.vae.norm_num_groups=4']
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  run = subprocess.run(
-      [sys.executable, '-c', CLI.format(tests=str(REPO / 'tests'), n=n)] + args,
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  env = dict(JAX_PLATFORMS='cpu')
+  run = python('-c', CLI.format(tests=str(REPO / 'tests'), n=n), *args, env=env, timeout=120)
   assert run.returncode == 0, run.stderr[-3000:]
   assert '2 shard(s) encoded, 0 already done' in run.stdout
   assert 'meta.json written' in run.stdout
@@ -344,8 +341,6 @@ def test_cli_on_mock_imagenet(encode_fn, tmp_path):
     assert ((tmp_path / 'cli/train' / name).read_bytes()
             == (tmp_path / 'api/train' / name).read_bytes())
 
-  rerun = subprocess.run(
-      [sys.executable, '-c', CLI.format(tests=str(REPO / 'tests'), n=n)] + args,
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  rerun = python('-c', CLI.format(tests=str(REPO / 'tests'), n=n), *args, env=env, timeout=120)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert '0 shard(s) encoded, 2 already done' in rerun.stdout

@@ -4,9 +4,6 @@ Fake devices need XLA_FLAGS before JAX starts, so the multi-device runs happen i
 processes (tests/multidevice/), each with a time limit; this process compares results.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -14,25 +11,18 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from biflow_jax import input_pipeline, parallel, train
+from biflow_jax import inference, input_pipeline, parallel
+from subprocess_util import broken_python_on_path, launch, python
 from test_train import TINY, parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
 CHILDREN = Path(__file__).parent / 'multidevice'
 TOL = 1e-5
 
 
-def run(cmd, timeout=300, env=None):
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, **(env or {})})
-  assert proc.returncode == 0, f'{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
-  return proc.stdout
-
-
 def restore_both(config, workdir_a, workdir_b, step):
   """The latest train states of two runs, both at `step`, restored onto this process."""
-  _, a, step_a = train.restore_for_inference(config, workdir_a)
-  _, b, step_b = train.restore_for_inference(config, workdir_b)
+  _, a, step_a = inference.restore(config, workdir_a)
+  _, b, step_b = inference.restore(config, workdir_b)
   assert step_a == step_b == step
   return a, b
 
@@ -107,7 +97,7 @@ def test_iterator_positions_by_global_batch_count():
 
 def test_sharded_steps_equal_one_device():
   """Three steps of the tiny config: 8 devices replicated, FSDP 2x4 and 1x8 vs 1 device."""
-  out = run([sys.executable, str(CHILDREN / 'one_step_equality.py'), TINY])
+  out = python(CHILDREN / 'one_step_equality.py', TINY).stdout
   report = json.loads(out.strip().splitlines()[-1])
   for name, r in report.items():
     assert r['loss'] <= TOL and r['params'] <= TOL and r['ema'] <= TOL, (name, r)
@@ -120,12 +110,16 @@ def test_sharded_steps_equal_one_device():
 def test_two_processes_match_one(tmp_path):
   """2 processes x 2 devices (gloo over 127.0.0.1) == 1 process x 4 devices, 5 steps;
   the 2-process checkpoint then resumes in 1 process and still matches at step 8."""
-  launch = str(ROOT / 'launch' / 'local_multiprocess.sh')
   common = [f'--config={TINY}', '--config.schedule.forward_steps=8', '--config.checkpoint_every=5']
-  run(['bash', launch, '2', '2', f'--workdir={tmp_path / "two"}', '--stop_at=5', *common],
-      timeout=240)
-  run(['bash', launch, '1', '4', f'--workdir={tmp_path / "one"}', '--stop_at=5', *common],
-      timeout=240)
+  # The processes run this interpreter (PYTHON), never the `python` on PATH (here a broken one).
+  env = broken_python_on_path(tmp_path / 'bin')
+
+  def run(n, d, workdir, *args):
+    launch('local_multiprocess.sh', n, d, f'--workdir={workdir}', *args, *common, timeout=240,
+           env=env, logs=[workdir / 'logs' / 'process_*.log'])
+
+  run(2, 2, tmp_path / 'two', '--stop_at=5')
+  run(1, 4, tmp_path / 'one', '--stop_at=5')
   config = parse_config('--config.schedule.forward_steps=8')
   two, one = restore_both(config, tmp_path / 'two', tmp_path / 'one', 5)
   assert max_diff(two.params, one.params) <= TOL
@@ -136,7 +130,7 @@ def test_two_processes_match_one(tmp_path):
   assert (tmp_path / 'two' / 'config.json').exists()
   # Another process count resumes: the data stream is positioned by the step.
   for name in ('two', 'one'):
-    run(['bash', launch, '1', '4', f'--workdir={tmp_path / name}', *common], timeout=240)
+    run(1, 4, tmp_path / name)
   two, one = restore_both(config, tmp_path / 'two', tmp_path / 'one', 8)
   assert max_diff(two.params, one.params) <= TOL
   assert (tmp_path / 'two' / 'samples' / 'step_8.png').exists()
@@ -144,13 +138,13 @@ def test_two_processes_match_one(tmp_path):
 
 def test_checkpoint_from_8_devices_trains_on_with_4(tmp_path):
   """Saved mid-run on 8 devices (replicated), resumed on 4 (FSDP): equals 8 devices throughout."""
-  child = [sys.executable, str(CHILDREN / 'train_child.py')]
+  child = CHILDREN / 'train_child.py'
   common = [TINY, '--config.schedule.forward_steps=10', '--config.checkpoint_every=5']
   fsdp = ['--config.mesh.fsdp=4', '--config.mesh.param_sharding=fsdp',
           '--config.mesh.fsdp_min_size=256']
-  run(child + ['8', str(tmp_path / 'moved'), '5', *common])
-  run(child + ['4', str(tmp_path / 'moved'), '0', *common, *fsdp])
-  run(child + ['8', str(tmp_path / 'straight'), '0', *common])
+  python(child, '8', tmp_path / 'moved', '5', *common)
+  python(child, '4', tmp_path / 'moved', '0', *common, *fsdp)
+  python(child, '8', tmp_path / 'straight', '0', *common)
   config = parse_config('--config.schedule.forward_steps=10')
   moved, straight = restore_both(config, tmp_path / 'moved', tmp_path / 'straight', 10)
   assert max_diff(moved.params, straight.params) <= TOL

@@ -1,9 +1,6 @@
 """The main job on the tiny config: configs, training on real data, resume, sampling."""
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -12,7 +9,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from biflow_jax import input_pipeline, optim, train
+from biflow_jax import inference, input_pipeline, optim, train, train_state
+from biflow_jax.evaluation import likelihood
+from biflow_jax.experiment import build_models
+from subprocess_util import Child, python
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / 'configs' / 'tiny.py')
@@ -46,9 +46,8 @@ def test_unknown_override_is_an_error():
 
 
 def test_unknown_override_on_the_command_line_is_one_clear_line(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, '-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={tmp_path}',
-       '--config.model.nope=1'], capture_output=True, text=True, timeout=120, cwd=ROOT)
+  proc = python('-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={tmp_path}',
+                '--config.model.nope=1', expect=2, timeout=120)
   assert proc.returncode == 2
   assert 'names a field the config does not have' in proc.stderr
   assert not any(tmp_path.iterdir())  # nothing written
@@ -56,14 +55,14 @@ def test_unknown_override_on_the_command_line_is_one_clear_line(tmp_path):
 
 def test_tiny_config_trains_and_nll_falls(tmp_path):
   config = tiny_config()
-  models = train.build_models(config)
+  models = build_models(config)
   flow = models.flow
   plan = optim.build_phase_plan(config)
   heldout = input_pipeline.load_heldout(config)
-  initial = train.init_state(config, models, optim.make_optimizer(config, plan))
-  before = train.heldout_bits_per_dim(flow, initial.params['forward'], heldout, config)
+  initial = train_state.init_state(config, models, optim.make_optimizer(config, plan))
+  before = likelihood.heldout_bits_per_dim(flow, initial.params['forward'], heldout, config)
   state = train.train_and_evaluate(config, tmp_path)
-  after = train.heldout_bits_per_dim(flow, state.params['forward'], heldout, config)
+  after = likelihood.heldout_bits_per_dim(flow, state.params['forward'], heldout, config)
   assert int(state.step) == 30
   assert after < before - 0.3, (before, after)
   assert (tmp_path / 'samples' / 'step_30.png').exists()
@@ -92,11 +91,11 @@ def test_sample_mode_from_checkpoint(tmp_path):
   config.sample_every = 1000
   config.eval_every = 1000
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    train.sample_from_checkpoint(config, tmp_path)
+    inference.sample_from_checkpoint(config, tmp_path)
   assert not any(tmp_path.iterdir())  # the failed call wrote nothing
   train.train_and_evaluate(config, tmp_path)
   config.sample.decoder = 'fixed_point'
-  path = train.sample_from_checkpoint(config, tmp_path, name='grid')
+  path = inference.sample_from_checkpoint(config, tmp_path, name='grid')
   saved = np.load(tmp_path / 'samples' / 'grid.npz')
   assert path.exists() and saved['images'].shape == (20, 28, 28, 1)
   assert saved['images'].dtype == np.uint8 and saved['labels'].shape == (20,)
@@ -106,15 +105,11 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   cmd = [sys.executable, '-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={tmp_path}',
          '--config.schedule.forward_steps=100000', '--config.checkpoint_every=100000',
          '--config.log_every=1', '--config.eval_every=100000', '--config.sample_every=100000']
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
-  deadline = time.time() + 120
-  for line in proc.stdout:  # wait until it is really training
-    if '[3] ' in line and 'loss=' in line:
-      break
-    assert time.time() < deadline, 'training did not start in time'
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out[-2000:]
+  with Child(cmd) as proc:
+    # wait until it is really training
+    proc.wait_for(lambda line: '[3] ' in line and 'loss=' in line, timeout=120,
+                  what='training step 3')
+    proc.send_signal(signal.SIGTERM)
+    assert proc.finish(expect=0, timeout=120) == 0, proc.output[-2000:]
   steps = [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
   assert len(steps) == 1 and 3 <= steps[0] < 100000

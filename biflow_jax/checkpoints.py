@@ -124,8 +124,3 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
     return restored['state'], candidate
   raise RuntimeError(f'no readable checkpoint in {manager.directory}: '
                      + '; '.join(f'step {s}: {e}' for s, e in errors))
-
-
-def abstract_like(state: Any) -> Any:
-  """Shape/dtype/sharding structure to restore into."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -155,7 +155,13 @@ def base_config() -> ml_collections.ConfigDict:
       classifier_path='',       # '' = biflow_jax/data/mnist_classifier
       inception_weights='',     # pytorch-fid weights (.pth or .npz); '' = $BIFLOW_FID_WEIGHTS
       pr_k=3,                   # k of the k-NN manifolds for precision/recall
-      is_splits=10,
+      is_splits=10,             # Inception Score parts (held-out protocol; the ADM suite uses parts of 5,000)
+      floor_samples=-1,         # real training images in the floor row; -1 = num_samples, 0 = no floor row
+      reference='',             # ADM-suite reference batch .npz (arr_0 images and/or mu, sigma, mu_s,
+                                # sigma_s): score FID/sFID/IS/precision/recall as that suite does, with
+                                # the FID InceptionV3 (inception_weights); '' = against the held-out split
+      save_samples=False,       # also write each decoder's samples to DIR/eval_samples/*.npz in the
+                                # suite's format (arr_0 uint8 RGB, arr_1 labels)
   ))
 
   c.bench = ml_collections.ConfigDict(dict(

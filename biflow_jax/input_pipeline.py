@@ -464,15 +464,125 @@ def iterator_restore_arg(it: grain.DatasetIterator) -> Any:
   return grain.checkpoint.CheckpointRestore(it)
 
 
+# ----------------------------------------------------------------------------- subsets
+
+# Stored data is often ordered (a JPEG folder class by class, a tfds split in whatever
+# order it was prepared), so a subset is never "the first n stored examples": it is
+# class-balanced when the labels are in memory, else a fixed random permutation. The seed
+# is a constant, not config.data.seed: moving the training shuffle must not move what
+# evaluation scores.
+SUBSET_SEED = 0
+
+#: Subset.method -> how the examples were chosen (written into eval.json).
+SUBSET_METHODS = {
+    'class_balanced': 'a fixed random order within each class, the classes taken in turn '
+                      '(label order), so every prefix is as class-balanced as the data allows',
+    'random_permutation': 'the first n of a fixed random permutation of the stored examples',
+    'random_permutation_unmirrored': 'the first n of a fixed random permutation of the cached '
+                                     'source images (latent records 2i; the mirrors 2i+1 are '
+                                     'never taken)',
+    'stored_order_of_fixed_permutation': 'the first n in stored order, which is already a fixed '
+                                         'random permutation (input_pipeline.bundled_mnist_split, '
+                                         f'seed {BUNDLED_SPLIT_SEED})',
+}
+
+
+def class_balanced_order(labels: np.ndarray, seed: int = SUBSET_SEED) -> np.ndarray:
+  """Every index of `labels` (shape (n,)), ordered so that each prefix is class-balanced.
+
+  Within each class the indices follow a fixed random permutation drawn from `seed`; the
+  classes are then taken in turn in label order (first of each class, then second of
+  each, ...), and a class that runs out leaves the rotation. A prefix of length m thus has
+  floor(m / classes) or one more of each class while every class lasts. Returns int64 (n,).
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f'labels must be one-dimensional, got shape {labels.shape}')
+  rng = np.random.default_rng(seed)
+  rank = np.empty(labels.shape[0], np.int64)
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    rank[members] = np.arange(members.size)
+  # Primary key: rank within the class; ties (one per class) broken by the label.
+  return np.lexsort((labels, rank)).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  """Which stored examples of a part a subset takes (`indices`, in the order used), and how."""
+  part: str            # 'train' | 'heldout'
+  split: str           # the stored split it comes from
+  indices: np.ndarray  # int64 (n,) into the part's Source
+  method: str          # a key of SUBSET_METHODS
+  seed: int | None     # the permutation's seed; None when the stored order is used
+  of: int              # examples stored in the part
+
+  def describe(self, labels: np.ndarray | None = None, num_classes: int = 0) -> dict[str, Any]:
+    """JSON-able record of the subset; `labels` (of the taken examples) add class counts."""
+    record: dict[str, Any] = {
+        'part': self.part, 'split': self.split, 'method': self.method,
+        'how': SUBSET_METHODS[self.method], 'seed': self.seed,
+        'num_examples': int(self.indices.size), 'of': int(self.of)}
+    if labels is not None:
+      labels = np.asarray(labels)
+      counts = np.bincount(labels[labels >= 0], minlength=max(int(num_classes), 0))
+      record['class_counts'] = counts.astype(int).tolist()
+    return record
+
+
+def subset(config: ml_collections.ConfigDict, part: str, source: Source,
+           num: int | None = None) -> Subset:
+  """The subset of `num` examples (all when None or larger) that evaluation takes of `part`.
+
+  - bundled MNIST: stored order, already a fixed random permutation (keeps the numbers of
+    earlier runs comparable);
+  - labels in memory (JPEG folders and tars): `class_balanced_order`;
+  - latents: a fixed random permutation of the source images, never their mirrors;
+  - tfds (labels not read without decoding every record): a fixed random permutation.
+  """
+  if part not in ('train', 'heldout'):
+    raise ValueError(f"part must be 'train' or 'heldout', got {part!r}")
+  split = config.data.train_split if part == 'train' else config.data.heldout_split
+  if config.data.source == 'bundled_mnist':
+    split = f'bundled_mnist[{part}]'
+  length = int(source.length)
+  n = length if num is None else min(length, int(num))
+  if n < 0:
+    raise ValueError(f'a subset needs a non-negative size, got {num}')
+  rng = np.random.default_rng(SUBSET_SEED)
+  if config.data.source == 'bundled_mnist':
+    return Subset(part, split, np.arange(n, dtype=np.int64),
+                  'stored_order_of_fixed_permutation', None, length)
+  if isinstance(source.gather, ArrayGather):
+    order = class_balanced_order(source.gather.labels, SUBSET_SEED)
+    return Subset(part, split, order[:n], 'class_balanced', SUBSET_SEED, length)
+  if config.data.source == 'latents':
+    images = length // 2
+    n = min(n, images)
+    return Subset(part, split, 2 * rng.permutation(images)[:n].astype(np.int64),
+                  'random_permutation_unmirrored', SUBSET_SEED, length)
+  return Subset(part, split, rng.permutation(length)[:n].astype(np.int64),
+                'random_permutation', SUBSET_SEED, length)
+
+
+def take_subset(config: ml_collections.ConfigDict, part: str,
+                num: int | None = None) -> tuple[Batch, dict[str, Any]]:
+  """(batch, record): the examples of `subset(config, part, ...)` in memory, and its
+  `Subset.describe` record with the class counts of what was taken."""
+  source = load_source(config, part)
+  chosen = subset(config, part, source, num)
+  batch = source.gather(chosen.indices)
+  return batch, chosen.describe(batch['label'], config.model.num_classes)
+
+
 # ----------------------------------------------------------------------------- held out
 
 
 def load_heldout(config: ml_collections.ConfigDict, max_examples: int | None = None) -> Batch:
   """The held-out split in memory ({'image': uint8 NHWC, 'label': int32}, or latent
-  mean/std), its first `max_examples` examples when given (what evaluation uses)."""
-  source = load_source(config, 'heldout')
-  n = source.length if max_examples is None else min(source.length, int(max_examples))
-  return source.gather(np.arange(n))
+  mean/std): `max_examples` of them (all when None) taken as `subset` takes them, in that
+  order, so the first batches of it are class-balanced (or a random sample) too."""
+  return take_subset(config, 'heldout', max_examples)[0]
 
 
 def heldout_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:

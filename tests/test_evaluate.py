@@ -38,7 +38,7 @@ def test_eval_writes_every_metric_for_every_decoder(trained):
   real_fd = saved['real_train_images']['frechet_distance']
   assert all(e['frechet_distance'] > real_fd for e in saved['decoders'].values())
   assert result == saved
-  assert list((workdir / 'eval_cache').glob('real_*.npz'))  # cached for the next call
+  assert list((workdir / 'eval_cache').glob('real-*.npz'))  # cached for the next call
 
 
 def test_eval_decoder_selection_and_errors(trained):

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from biflow_jax.convert import inception as convert
+from biflow_jax.evaluation import adm
+from biflow_jax.evaluation import fingerprint as fp
 from biflow_jax.evaluation import inception
 import reference_vectors
 
@@ -181,3 +183,37 @@ def test_avg_pool_excludes_padding():
     for j in range(5):
       want[:, i, j] = x[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].mean(axis=(1, 2))
   np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_suite_features_are_the_adm_suites_tensors(variables, weights_npz, reference):
+  """What the ADM suite reads: pool3, 'mixed_6/conv'[..., :7] (Mixed_6d's 1x1 branch, the
+  first 7 of Mixed_6d's 768 output channels, 17x17 -> 2023) and pool3 @ fc kernel."""
+  images_01 = reference['images_01'].transpose(0, 2, 3, 1)
+  out = jax.jit(inception.suite_features)(variables, images_01)
+  pool3, logits = jax.jit(inception.fid_features)(variables, images_01)
+  assert out['spatial'].shape == (2, inception.SPATIAL_DIM) == (2, 2023)
+  np.testing.assert_array_equal(out['pool'], pool3)
+  np.testing.assert_allclose(out['logits_unbiased'] + variables['params']['fc']['bias'], logits,
+                             atol=1e-5)
+  capture = lambda module, method: module.scope.path == ('Mixed_6d',)
+  _, state = jax.jit(lambda v, x: inception.InceptionV3().apply(
+      v, inception.preprocess(x), mutable=['intermediates'],
+      capture_intermediates=capture))(variables, images_01)
+  mixed_6d = state['intermediates']['Mixed_6d']['__call__'][0]
+  assert mixed_6d.shape == (2, 17, 17, 768)
+  np.testing.assert_allclose(out['spatial'], mixed_6d[..., :7].reshape(2, -1), atol=1e-5)
+  # The suite's input: uint8 RGB or grey, any batch size (padded to one compiled shape).
+  net = adm.make_suite_net(str(weights_npz), batch=4)
+  uint8 = np.round(images_01 * 255).astype(np.uint8)
+  got = net.fn(np.concatenate([uint8, uint8[:1]]))
+  assert {k: v.shape[0] for k, v in got.items()} == {'pool': 3, 'spatial': 3,
+                                                     'logits_unbiased': 3}
+  want = jax.jit(inception.suite_features)(variables, uint8.astype(np.float32) / 255)
+  np.testing.assert_allclose(got['pool'][:2], want['pool'], atol=1e-5)
+  np.testing.assert_allclose(got['spatial'][2], want['spatial'][0], atol=1e-5)
+  grey = net.fn(uint8[..., :1])
+  rgb = net.fn(np.repeat(uint8[..., :1], 3, axis=-1))
+  np.testing.assert_allclose(grey['pool'], rgb['pool'], atol=1e-6)
+  assert net.fingerprint['weights_sha256'] == {weights_npz.name: fp.file_sha256(weights_npz)}
+  with pytest.raises(ValueError, match='uint8 NHWC'):
+    net.fn(images_01)

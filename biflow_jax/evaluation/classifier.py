@@ -85,7 +85,8 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
   return tree
 
 
-def _asset_paths(path: str | Path | None) -> tuple[Path, Path]:
+def asset_paths(path: str | Path | None) -> tuple[Path, Path]:
+  """(<path>.npz, <path>.json) of a classifier asset; the shipped MNIST one for None."""
   base = Path(path) if path is not None else DATA_DIR / DEFAULT_NAME
   if base.suffix in ('.npz', '.json'):
     base = base.with_suffix('')
@@ -94,7 +95,7 @@ def _asset_paths(path: str | Path | None) -> tuple[Path, Path]:
 
 def save_classifier(path: str | Path, variables: Any, info: dict[str, Any]) -> tuple[Path, Path]:
   """Writes <path>.npz (float32 params, '/'-joined keys) and <path>.json (info)."""
-  npz, meta = _asset_paths(path)
+  npz, meta = asset_paths(path)
   npz.parent.mkdir(parents=True, exist_ok=True)
   flat = {k: np.asarray(v, np.float32) for k, v in flatten_params(variables['params']).items()}
   np.savez_compressed(npz, **flat)
@@ -104,7 +105,7 @@ def save_classifier(path: str | Path, variables: Any, info: dict[str, Any]) -> t
 
 def load_classifier(path: str | Path | None = None) -> tuple[Classifier, dict[str, Any], dict[str, Any]]:
   """(module, variables, info) from <path>.npz/.json; the shipped MNIST asset by default."""
-  npz, meta = _asset_paths(path)
+  npz, meta = asset_paths(path)
   missing = [str(p) for p in (npz, meta) if not p.is_file()]
   if missing:
     raise FileNotFoundError(

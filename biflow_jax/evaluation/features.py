@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,7 @@ import numpy as np
 
 from biflow_jax.convert import inception as inception_convert
 from biflow_jax.evaluation import classifier, inception
+from biflow_jax.evaluation import fingerprint as fp
 
 #: config.eval.feature_net
 FEATURE_NETS = ('classifier', 'inception')
@@ -18,8 +19,37 @@ FEATURE_NETS = ('classifier', 'inception')
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # [-1,1] NHWC -> (logits, feats)
 
 
-def make_feature_fn(config) -> tuple[str, FeatureFn]:
-  """(name, fn) for the configured feature net; fn maps [-1, 1] images to (logits, features)."""
+class FeatureNet(NamedTuple):
+  """A feature net ready to run: `fn` maps float NHWC images in [-1, 1] to (logits (n, c),
+  features (n, d)); `fingerprint` names its weights by content hash (cache keys)."""
+  name: str
+  fn: FeatureFn
+  fingerprint: dict[str, Any]
+
+
+def make_feature_net(config) -> FeatureNet:
+  """The configured feature net (config.eval.feature_net), weights loaded and hashed.
+
+  Raises FileNotFoundError for missing weight files and ValueError for a classifier that
+  reads another image shape than the model makes, before anything is sampled.
+  """
+  name, fn, files = _build(config)
+  return FeatureNet(name, fn, fp.canonical({
+      'net': config.eval.feature_net, 'name': name, 'preprocessing': PREPROCESSING[
+          config.eval.feature_net],
+      'weights_sha256': {str(p.name): fp.file_sha256(p) for p in files}}))
+
+
+#: What each net does to [-1, 1] NHWC images before its first layer (part of cache keys).
+PREPROCESSING = {
+    'classifier': 'images in [-1, 1] as given',
+    'inception': '(x + 1) / 2, grey repeated to RGB, bilinear resize to 299 inside '
+                 'inception.fid_features',
+}
+
+
+def _build(config) -> tuple[str, FeatureFn, list]:
+  """(name, fn, weight files) for the configured feature net."""
   net = config.eval.feature_net
   batch = int(config.eval.batch)
   if net == 'classifier':
@@ -36,9 +66,11 @@ def make_feature_fn(config) -> tuple[str, FeatureFn]:
       logits, features = classifier.classify(module, variables, images, batch_size=batch)
       return np.asarray(logits), np.asarray(features)
 
-    return f"classifier_{info.get('dataset', 'custom')}", classify
+    return (f"classifier_{info.get('dataset', 'custom')}", classify,
+            list(classifier.asset_paths(config.eval.classifier_path or None)))
   if net == 'inception':
-    variables = inception_convert.load_fid_inception(config.eval.inception_weights or None)
+    path = inception_convert.resolve_path(config.eval.inception_weights or None)
+    variables = inception_convert.load_fid_inception(path)
     features_fn = jax.jit(inception.fid_features)
 
     def run(images):
@@ -53,5 +85,5 @@ def make_feature_fn(config) -> tuple[str, FeatureFn]:
         logits.append(np.asarray(logit))
       return np.concatenate(logits), np.concatenate(pools)
 
-    return 'inception', run
+    return 'inception', run, [path]
   raise ValueError(f'config.eval.feature_net={net!r}; use one of {FEATURE_NETS}')

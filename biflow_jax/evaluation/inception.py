@@ -34,6 +34,11 @@ import numpy as np
 INPUT_SIZE = 299
 POOL3_DIM = 2048
 NUM_LOGITS = 1008
+# sFID's spatial features (the ADM suite's 'mixed_6/conv:0'[..., :7]): the first 7 channels
+# of Mixed_6d's 1x1 branch after its ReLU, 17x17 at 299 input, flattened (h, w, c).
+SPATIAL_MODULE = ('Mixed_6d', 'branch1x1')
+SPATIAL_CHANNELS = 7
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 BN_EPS = 1e-3
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -254,3 +259,26 @@ def variable_shapes() -> dict:
   """The expected variables tree as ShapeDtypeStructs (no compute)."""
   x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
   return jax.eval_shape(InceptionV3().init, jax.random.PRNGKey(0), x)
+
+
+def suite_features(variables, images_01) -> dict[str, jax.Array]:
+  """What the ADM evaluation suite reads from the network, for [0, 1] NHWC images:
+
+  - 'pool': pool3 (N, 2048) (FID, precision/recall);
+  - 'spatial': Mixed_6d's 1x1 branch, first 7 channels, flattened (N, 2023) (sFID);
+  - 'logits_unbiased': pool3 @ fc kernel (N, 1008), the fc layer without its bias, which
+    is what the suite's Inception Score takes a softmax of.
+
+  Jittable; the same network and preprocessing as `fid_features`.
+  """
+  def is_spatial(module, method_name):
+    return method_name == '__call__' and module.scope.path == SPATIAL_MODULE
+
+  (pool3, _), state = InceptionV3().apply(variables, preprocess(images_01),
+                                          capture_intermediates=is_spatial,
+                                          mutable=['intermediates'])
+  branch = state['intermediates'][SPATIAL_MODULE[0]][SPATIAL_MODULE[1]]['__call__'][0]
+  spatial = branch[..., :SPATIAL_CHANNELS].reshape(branch.shape[0], -1)
+  kernel = variables['params']['fc']['kernel']
+  return {'pool': pool3, 'spatial': spatial,
+          'logits_unbiased': jnp.dot(pool3, kernel, precision=_PRECISION)}

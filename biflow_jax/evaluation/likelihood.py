@@ -25,10 +25,19 @@ def _heldout_nll(params, batch, rng, *, flow: ForwardFlow, sigma: float,
   return objectives.gaussian_nll(z, logdet)
 
 
+def examples_used(num_heldout: int, config) -> int:
+  """How many of `num_heldout` held-out examples (in order) `heldout_nll_per_dim` scores:
+  the first config.eval_batches full batches of config.batch_size."""
+  return min(int(config.eval_batches), num_heldout // int(config.batch_size)) * int(
+      config.batch_size)
+
+
 def heldout_nll_per_dim(flow: ForwardFlow, forward_params, heldout: dict, config,
                         mesh=None) -> float:
   """Mean NLL per dimension (nats) of x~ over the first config.eval_batches batches of
-  `heldout` (fixed noise, true labels).
+  `heldout` (fixed noise, true labels). `heldout` comes from `input_pipeline.load_heldout`,
+  whose order makes those batches class-balanced (or a random sample), never the first
+  classes of ordered storage.
 
   With a mesh, each batch is split over its devices (every process takes its rows of
   the held-out arrays it has in memory) and every process must call this.

@@ -118,6 +118,34 @@ def inception_score(logits_or_probs, splits: int = 10, *,
   return float(np.mean(scores)), float(np.std(scores))
 
 
+def inception_score_in_parts(logits, part_size: int = 5000) -> float:
+  """The Inception Score as the ADM evaluation suite computes it (no std).
+
+  `logits` (n, classes): the suite takes a softmax of pool3 @ fc kernel (the fc layer
+  *without* its bias: `inception.suite_features`' 'logits_unbiased'). The rows are cut
+  into consecutive parts of `part_size` (the last may be shorter); each part scores
+  exp(mean_x KL(p(y|x) || mean_x p(y|x))), and the result is the mean over parts. Where
+  a probability is exactly 0 its term counts 0 (0 log 0 = 0; the suite would give nan).
+  """
+  x = np.asarray(logits, np.float64)
+  if x.ndim != 2 or x.shape[0] < 1:
+    raise ValueError(f'expected (n >= 1, classes) logits, got {x.shape}')
+  if part_size <= 0:
+    raise ValueError(f'part_size must be positive, got {part_size}')
+  z = x - x.max(axis=1, keepdims=True)
+  p = np.exp(z)
+  p /= p.sum(axis=1, keepdims=True)
+  scores = []
+  for start in range(0, p.shape[0], part_size):
+    part = p[start:start + part_size]
+    py = part.mean(axis=0, keepdims=True)
+    safe = part > 0
+    ratio = np.where(safe, part, 1.0) / np.where(safe, py, 1.0)
+    kl = np.sum(np.where(safe, part * np.log(ratio), 0.0), axis=1)
+    scores.append(np.exp(kl.mean()))
+  return float(np.mean(scores))
+
+
 # ------------------------------------------------------------------- precision / recall
 
 

@@ -109,7 +109,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
       step += 1
       pending.append(metrics)
       report(step, time.time())
-      finished = step == last or preemption.requested
+      # Read once per step: a SIGTERM arriving later in this iteration is acted on after
+      # the next step, never between deciding to save and deciding to stop.
+      stop = preemption.requested
+      finished = step == last or stop
       if step % skip_check_every == 0 or finished:
         skips = int(state.skips)
         if skips >= config.max_consecutive_skips:
@@ -139,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
           logging.info('wrote %s (%s)', path, ', '.join(samplers))
       if (step % config.checkpoint_every == 0 or finished) and int(state.skips) == 0:
         checkpoints.save(manager, step, state, data_iter)
-      if preemption.requested:
+      if stop:
         break
 
   manager.wait_until_finished()

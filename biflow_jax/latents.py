@@ -34,7 +34,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import os
 import struct
@@ -48,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from array_record.python import array_record_module
+
+from biflow_jax import files
 from absl import logging
 from PIL import Image
 
@@ -163,27 +164,6 @@ def _json_roundtrip(value: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-  tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError):
-    return None
-
-
-def _sha256(path: Path) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 22), b''):
-      h.update(block)
-  return h.hexdigest()
-
-
 def vae_info(vae_cfg: Any) -> dict[str, Any]:
   """config.vae as JSON, with only the weights' file name (the cache must not depend on
   where the weights happen to live when a run is resumed)."""
@@ -256,7 +236,7 @@ class _Settings:
 def _shard_complete(path: Path, shard: int, settings: _Settings) -> bool:
   """A shard counts as done when its marker is in place, agrees with today's settings and
   the shard has the recorded size (a full checksum would re-read the whole cache)."""
-  marker = _read_json(_done_path(path))
+  marker = files.read_json(_done_path(path))
   if marker is None:
     return False
   bad = settings.mismatch(marker.get('settings', {}))
@@ -302,7 +282,7 @@ def write_cache(
       'scaling_factor': scaling_factor, **(info or {})}))
   directory = Path(out_dir) / split
   directory.mkdir(parents=True, exist_ok=True)
-  meta = _read_json(directory / META)
+  meta = files.read_json(directory / META)
   if meta is not None and settings.mismatch(meta.get('settings', {})):
     raise ValueError(
         f'{directory} holds a latent cache written with other settings '
@@ -374,9 +354,9 @@ def _write_shard(directory: Path, shard: int, num_shards: int, bounds: tuple[int
   os.replace(tmp, path)
   marker = {'shard': shard, 'file': path.name, 'start': bounds[0], 'stop': bounds[1],
             'num_records': 2 * len(ids), 'bytes': path.stat().st_size,
-            'sha256': _sha256(path), 'latent_shape': list(latent_shape),
+            'sha256': files.sha256(path), 'latent_shape': list(latent_shape),
             'settings': settings.values}
-  _write_atomic(_done_path(path), json.dumps(marker, indent=1, sort_keys=True) + '\n')
+  files.write_text_atomic(_done_path(path), json.dumps(marker, indent=1, sort_keys=True) + '\n')
 
 
 def finalize(out_dir: str | os.PathLike[str], split: str, *, settings: Mapping[str, Any],
@@ -393,7 +373,7 @@ def finalize(out_dir: str | os.PathLike[str], split: str, *, settings: Mapping[s
     path = directory / shard_name(s, num_shards)
     if not _shard_complete(path, s, settings):
       return False
-    markers.append(_read_json(_done_path(path)))
+    markers.append(files.read_json(_done_path(path)))
   shapes = sorted({tuple(m['latent_shape']) for m in markers})
   if len(shapes) > 1:
     raise ValueError(f'{directory}: shards hold latents of shapes {shapes}; the encoder '
@@ -410,7 +390,7 @@ def finalize(out_dir: str | os.PathLike[str], split: str, *, settings: Mapping[s
       'records': 'record 2i = source example i, record 2i+1 = its horizontal mirror',
       'settings': settings.values, 'shards': shards,
   }
-  _write_atomic(directory / META, json.dumps(meta, indent=1, sort_keys=True) + '\n')
+  files.write_text_atomic(directory / META, json.dumps(meta, indent=1, sort_keys=True) + '\n')
   return True
 
 
@@ -453,13 +433,13 @@ def open_latent_source(path: str | os.PathLike[str], split: str) -> LatentSource
   if not directory.is_dir():
     raise ValueError(f'no latent cache at {directory} (config.data.path={str(path)!r}, split '
                      f'{split!r}). Build it with `{command}`.')
-  meta = _read_json(directory / META)
+  meta = files.read_json(directory / META)
   if meta is None:
     done = sorted(directory.glob(f'latents-*{DONE_SUFFIX}'))
     if not done and not any(directory.glob(f'latents-*{SHARD_SUFFIX}')):
       raise ValueError(f'{directory} holds no latent shards. Build the cache with '
                        f'`{command}`.')
-    marker = _read_json(done[0]) if done else None
+    marker = files.read_json(done[0]) if done else None
     of = ''
     if marker is not None:
       n, per = marker['settings']['num_examples'], marker['settings']['examples_per_shard']

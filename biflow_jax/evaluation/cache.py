@@ -18,20 +18,8 @@ from typing import Any, Callable
 import numpy as np
 from absl import logging
 
+from biflow_jax import files
 from biflow_jax.evaluation import fingerprint as fp
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  write(tmp)
-  os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError):
-    return None
 
 
 def load_or_compute(directory: str | os.PathLike[str], kind: str, fingerprint: dict[str, Any],
@@ -49,7 +37,7 @@ def load_or_compute(directory: str | os.PathLike[str], kind: str, fingerprint: d
   fingerprint = fp.canonical(fingerprint)
   entry_key = fp.key(fingerprint)
   npz, meta_path = directory / f'{kind}-{entry_key}.npz', directory / f'{kind}-{entry_key}.json'
-  meta = _read_json(meta_path) if npz.is_file() else None
+  meta = files.read_json(meta_path) if npz.is_file() else None
   if meta is not None and meta.get('fingerprint') == fingerprint:
     with np.load(npz) as data:
       arrays = {k: data[k] for k in data.files}
@@ -67,10 +55,10 @@ def load_or_compute(directory: str | os.PathLike[str], kind: str, fingerprint: d
     with open(tmp, 'wb') as f:
       np.savez(f, **arrays)
 
-  _write_atomic(npz, write_npz)
+  files.write_atomic(npz, write_npz)
   text = json.dumps({'kind': kind, 'key': entry_key, 'fingerprint': fingerprint, 'info': info},
                     indent=1, sort_keys=True) + '\n'
-  _write_atomic(meta_path, lambda tmp: tmp.write_text(text))
+  files.write_text_atomic(meta_path, text)
   return arrays, {'file': str(npz), 'key': entry_key, 'recomputed': True, 'reason': reason,
                   'fingerprint': fingerprint, 'info': info}
 
@@ -82,7 +70,7 @@ def _miss_reason(directory: Path, kind: str, fingerprint: dict[str, Any],
     return 'the entry under this key holds another fingerprint; replacing it'
   others = sorted(directory.glob(f'{kind}-*.json'), key=lambda p: p.stat().st_mtime)
   for path in reversed(others):
-    meta = _read_json(path)
+    meta = files.read_json(path)
     if meta is None or 'fingerprint' not in meta:
       continue
     changed = fp.differences(meta['fingerprint'], fingerprint)

@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from biflow_jax import input_pipeline, latents
+from biflow_jax import files, input_pipeline, latents
 
 # (resolved path, size, mtime_ns) -> SHA-256, so one process hashes each file once.
 _SHA256_MEMO: dict[tuple[str, int, int], str] = {}
@@ -34,11 +34,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
   stat = path.stat()
   memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
   if memo_key not in _SHA256_MEMO:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-      for block in iter(lambda: f.read(1 << 22), b''):
-        h.update(block)
-    _SHA256_MEMO[memo_key] = h.hexdigest()
+    _SHA256_MEMO[memo_key] = files.sha256(path)
   return _SHA256_MEMO[memo_key]
 
 

@@ -47,7 +47,15 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_ratio=4,
       num_classes=10,        # 0 = unconditional
       clip=3.0,              # norm control: a, b clipped to [-clip, clip]; None = off
+      prior_var=False,       # F ends with z / sqrt(var), a fixed (T, D) prior variance: TARFlow's
+                             # `var` buffer, set by init_from (never trained)
       dtype='float32',       # compute dtype; params stay float32 ('bfloat16' on TPU/GPU)
+      # Start F (params and EMA) from a trained flow instead of config.seed: a TARFlow state
+      # dict (.pth with torch, or .npz/.safetensors under PyTorch names), a biflow_jax workdir
+      # (its latest checkpoint) or one checkpoint step directory (DIR/checkpoints/<step>). Its
+      # architecture is checked against this group before anything runs. Only a fresh
+      # workdir uses it; a workdir with its own checkpoint resumes from that (init_from.py).
+      init_from='',
   ))
 
   # Reverse model G: a bidirectional ViT, B stages mirroring F's blocks + a denoise stage.
@@ -122,7 +130,8 @@ def base_config() -> ml_collections.ConfigDict:
       inverse_groups=1,
   ))
 
-  # Phase plan: forward_only | two_stage | progressive (see optim.build_phase_plan).
+  # Phase plan: forward_only | two_stage | progressive | reverse_only (G alone from a trained
+  # F given by model.init_from) -- see optim.build_phase_plan.
   c.schedule = ml_collections.ConfigDict(dict(
       plan='forward_only',
       forward_steps=2000,       # F alone
@@ -249,6 +258,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'G is asked for guidance w={w_reverse:g} but was trained on w in '
                      f'[0, {config.objective.cfg_w_max:g}]: raise config.objective.cfg_w_max '
                      '(training-time CFG) or lower config.sample.reverse_guidance')
+  if not isinstance(m.init_from, str):
+    raise ValueError(f'config.model.init_from={m.init_from!r} must be a path (a string)')
   if config.sample.decoder == 'reverse' and not config.reverse.enabled:
     raise ValueError("config.sample.decoder='reverse' needs config.reverse.enabled=True")
 

@@ -41,15 +41,18 @@ GROUPS: tuple[str, ...] = ('forward', 'reverse')
 #: The loss terms a phase weighs.
 LOSS_TERMS: tuple[str, ...] = ('nll', 'reverse')
 
-PLANS: tuple[str, ...] = ('forward_only', 'two_stage', 'progressive')
-
 # Which schedule fields each plan uses, in phase order: (phase name, steps field).
 _PLAN_PHASES: dict[str, tuple[tuple[str, str], ...]] = {
     'forward_only': (('forward', 'forward_steps'),),
     'two_stage': (('forward', 'forward_steps'), ('reverse', 'reverse_steps')),
     'progressive': (('forward', 'forward_steps'), ('joint', 'joint_steps'),
                     ('reverse', 'reverse_steps')),
+    # two_stage with forward_steps=0: G alone against an F that training starts from
+    # (config.model.init_from), which stays frozen and bit-identical.
+    'reverse_only': (('reverse', 'reverse_steps'),),
 }
+#: The plan names (config.schedule.plan), from the table above.
+PLANS: tuple[str, ...] = tuple(_PLAN_PHASES)
 _STEP_FIELDS: tuple[str, ...] = ('forward_steps', 'joint_steps', 'reverse_steps')
 
 
@@ -173,6 +176,8 @@ def build_phase_plan(config: Any) -> list[Phase]:
     forward_only: 'forward' (forward_steps).
     two_stage:    'forward' (forward_steps), then 'reverse' (reverse_steps, F frozen).
     progressive:  'forward', 'joint' (both train, both losses), 'reverse'.
+    reverse_only: 'reverse' (reverse_steps) alone: G learns to invert a trained F
+                  (config.model.init_from) that never trains.
 
   Raises ValueError naming the config field for: an unknown plan, negative or
   non-integral steps, a steps field the plan does not use (it would be silently

@@ -21,7 +21,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from biflow_jax import checkpoints, inference, input_pipeline, optim, parallel
+from biflow_jax import checkpoints, inference, init_from, input_pipeline, optim, parallel
 from biflow_jax.evaluation import likelihood
 from biflow_jax.experiment import build_experiment
 from biflow_jax.train_state import TrainState
@@ -77,6 +77,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   plan, mesh = exp.plan, exp.mesh
   end = optim.total_steps(plan)
   workdir = epath.Path(workdir)
+  # config.model.init_from is read and checked here, before anything is written or compiled
+  # (None when it is empty or the workdir has its own checkpoint to resume from).
+  start = init_from.prepare(exp, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   logging.info('mesh %s over %d devices (%d processes), params %s', dict(mesh.shape),
                mesh.size, jax.process_count(), config.mesh.param_sharding)
@@ -89,6 +92,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     state, restored_step = checkpoints.restore(
         manager, exp.abstract_state, data_iter, set_aside_unreadable=True)
     logging.info('Resumed from step %d in %s', restored_step, manager.directory)
+  elif start is not None:
+    state = init_from.apply(state, start)
   _write_config(config, workdir)
 
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)

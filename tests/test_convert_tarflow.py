@@ -1,14 +1,21 @@
-"""Parity with the PyTorch TARFlow reference vectors (tests/testdata, see its README)."""
+"""TARFlow state dicts: parity with the PyTorch reference vectors (tests/testdata, see its
+README), the learned prior variance, export, and the configs of public checkpoints."""
 import importlib.util
 import json
 import shutil
+import warnings
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from biflow_jax import config_lib, optim
 from biflow_jax.convert import tarflow
-from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.experiment import build_models
+from biflow_jax.models.flow import ForwardFlow, gaussian_nll
+from test_configs import load_config
 
 DATA = Path(__file__).parent / 'testdata'
 REF = DATA / 'tarflow_reference.npz'
@@ -117,3 +124,133 @@ def test_pth_needs_torch_or_loads(tmp_path, loaded):
 def test_reference_metadata_is_what_we_assume():
   meta = json.loads((DATA / 'tarflow_reference.json').read_text())
   assert meta['in_channels'] == 1 and meta['patch_size'] == 2 and meta['head_dim'] == 32
+
+
+# ------------------------------------------------------------ prior variance, export
+
+def reference_state(ref) -> dict:
+  return {k[len('param/'):]: ref[k] for k in ref.files if k.startswith('param/')}
+
+
+def test_learned_prior_variance_is_folded_into_f_exactly(tmp_path, loaded):
+  """TARFlow samples x = F^-1(sqrt(var) eps): its prior is N(0, diag var). F with the
+  checkpoint's var has that density and those samples, and no warning is raised."""
+  flow, variables, ref = loaded
+  assert not flow.prior_var  # the reference's var is all ones: no layer needed
+  state = reference_state(ref)
+  var = np.random.RandomState(0).uniform(0.25, 2.0, state['var'].shape).astype(np.float32)
+  path = tmp_path / 'ckpt.npz'
+  np.savez(path, **{**state, 'var': var})
+  shutil.copy(DATA / 'tarflow_reference.json', tmp_path / 'ckpt.json')
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    flow_v, params_v = tarflow.load(path)
+  assert flow_v.prior_var and np.array_equal(params_v['var'], var)
+  x, y = nhwc(ref['x']), ref['y'].astype(np.int32)
+  forward = lambda f, v, x: f.apply(v, x, y)
+  inverse = lambda f, v, z: f.apply(v, z, y, method=ForwardFlow.inverse)
+  forward, inverse = (jax.jit(fn, static_argnums=0) for fn in (forward, inverse))
+  z_v, logdet_v, trajectory_v = forward(flow_v, {'params': params_v}, x)
+  z, logdet, trajectory = forward(flow, variables, x)  # TARFlow's blocks, no prior
+  # TARFlow's log-likelihood under its prior N(0, diag var), in float64 from its z.
+  z64, var64 = np.asarray(z, np.float64), var.astype(np.float64)
+  tarflow_logp = (-0.5 * np.sum(z64 ** 2 / var64 + np.log(2 * np.pi * var64), axis=(1, 2))
+                  + np.asarray(logdet, np.float64))
+  ours = -np.asarray(gaussian_nll(z_v, logdet_v), np.float64)
+  np.testing.assert_allclose(ours, tarflow_logp, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(z_v) * np.sqrt(var), z, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(trajectory_v[-1], z_v)  # G starts from the whitened z
+  for a, b in zip(trajectory_v[:-1], trajectory[:-1]):
+    np.testing.assert_array_equal(a, b)
+  # Samples: TARFlow's reverse scales the noise by sqrt(var) before the blocks.
+  eps = ref['noise']
+  ours = inverse(flow_v, {'params': params_v}, eps)
+  theirs = inverse(flow, variables, eps * np.sqrt(var))
+  np.testing.assert_array_equal(ours, theirs)
+  # var is a buffer: no gradient reaches it, so training never moves it.
+  nll = lambda p: jnp.sum(gaussian_nll(*flow_v.apply({'params': p}, x, y)[:2]))
+  grads = jax.jit(jax.grad(nll))(params_v)
+  assert np.all(np.asarray(grads['var']) == 0)
+  assert float(jnp.max(jnp.abs(grads['blocks_0']['proj_out']['bias']))) > 0
+  # And it goes back out exactly.
+  np.testing.assert_array_equal(tarflow.export_state_dict(flow_v, params_v)['var'], var)
+
+
+def test_export_gives_back_the_tarflow_state_dict_exactly(loaded):
+  """Import then export: every tensor and buffer of TARFlow's own state dict, bit for bit."""
+  flow, variables, ref = loaded
+  original = reference_state(ref)
+  exported = tarflow.export_state_dict(flow, variables['params'])
+  assert sorted(exported) == sorted(original)
+  for name, value in original.items():
+    assert exported[name].shape == value.shape, name
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  meta = json.loads((DATA / 'tarflow_reference.json').read_text())
+  args = tarflow.tarflow_args(flow)
+  assert {k: args[k] for k in meta} == meta | {'nvp': True}
+  assert args['clip'] is None
+
+
+def test_incomplete_and_volume_preserving_state_dicts_are_clear_errors(loaded):
+  _, _, ref = loaded
+  state = reference_state(ref)
+  del state['blocks.2.attn_blocks.1.mlp.main.0.bias']
+  with pytest.raises(ValueError, match=r'lacks blocks\.2\.attn_blocks\.1\.mlp\.main\.0\.bias') as e:
+    tarflow.infer_shapes(state)
+  assert 'the file is incomplete' in str(e.value)
+  state = reference_state(ref)
+  state['blocks.0.proj_out.weight'] = state['blocks.0.proj_out.weight'][:4]
+  with pytest.raises(ValueError, match='volume-preserving'):
+    tarflow.infer_shapes(state)
+
+
+# ------------------------------------------------------- configs of public checkpoints
+
+def tarflow_param_count(image: int, patch: int, width: int, blocks: int, layers: int,
+                        classes: int, in_channels: int = 3, expansion: int = 4) -> int:
+  """Parameters of TARFlow's transformer_flow.Model, counted from its module definitions."""
+  d, t, h = patch * patch * in_channels, (image // patch) ** 2, expansion * width
+  layer = (2 * width + 3 * width * width + 3 * width + width * width + width  # LN, qkv, proj
+           + 2 * width + h * width + h + width * h + width)                   # LN, MLP
+  block = d * width + width + t * width + classes * width + layers * layer + width * 2 * d + 2 * d
+  return blocks * block
+
+
+# config, variant -> (the checkpoint's P-Ch-T-K as its file name states, image, classes, F's count)
+PUBLIC = {
+    ('tarflow_afhq256', ()): ((8, 768, 8, 8), 256, 3, 463_481_856),
+    ('tarflow_imagenet64', ()): ((4, 1024, 8, 8), 64, 1000, 817_636_096),
+    ('tarflow_imagenet64', ('cond_p2',)): ((2, 768, 8, 8), 64, 1000, 466_286_784),
+    ('tarflow_imagenet64', ('uncond',)): ((2, 768, 8, 8), 64, 0, 460_142_784),
+}
+
+
+@pytest.mark.parametrize('name,args', list(PUBLIC))
+def test_public_checkpoint_configs_build_with_their_parameter_counts(name, args):
+  (patch, width, blocks, layers), image, classes, count = PUBLIC[name, args]
+  config = load_config(name, *args)
+  config.model.init_from = 'checkpoint.pth'  # required by reverse_only; nothing is read
+  config_lib.validate(config)
+  assert [p.name for p in optim.build_phase_plan(config)] == ['reverse']
+  m = config.model
+  assert (m.patch_size, m.channels, m.num_blocks, m.layers_per_block) == (
+      patch, width, blocks, layers)
+  assert (m.image_size, m.num_classes, m.channels // m.num_heads, m.clip) == (
+      image, classes, 64, None)
+  models = build_models(config)
+  flow, generator = models.flow, models.generator
+  y = jnp.zeros((1,), jnp.int32) if classes else None
+  x = jnp.zeros((1,) + flow.image_shape)
+  f = jax.eval_shape(lambda: flow.init(jax.random.PRNGKey(0), x, y))
+  z = jnp.zeros((1, flow.num_tokens, flow.token_dim))
+  g = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), z, y, jnp.zeros((1,))))
+  n_f = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(f))
+  n_g = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(g))
+  assert n_f == count == tarflow_param_count(image, patch, width, blocks, layers, classes)
+  assert 0.8 * n_f < n_g < 1.05 * n_f, (n_f, n_g)  # G about F's size
+  if name == 'tarflow_afhq256':
+    # TARFlow's state dict also holds buffers (a causal mask per block, the prior var):
+    # 472.07M elements, the "472M" quoted for this checkpoint.
+    shapes = tarflow.Shapes(blocks, layers, width, patch * patch * 3, (image // patch) ** 2,
+                            classes, 4, None)
+    assert sum(int(np.prod(s)) for s in tarflow.expected_shapes(shapes).values()) == 472_067_072

@@ -17,6 +17,12 @@ Inverting F (`ForwardFlow.inverse`):
 Both take TARFlow-style guidance: a <- a + g (a - a_uncond), the same for b, where the
 unconditional pass uses label -1 (the mean class embedding) and the attention
 temperature (as TARFlow applies it).
+
+Prior variance (`prior_var=True`): TARFlow keeps a buffer `var` (T, D) and samples
+x = F^-1(sqrt(var) * eps), i.e. its prior is N(0, diag(var)). F folds it in exactly as a
+last, fixed elementwise layer z <- z / sqrt(var) (log|det| -= 0.5 sum log var), so F's
+own N(0, I) prior gives the same density and F^-1(eps) the same samples. `var` is held
+in params under that name but its gradient is stopped: training never changes it.
 """
 from __future__ import annotations
 
@@ -206,7 +212,10 @@ def _fixed_point_block_inverse(block: FlowBlock, variables, z: Array, y, guidanc
 
 
 class ForwardFlow(nn.Module):
-  """F: NHWC image (or latent) -> (z tokens, full log|det J|, trajectory x^0..x^B)."""
+  """F: NHWC image (or latent) -> (z tokens, full log|det J|, trajectory x^0..x^B).
+
+  With prior_var, x^B (and z) is the last block's output divided by sqrt(var).
+  """
   image_shape: tuple[int, int, int]  # (H, W, C)
   patch_size: int
   channels: int
@@ -216,6 +225,7 @@ class ForwardFlow(nn.Module):
   mlp_ratio: int = 4
   num_classes: int = 0
   clip: float | None = None
+  prior_var: bool = False  # a fixed per-(token, dim) prior variance, TARFlow's `var`
   dtype: Any = jnp.float32
 
   @classmethod
@@ -227,6 +237,7 @@ class ForwardFlow(nn.Module):
                layers_per_block=m.layers_per_block, num_heads=m.num_heads,
                mlp_ratio=m.mlp_ratio, num_classes=m.num_classes,
                clip=None if m.clip is None else float(m.clip),
+               prior_var=bool(m.get('prior_var', False)),
                dtype=layers.resolve_dtype(m.dtype))
 
   @property
@@ -249,6 +260,13 @@ class ForwardFlow(nn.Module):
                   self.num_heads, self.mlp_ratio, self.num_classes, reverse_order=bool(i % 2),
                   clip=self.clip, dtype=layers.resolve_dtype(self.dtype))
         for i in range(self.num_blocks)]
+    if self.prior_var:
+      self.prior_variance = self.param('var', nn.initializers.ones,
+                                       (self.num_tokens, self.token_dim))
+
+  def _prior_std(self) -> Array:
+    """sqrt(var), (T, D): the prior's per-element std (fixed: no gradient reaches var)."""
+    return jnp.sqrt(jax.lax.stop_gradient(self.prior_variance))
 
   def _check_config(self):
     h, w, c = self.image_shape
@@ -298,6 +316,10 @@ class ForwardFlow(nn.Module):
       tokens, block_logdet = block(tokens, y)
       logdet = logdet + block_logdet
       trajectory.append(tokens)
+    if self.prior_var:  # z = x^B / sqrt(var): the last state is what G starts from
+      tokens = tokens / self._prior_std()
+      logdet = logdet - 0.5 * jnp.sum(jnp.log(jax.lax.stop_gradient(self.prior_variance)))
+      trajectory[-1] = tokens
     return tokens, logdet, trajectory
 
   def inverse(self, z: Array, y: Array | None = None, mode: str = 'exact', guidance=0.0,
@@ -319,6 +341,8 @@ class ForwardFlow(nn.Module):
     if max_iters < 1 or num_groups < 1:
       raise ValueError('max_iters and num_groups must be >= 1')
     x = z.astype(jnp.float32)
+    if self.prior_var:
+      x = x * self._prior_std()  # TARFlow's `x = x * self.var.sqrt()`
     iterations, residuals = [], []
     for block in reversed(self.blocks):
       unbound, variables = block.unbind()

@@ -138,7 +138,7 @@ export BIFLOW_PROCESS_ID=$id BIFLOW_NUM_PROCESSES=$n BIFLOW_COORDINATOR=$(cut -d
   if [[ $BACKGROUND == 1 ]]; then  # a watcher subshell records the job's exit status
     launch="p=\$L/$TPU_NAME.pid st=\$L/$TPU_NAME.status; rm -f \"\$p\" \"\$st\"
 (trap '' HUP; $job >>\"\$log\" 2>&1 </dev/null & echo \$! >\"\$p\"; rc=0; wait \$! || rc=\$?
- echo \"\$rc\" >\"\$st\"; echo \"\$(hostname): exit status \$rc\" >>\"\$log\") </dev/null >/dev/null 2>&1 &
+ echo \"\$(hostname): exit status \$rc\" >>\"\$log\"; echo \"\$rc\" >\"\$st.tmp\"; mv \"\$st.tmp\" \"\$st\") </dev/null >/dev/null 2>&1 &
 for _ in \$(seq 50); do if [[ -s \$p ]]; then break; fi; sleep 0.1; done
 echo \"\$(hostname): pid \$(cat \"\$p\"), log \$log; exit status (when done) in \$st\""
   else  # the status of the job, not of tee (pipefail), ends the ssh command; each worker says it

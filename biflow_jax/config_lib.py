@@ -108,6 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
       convnext_weights='',      # timm ConvNeXt-V2 checkpoint (.safetensors / .bin / .npz)
       convnext_variant='base',  # atto | femto | pico | nano | tiny | base | large | huge
       convnext_resize=224,      # images are resized to this side before ConvNeXt
+      # A small feature net the project trains on the training split (pixel data such as
+      # MNIST; feature_term.py), never the evaluation classifier.
+      feature_weight=0.0,       # 0 = off
+      feature_net='',           # asset prefix (<prefix>.npz/.json); '' = the bundled MNIST one
   ))
 
   c.objective = ml_collections.ConfigDict(dict(
@@ -260,6 +264,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      '(training-time CFG) or lower config.sample.reverse_guidance')
   if not isinstance(m.init_from, str):
     raise ValueError(f'config.model.init_from={m.init_from!r} must be a path (a string)')
+  for name in ('lpips_weight', 'convnext_weight', 'feature_weight'):
+    value = config.perceptual.get(name, 0.0)
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+      raise ValueError(f'config.perceptual.{name}={value!r} must be a finite number >= 0 '
+                       '(0 = the term is off)')
+  if not isinstance(config.perceptual.get('feature_net', ''), str):
+    raise ValueError(f'config.perceptual.feature_net={config.perceptual.feature_net!r} must be '
+                     "an asset prefix (a string; '' = the bundled MNIST feature net)")
   if config.sample.decoder == 'reverse' and not config.reverse.enabled:
     raise ValueError("config.sample.decoder='reverse' needs config.reverse.enabled=True")
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from biflow_jax import perceptual
+from biflow_jax import feature_term, perceptual
 from biflow_jax.convert import perceptual as perceptual_convert
 from biflow_jax.convert import vae as vae_convert
 from biflow_jax.models.vae import AutoencoderKL
@@ -37,7 +37,23 @@ def uses_latents(config) -> bool:
 
 def perceptual_enabled(config) -> bool:
   p = config.perceptual
-  return float(p.lpips_weight) > 0 or float(p.convnext_weight) > 0
+  return (float(p.lpips_weight) > 0 or float(p.convnext_weight) > 0
+          or float(p.get('feature_weight', 0.0) or 0.0) > 0)
+
+
+def decoded_image_shape(config) -> tuple[int, int, int]:
+  """(H, W, C) of the images G's output decodes to: the VAE's for latents, else the model's."""
+  if uses_latents(config):
+    side = int(config.vae.image_size)
+    return side, side, 3
+  side = int(config.model.image_size)
+  return side, side, int(config.model.in_channels)
+
+
+def _feature_term(config, module, params) -> perceptual.PerceptualTerm:
+  shape = decoded_image_shape(config)
+  return perceptual.PerceptualTerm('features', float(config.perceptual.feature_weight), params,
+                                   feature_term.distance_fn(module, shape))
 
 
 def _assemble(config, vae, vae_params, terms) -> tuple[FrozenNets, dict]:
@@ -70,6 +86,10 @@ def load(config, with_perceptual: bool = True) -> tuple[FrozenNets | None, dict]
   terms = []
   if with_perceptual:
     terms = perceptual_convert.load_terms(config.perceptual)
+    if float(config.perceptual.get('feature_weight', 0.0) or 0.0) > 0:
+      module, params, _ = feature_term.load(config.perceptual.feature_net,
+                                            decoded_image_shape(config))
+      terms.append(_feature_term(config, module, params))
   return _assemble(config, vae, vae_params, terms)
 
 
@@ -101,4 +121,6 @@ def abstract(config) -> tuple[FrozenNets | None, dict]:
   terms = []
   if perceptual_enabled(config):
     terms = perceptual.abstract_terms(config.perceptual)
+    if float(config.perceptual.get('feature_weight', 0.0) or 0.0) > 0:
+      terms.append(_feature_term(config, *feature_term.abstract(decoded_image_shape(config))))
   return _assemble(config, vae, vae_params, terms)

@@ -1,10 +1,11 @@
 """Entry point: python -m biflow_jax.main --config=configs/<name>.py --workdir=DIR [--mode=...]."""
 from __future__ import annotations
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from biflow_jax import benchmark, cli, inference, parallel, train
+from biflow_jax import benchmark, cli, console, inference, parallel, train
 from biflow_jax.evaluation import evaluate
 
 FLAGS = flags.FLAGS
@@ -29,27 +30,22 @@ flags.DEFINE_enum('cpu_collectives', '', ['', 'gloo', 'mpi'],
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-# Libraries whose INFO lines drown the training log; their warnings still show.
-_QUIET_AT_INFO = ('orbax', 'etils', 'grain', 'tensorstore')
-
-
-def _quiet_library_info(record) -> bool:
-  return record.levelno >= logging.WARNING or not any(
-      f'/{name}/' in record.pathname for name in _QUIET_AT_INFO)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().python_handler.addFilter(_quiet_library_info)
+  console.setup(None)  # library INFO lines off the console from the first one on
   # Before anything touches a device: a multi-process job joins its peers first.
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.local_device_ids,
                                   FLAGS.cpu_collectives)
+  # Library INFO lines (orbax, grain, etils, jax, clu) go to DIR/logs/, never the console.
+  log_path = console.setup(FLAGS.workdir, jax.process_index())
   if not parallel.is_main_process():
     logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
   config = FLAGS.config
-  logging.info('mode=%s workdir=%s\n%s', FLAGS.mode, FLAGS.workdir, config)
+  logging.info('mode=%s workdir=%s%s', FLAGS.mode, FLAGS.workdir,
+               f' (full log: {log_path})' if log_path else '')
+  console.file_only('config:\n%s', config)
   if FLAGS.mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir, stop_at=FLAGS.stop_at or None)
   elif FLAGS.mode == 'sample':

@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-from biflow_jax import biflow, input_pipeline, optim, parallel, sampling
+from biflow_jax import biflow, image_files, input_pipeline, optim, parallel, sampling
 from biflow_jax.evaluation import features
 from biflow_jax.models import generator, layers
 
@@ -79,7 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
       train_split='train',
       heldout_split='test',
       data_dir='',              # tfds data_dir ('' = tfds default)
-      path='',                  # jpeg: a folder or .tar(.gz) with <split>/<class>/<file>.jpg
+      path='',                  # jpeg: a folder or .tar(.gz) with <split>/<class>/<file>.jpg (or .png)
+      resize='none',            # jpeg: none (images must be model-sized) | centre_crop (ADM: box-halve,
+                                # bicubic, centre crop; any size); any PIL mode -> model.in_channels
+      skip_bad_images=False,    # jpeg: skip (and count in the log) files that cannot be decoded
       num_train=9000,           # bundled_mnist: first part of a fixed permutation
       num_heldout=1000,         # bundled_mnist: the fixed remainder
       seed=0,                   # shuffle seed (the bundled train/held-out split ignores it)
@@ -201,6 +204,7 @@ def base_config() -> ml_collections.ConfigDict:
 # Every enumerated field, with the module that owns its choices (one source of truth).
 _CHOICES = {
     'data.source': input_pipeline.SOURCES,
+    'data.resize': image_files.RESIZE_MODES,
     'schedule.plan': optim.PLANS,
     'objective.reverse_target': biflow.REVERSE_TARGETS,
     'objective.reverse_mode': biflow.REVERSE_MODES,

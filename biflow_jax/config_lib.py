@@ -176,6 +176,15 @@ def base_config() -> ml_collections.ConfigDict:
                                 # suite's format (arr_0 uint8 RGB, arr_1 labels)
   ))
 
+  # --mode=likelihood (likelihood_cli.py): bits/dim of a user's images under F's EMA weights.
+  c.likelihood = ml_collections.ConfigDict(dict(
+      input='',                 # a folder of .png/.jpg (sized per data.resize) or an .npz (arr_0 or
+                                # images: uint8 NHWC; labels from arr_1 or labels when present)
+      label=-1,                 # class given to F for images without labels; -1 = none (null class)
+      batch=100,                # images per F pass
+      name='',                  # output DIR/likelihood/<name>.csv/.json; '' = the input's name
+  ))
+
   c.bench = ml_collections.ConfigDict(dict(
       batch=0,                  # images per decoder call; 0 = sample.num
       repeats=5,                # median over this many timed calls (after compile)

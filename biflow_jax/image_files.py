@@ -112,3 +112,38 @@ def read_folder(folder: str | os.PathLike, image_size: int, channels: int,
   if not arrays:
     raise ValueError(f'no decodable {"/".join(IMAGE_SUFFIXES)} image in {folder}')
   return np.stack(arrays), names, skipped
+
+
+def read_user_images(path: str | os.PathLike, image_size: int, channels: int,
+                     resize: str = 'none', skip_bad: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str]]:
+  """A user's images: a folder of .png/.jpg (any PIL mode) or an .npz.
+
+  Returns (uint8 (N, S, S, C), int32 labels (N,) or None, names, skipped names).
+  An .npz holds uint8 NHWC images under 'arr_0' (the ADM suite's layout) or 'images', and
+  optionally labels under 'arr_1' or 'labels'; its names are `<file>[i]`. A folder's
+  files are decoded and converted as `decode` says (resize as given); they have no labels.
+  Raises ValueError naming the problem (missing path, wrong keys, dtype or shape).
+  """
+  path = Path(path)
+  if not path.exists():
+    raise ValueError(f'{path} does not exist: give a folder of images or an .npz')
+  if path.is_dir():
+    images, names, skipped = read_folder(path, image_size, channels, resize, skip_bad)
+    return images, None, names, skipped
+  if path.suffix != '.npz':
+    raise ValueError(f'{path} is neither a folder nor an .npz')
+  with np.load(path) as data:
+    key = next((k for k in ('arr_0', 'images') if k in data), None)
+    if key is None:
+      raise ValueError(f'{path} has no arr_0 or images array (it has {sorted(data.files)})')
+    images = data[key]
+    label_key = next((k for k in ('arr_1', 'labels') if k in data), None)
+    labels = None if label_key is None else np.asarray(data[label_key], np.int32)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (
+      image_size, image_size, channels):
+    raise ValueError(f'{path}:{key} is {images.dtype} {images.shape}; expected uint8 images '
+                     f'(N, {image_size}, {image_size}, {channels}) as config.model says')
+  if labels is not None and labels.shape != images.shape[:1]:
+    raise ValueError(f'{path}:{label_key} has shape {labels.shape}, not ({len(images)},)')
+  return images, labels, [f'{path.name}[{i}]' for i in range(len(images))], []

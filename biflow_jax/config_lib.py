@@ -185,6 +185,14 @@ def base_config() -> ml_collections.ConfigDict:
       name='',                  # output DIR/likelihood/<name>.csv/.json; '' = the input's name
   ))
 
+  # --mode=export (export.py): samplers as jax.export artifacts with their weights.
+  c.export = ml_collections.ConfigDict(dict(
+      decoders='',              # comma-separated subset of reverse,exact,fixed_point; '' = reverse
+                                # (when G exists) and exact
+      platforms='',             # comma-separated jax.export platforms (cpu, cuda, rocm, tpu); '' = this
+                                # machine's backend
+  ))
+
   c.bench = ml_collections.ConfigDict(dict(
       batch=0,                  # images per decoder call; 0 = sample.num
       repeats=5,                # median over this many timed calls (after compile)

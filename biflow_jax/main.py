@@ -5,18 +5,20 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from biflow_jax import benchmark, cli, console, inference, likelihood_cli, parallel, train
+from biflow_jax import (benchmark, cli, console, export, inference, likelihood_cli, parallel,
+                        train)
 from biflow_jax.evaluation import evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'bench', 'likelihood'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'bench', 'likelihood', 'export'],
                   'train (or resume); sample: a grid from the latest checkpoint; '
                   'eval: bits/dim, FID, IS, precision/recall, class accuracy per decoder -> '
                   'DIR/eval.json; bench: decoder and train-step timings, MFU -> DIR/bench.json; '
-                  'likelihood: bits/dim of config.likelihood.input per image -> DIR/likelihood/.')
+                  'likelihood: bits/dim of config.likelihood.input per image -> DIR/likelihood/; '
+                  'export: G\'s and F\'s samplers as jax.export artifacts -> DIR/export/.')
 flags.DEFINE_integer('stop_at', 0, 'train: end this invocation after this global step, with a '
                      'checkpoint (a later run resumes); 0 = run the whole plan.')
 flags.DEFINE_string('coordinator_address', '',
@@ -57,6 +59,8 @@ def main(argv):
     benchmark.run(config, FLAGS.workdir)
   elif FLAGS.mode == 'likelihood':
     likelihood_cli.run(config, FLAGS.workdir)
+  elif FLAGS.mode == 'export':
+    export.run(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -185,6 +185,18 @@ def base_config() -> ml_collections.ConfigDict:
       name='',                  # output DIR/likelihood/<name>.csv/.json; '' = the input's name
   ))
 
+  # --mode=edit (editing.py): noise-space editing with F and G.
+  c.edit = ml_collections.ConfigDict(dict(
+      task='inpaint',           # inpaint | interpolate | class_swap
+      mask='left',              # inpaint: region regenerated: left | right | top | bottom | centre | a PNG
+                                # (white = regenerate)
+      between='images',         # interpolate: images (F of image pairs 0-1, 2-3, ...) | noise
+      steps=8,                  # interpolate: frames per row
+      num=8,                    # images edited (or noise pairs interpolated)
+      input='',                 # '' = held-out images; or a folder / .npz as likelihood.input
+      label=-1,                 # class of images without labels (and of noise interpolations)
+  ))
+
   # --mode=export (export.py): samplers as jax.export artifacts with their weights.
   c.export = ml_collections.ConfigDict(dict(
       decoders='',              # comma-separated subset of reverse,exact,fixed_point; '' = reverse

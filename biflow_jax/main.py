@@ -5,20 +5,22 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from biflow_jax import (benchmark, cli, console, export, inference, likelihood_cli, parallel,
-                        train)
+from biflow_jax import (benchmark, cli, console, editing, export, inference, likelihood_cli,
+                        parallel, train)
 from biflow_jax.evaluation import evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'bench', 'likelihood', 'export'],
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'sample', 'eval', 'bench', 'likelihood', 'export', 'edit'],
                   'train (or resume); sample: a grid from the latest checkpoint; '
                   'eval: bits/dim, FID, IS, precision/recall, class accuracy per decoder -> '
                   'DIR/eval.json; bench: decoder and train-step timings, MFU -> DIR/bench.json; '
                   'likelihood: bits/dim of config.likelihood.input per image -> DIR/likelihood/; '
-                  'export: G\'s and F\'s samplers as jax.export artifacts -> DIR/export/.')
+                  'export: G\'s and F\'s samplers as jax.export artifacts -> DIR/export/; '
+                  'edit: config.edit.task (inpaint, interpolate, class_swap) -> DIR/edit/.')
 flags.DEFINE_integer('stop_at', 0, 'train: end this invocation after this global step, with a '
                      'checkpoint (a later run resumes); 0 = run the whole plan.')
 flags.DEFINE_string('coordinator_address', '',
@@ -61,6 +63,8 @@ def main(argv):
     likelihood_cli.run(config, FLAGS.workdir)
   elif FLAGS.mode == 'export':
     export.run(config, FLAGS.workdir)
+  elif FLAGS.mode == 'edit':
+    editing.run(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

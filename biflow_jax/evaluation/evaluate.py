@@ -43,7 +43,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from biflow_jax import config_lib, frozen, images, inference, input_pipeline, parallel, sampling
+from biflow_jax import config_lib, files, frozen, images, inference, input_pipeline, parallel
+from biflow_jax import sampling
 from biflow_jax.evaluation import adm, cache, features, likelihood, metrics, npz_stream, shares
 from biflow_jax.evaluation import fingerprint as fp
 from biflow_jax.evaluation import reference as reference_lib
@@ -423,5 +424,5 @@ def evaluate(config, workdir: epath.PathLike) -> dict | None:
     logging.info('eval %s: %s', decoder, entry)
   if not main:
     return None
-  (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
+  files.write_text_atomic(workdir / 'eval.json', json.dumps(result, indent=2))
   return result

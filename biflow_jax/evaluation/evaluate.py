@@ -25,6 +25,11 @@ DIR/eval_cache/ under a fingerprint of everything they depend on (feature-net we
 hash, data source and location, split, example count, geometry, VAE for latents, the
 reference file's hash); any change recomputes them and the log says which input changed.
 
+Over several processes (any launcher of `launch/`), each process makes and featurises
+its share of every stream's batches, and process 0 scores them in the one-process order
+(`evaluation.shares`) and alone writes eval.json, the cache and the samples; outputs go
+through etils.epath, so the workdir may be gs://.
+
 Latent runs (data.source='latents') are scored in pixel space: samples go through the
 frozen VAE decoder. Without a reference file the real side is the decoder's image of
 each held-out latent's posterior mean (VAE reconstructions, which no paper uses); with

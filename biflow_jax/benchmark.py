@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
-from biflow_jax import checkpoints, config_lib
+from biflow_jax import checkpoints, config_lib, parallel
 from biflow_jax.experiment import build_experiment, example_batch
 from biflow_jax.models.flow import ForwardFlow, score_denoise
 
@@ -135,15 +135,17 @@ def train_step_timing(config, state, step_fn, args: tuple, repeats: int = 5,
   return result
 
 
-def run(config, workdir: str | Path, batch: int | None = None) -> dict:
+def run(config, workdir: epath.PathLike, batch: int | None = None) -> dict:
   """`--mode=bench`: decoder and train-step timings -> DIR/bench.json and a table.
 
   The train step timed is the experiment's own (`build_experiment`): the jitted, sharded
   step that training runs, on a global batch laid out on the same mesh, for the plan's
-  first phase.
+  first phase. Every process of a multi-process job runs the same timed programs; process
+  0 alone writes bench.json (the workdir may be gs://: paths go through etils.epath).
   """
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = epath.Path(workdir)
+  if parallel.is_main_process():
+    workdir.mkdir(parents=True, exist_ok=True)
   exp = build_experiment(config)
   flow = exp.models.flow
   state = exp.create_state()
@@ -174,8 +176,9 @@ def run(config, workdir: str | Path, batch: int | None = None) -> dict:
   peak = peak_tflops(result['device'], float(config.bench.peak_tflops))
   result.update(train_step_timing(config, state, exp.step, args, repeats, peak))
   result['peak_memory_bytes'] = peak_memory_bytes()
-  (workdir / 'bench.json').write_text(json.dumps(result, indent=2))
-  print(format_table(result))
+  if parallel.is_main_process():
+    (workdir / 'bench.json').write_text(json.dumps(result, indent=2))
+    print(format_table(result))
   return result
 
 

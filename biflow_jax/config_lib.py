@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-from biflow_jax import biflow, input_pipeline, optim, parallel, sampling
+from biflow_jax import biflow, image_files, input_pipeline, optim, parallel, sampling
 from biflow_jax.evaluation import features
 from biflow_jax.models import generator, layers
 
@@ -79,7 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
       train_split='train',
       heldout_split='test',
       data_dir='',              # tfds data_dir ('' = tfds default)
-      path='',                  # jpeg: a folder or .tar(.gz) with <split>/<class>/<file>.jpg
+      path='',                  # jpeg: a folder or .tar(.gz) with <split>/<class>/<file>.jpg (or .png)
+      resize='none',            # jpeg: none (images must be model-sized) | centre_crop (ADM: box-halve,
+                                # bicubic, centre crop; any size); any PIL mode -> model.in_channels
+      skip_bad_images=False,    # jpeg: skip (and count in the log) files that cannot be decoded
       num_train=9000,           # bundled_mnist: first part of a fixed permutation
       num_heldout=1000,         # bundled_mnist: the fixed remainder
       seed=0,                   # shuffle seed (the bundled train/held-out split ignores it)
@@ -177,6 +180,35 @@ def base_config() -> ml_collections.ConfigDict:
                                 # suite's format (arr_0 uint8 RGB, arr_1 labels)
   ))
 
+  # --mode=likelihood (likelihood_cli.py): bits/dim of a user's images under F's EMA weights.
+  c.likelihood = ml_collections.ConfigDict(dict(
+      input='',                 # a folder of .png/.jpg (sized per data.resize) or an .npz (arr_0 or
+                                # images: uint8 NHWC; labels from arr_1 or labels when present)
+      label=-1,                 # class given to F for images without labels; -1 = none (null class)
+      batch=100,                # images per F pass
+      name='',                  # output DIR/likelihood/<name>.csv/.json; '' = the input's name
+  ))
+
+  # --mode=edit (editing.py): noise-space editing with F and G.
+  c.edit = ml_collections.ConfigDict(dict(
+      task='inpaint',           # inpaint | interpolate | class_swap
+      mask='left',              # inpaint: region regenerated: left | right | top | bottom | centre | a PNG
+                                # (white = regenerate)
+      between='images',         # interpolate: images (F of image pairs 0-1, 2-3, ...) | noise
+      steps=8,                  # interpolate: frames per row
+      num=8,                    # images edited (or noise pairs interpolated)
+      input='',                 # '' = held-out images; or a folder / .npz as likelihood.input
+      label=-1,                 # class of images without labels (and of noise interpolations)
+  ))
+
+  # --mode=export (export.py): samplers as jax.export artifacts with their weights.
+  c.export = ml_collections.ConfigDict(dict(
+      decoders='',              # comma-separated subset of reverse,exact,fixed_point; '' = reverse
+                                # (when G exists) and exact
+      platforms='',             # comma-separated jax.export platforms (cpu, cuda, rocm, tpu); '' = this
+                                # machine's backend
+  ))
+
   c.bench = ml_collections.ConfigDict(dict(
       batch=0,                  # images per decoder call; 0 = sample.num
       repeats=5,                # median over this many timed calls (after compile)
@@ -205,6 +237,7 @@ def base_config() -> ml_collections.ConfigDict:
 # Every enumerated field, with the module that owns its choices (one source of truth).
 _CHOICES = {
     'data.source': input_pipeline.SOURCES,
+    'data.resize': image_files.RESIZE_MODES,
     'schedule.plan': optim.PLANS,
     'objective.reverse_target': biflow.REVERSE_TARGETS,
     'objective.reverse_mode': biflow.REVERSE_MODES,

@@ -2,7 +2,8 @@
 
 A crash never leaves a half-written file under the final name: writes go to a temporary
 name beside the target (with the pid, so concurrent writers never share one) and are
-renamed over it.
+renamed over it. Paths may be `pathlib.Path` or `etils.epath.Path` (so a gs:// workdir
+works): only methods both share are used.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
   """write(tmp) to a temporary file beside `path`, then rename it to `path`."""
   tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
   write(tmp)
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

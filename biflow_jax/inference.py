@@ -46,13 +46,18 @@ def make_samplers(config, decoders) -> dict[str, sampling.Sampler]:
 
 # --------------------------------------------------------------------------- to pixels
 
-def pixel_decoder(exp: Experiment):
-  """Jitted samples -> images for latent runs (VAE decode); None when samples are images."""
+def pixel_decoder(exp: Experiment, frozen_params: dict | None = None):
+  """Jitted samples -> images for latent runs (VAE decode); None when samples are images.
+
+  frozen_params: the VAE weights to decode with (default the experiment's, on its mesh);
+  evaluation passes `parallel.local_copy` of them so each process decodes its own share.
+  """
   nets = exp.models.frozen
   if nets is None or nets.vae is None:
     return None
+  weights = exp.frozen_params if frozen_params is None else frozen_params
   decode = jax.jit(lambda p, x: frozen.to_images(nets, p, x))
-  return lambda x: decode(exp.frozen_params, x)
+  return lambda x: decode(weights, x)
 
 
 # ------------------------------------------------------------------------------ grids

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -30,9 +29,9 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
+from absl import logging
 
-from biflow_jax import latents
+from biflow_jax import image_files, latents
 
 #: config.data.source: where examples come from (see `load_source`).
 SOURCES = ('bundled_mnist', 'tfds', 'jpeg', 'latents')
@@ -43,7 +42,7 @@ MNIST_SIZE = 10000
 # The bundled train/held-out split never moves: changing the shuffle seed must not
 # leak held-out digits into training.
 BUNDLED_SPLIT_SEED = 0
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+IMAGE_SUFFIXES = image_files.IMAGE_SUFFIXES
 
 Batch = dict[str, np.ndarray]
 
@@ -52,7 +51,7 @@ Batch = dict[str, np.ndarray]
 
 
 def check_images(images: np.ndarray, image_size: int, channels: int, where: str) -> None:
-  """The pipeline never resizes, so a geometry mismatch is a config error: say which."""
+  """A geometry mismatch is a config error (only image files can be resized): say which."""
   if images.dtype != np.uint8 or images.ndim != 4:
     raise ValueError(f'{where}: expected uint8 NHWC images, got {images.dtype} '
                      f'{images.shape}')
@@ -64,8 +63,9 @@ def _raise_shape(shape: Sequence[Any], image_size: int, channels: int, where: st
   raise ValueError(
       f'{where}: images are {tuple(shape)} (H, W, C) but the config asks for '
       f'({image_size}, {image_size}, {channels}) via config.model.image_size='
-      f'{image_size} and config.model.in_channels={channels}. This pipeline does not '
-      'resize: set those fields to match the data, or prepare a resized dataset.')
+      f'{image_size} and config.model.in_channels={channels}. Set those fields to match '
+      "the data; for JPEG/PNG folders and tars, config.data.resize='centre_crop' resizes "
+      'and centre-crops every image to the model size instead.')
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
@@ -161,40 +161,44 @@ def _split_members(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
         yield parts[-2], parts[-1], tar.extractfile(member).read()
 
 
-def _decode(data: bytes, mode: str, name: str) -> np.ndarray:
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      arr = np.asarray(im.convert(mode), dtype=np.uint8)
-  except OSError as err:
-    raise ValueError(f'cannot decode image {name}: {err}') from err
-  return arr[..., None] if arr.ndim == 2 else arr
-
-
 def load_jpeg_images(
     path: str | os.PathLike[str], split: str, *, channels: int = 3,
-    image_size: int | None = None,
+    image_size: int | None = None, resize: str = 'none', skip_bad: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """Decodes <split>/<class>/<file>.jpg from a folder or .tar(.gz): (uint8 NHWC, int32, classes).
 
   Labels index the class folder names sorted alphabetically; examples are ordered by
   (class, file name) so the result does not depend on the tar's member order.
-  `channels` 1 decodes to grayscale ('L'), 3 to RGB. `image_size` (if given) must match
-  every image: nothing is resized here.
+  Any PIL mode (grayscale, RGBA, palette) is converted to `channels` (1: 'L', 3: 'RGB').
+  resize='none': `image_size` (if given) must match every image; 'centre_crop': ADM-style
+  resize and centre crop to `image_size` (see `image_files`). A file that cannot be
+  decoded is an error naming it, or with `skip_bad` is skipped and counted in the log.
   """
   path = Path(path)
   if not path.exists():
     raise ValueError(f'jpeg data path {str(path)!r} (config.data.path) does not exist')
   if channels not in (1, 3):
     raise ValueError(f'jpeg images decode to 1 or 3 channels, not in_channels={channels}')
-  mode = 'L' if channels == 1 else 'RGB'
-  records = []
+  if resize != 'none' and image_size is None:
+    raise ValueError(f'resize={resize!r} needs image_size')
+  records, skipped = [], []
   for cls, name, data in _split_members(path, split):
     where = f'{path}:{split}/{cls}/{name}'
-    arr = _decode(data, mode, where)
+    try:
+      arr = image_files.decode(data, where, channels, image_size if resize != 'none' else None,
+                               resize)
+    except image_files.BadImageError:
+      if not skip_bad:
+        raise
+      skipped.append(where)
+      continue
     want = image_size if image_size is not None else (records[0][2].shape[0] if records else None)
     if want is not None and arr.shape[:2] != (want, want):
       _raise_shape(arr.shape, want, channels, where)
     records.append((cls, name, arr))
+  if skipped:
+    logging.warning('skipped %d undecodable image(s) in %s:%s (config.data.skip_bad_images), '
+                    'first: %s', len(skipped), path, split, skipped[0])
   if not records:
     raise ValueError(f'no {"/".join(IMAGE_SUFFIXES)} images under {split}/<class>/ in {path}')
   records.sort(key=lambda r: (r[0], r[1]))
@@ -342,7 +346,8 @@ def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
     if not data.path:
       raise ValueError("config.data.source='jpeg' needs config.data.path")
     images, labels, class_names = load_jpeg_images(
-        data.path, split, channels=model.in_channels, image_size=model.image_size)
+        data.path, split, channels=model.in_channels, image_size=model.image_size,
+        resize=data.resize, skip_bad=data.skip_bad_images)
     where = f'jpeg {data.path}:{split}'
     if model.num_classes > 0 and len(class_names) != model.num_classes:
       raise ValueError(f'{where}: found {len(class_names)} class folders {class_names} '

@@ -1,20 +1,26 @@
 """Entry point: python -m biflow_jax.main --config=configs/<name>.py --workdir=DIR [--mode=...]."""
 from __future__ import annotations
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from biflow_jax import benchmark, cli, inference, parallel, train
+from biflow_jax import (benchmark, cli, console, editing, export, inference, likelihood_cli,
+                        parallel, train)
 from biflow_jax.evaluation import evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'bench'],
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'sample', 'eval', 'bench', 'likelihood', 'export', 'edit'],
                   'train (or resume); sample: a grid from the latest checkpoint; '
                   'eval: bits/dim, FID, IS, precision/recall, class accuracy per decoder -> '
-                  'DIR/eval.json; bench: decoder and train-step timings, MFU -> DIR/bench.json.')
+                  'DIR/eval.json; bench: decoder and train-step timings, MFU -> DIR/bench.json; '
+                  'likelihood: bits/dim of config.likelihood.input per image -> DIR/likelihood/; '
+                  'export: G\'s and F\'s samplers as jax.export artifacts -> DIR/export/; '
+                  'edit: config.edit.task (inpaint, interpolate, class_swap) -> DIR/edit/.')
 flags.DEFINE_integer('stop_at', 0, 'train: end this invocation after this global step, with a '
                      'checkpoint (a later run resumes); 0 = run the whole plan.')
 flags.DEFINE_string('coordinator_address', '',
@@ -29,27 +35,22 @@ flags.DEFINE_enum('cpu_collectives', '', ['', 'gloo', 'mpi'],
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-# Libraries whose INFO lines drown the training log; their warnings still show.
-_QUIET_AT_INFO = ('orbax', 'etils', 'grain', 'tensorstore')
-
-
-def _quiet_library_info(record) -> bool:
-  return record.levelno >= logging.WARNING or not any(
-      f'/{name}/' in record.pathname for name in _QUIET_AT_INFO)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().python_handler.addFilter(_quiet_library_info)
+  console.setup(None)  # library INFO lines off the console from the first one on
   # Before anything touches a device: a multi-process job joins its peers first.
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.local_device_ids,
                                   FLAGS.cpu_collectives)
+  # Library INFO lines (orbax, grain, etils, jax, clu) go to DIR/logs/, never the console.
+  log_path = console.setup(FLAGS.workdir, jax.process_index())
   if not parallel.is_main_process():
     logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
   config = FLAGS.config
-  logging.info('mode=%s workdir=%s\n%s', FLAGS.mode, FLAGS.workdir, config)
+  logging.info('mode=%s workdir=%s%s', FLAGS.mode, FLAGS.workdir,
+               f' (full log: {log_path})' if log_path else '')
+  console.file_only('config:\n%s', config)
   if FLAGS.mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir, stop_at=FLAGS.stop_at or None)
   elif FLAGS.mode == 'sample':
@@ -58,6 +59,12 @@ def main(argv):
     evaluate.evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'bench':
     benchmark.run(config, FLAGS.workdir)
+  elif FLAGS.mode == 'likelihood':
+    likelihood_cli.run(config, FLAGS.workdir)
+  elif FLAGS.mode == 'export':
+    export.run(config, FLAGS.workdir)
+  elif FLAGS.mode == 'edit':
+    editing.run(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

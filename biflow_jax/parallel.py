@@ -210,6 +210,25 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, batch_size: int) -
   return out
 
 
+def local_copy(tree: Any) -> Any:
+  """The same values as arrays this process alone can compute with.
+
+  Evaluation runs one program per process on that process's share of the samples, which
+  a jit over arrays that span other processes' devices cannot do (every process would
+  have to join each call). Fully replicated leaves become their local replica (no copy);
+  leaves sharded over several processes (FSDP) are gathered to numpy, so every process
+  must call this, in the same order. Single-process trees come back unchanged.
+  """
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return x
+    if x.is_fully_replicated:
+      return x.addressable_data(0)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)
+
+
 def to_host(x: jax.Array) -> np.ndarray:
   """The whole value of a (possibly multi-host) array on this host, as numpy."""
   if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:

@@ -21,7 +21,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from biflow_jax import checkpoints, inference, init_from, input_pipeline, optim, parallel
+from biflow_jax import (checkpoints, console, inference, init_from, input_pipeline, optim,
+                        parallel, summaries)
 from biflow_jax.evaluation import likelihood
 from biflow_jax.experiment import build_experiment
 from biflow_jax.train_state import TrainState
@@ -98,6 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   step = int(state.step)
+  summaries.write_config(writer, step, config)
   report = periodic_actions.ReportProgress(num_train_steps=end, writer=writer)
   to_pixels = inference.pixel_decoder(exp)
   samplers = inference.make_samplers(config, inference.panel_decoders(config))
@@ -135,18 +137,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
           logging.error('non-finite metrics at step %d: %s', step, means)
         means['steps_per_sec'] = (step - steps_at_log) / max(time.time() - t_log, 1e-9)
         writer.write_scalars(step, means)
+        if parallel.is_main_process():
+          logging.info(console.train_line(step, last, phase.name, means, means['steps_per_sec']))
         pending, t_log, steps_at_log = [], time.time(), step
       if step % config.eval_every == 0 or step == end:
-        writer.write_scalars(step, likelihood.heldout_metrics(
-            exp.models.flow, state.ema['forward'], heldout, config, mesh))
+        heldout_metrics = likelihood.heldout_metrics(
+            exp.models.flow, state.ema['forward'], heldout, config, mesh)
+        writer.write_scalars(step, heldout_metrics)
+        if parallel.is_main_process():
+          logging.info(console.metrics_line(step, 'held-out (EMA F)', heldout_metrics))
       if step % config.sample_every == 0 or step == end:
-        path, _ = inference.write_sample_grid(
+        path, outputs = inference.write_sample_grid(
             config, samplers, state.ema, workdir / 'samples' / f'step_{step}.png',
             to_pixels=to_pixels)
+        summaries.write_sample_grids(writer, step, outputs, config.model.num_classes)
         if parallel.is_main_process():
           logging.info('wrote %s (%s)', path, ', '.join(samplers))
       if (step % config.checkpoint_every == 0 or finished) and int(state.skips) == 0:
         checkpoints.save(manager, step, state, data_iter)
+        if parallel.is_main_process() and (step % config.log_every == 0 or finished):
+          logging.info('checkpoint %d -> %s', step, epath.Path(manager.directory) / str(step))
       if stop:
         break
 

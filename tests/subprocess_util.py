@@ -119,7 +119,7 @@ class Child:
   """A child whose merged stdout/stderr is read line by line while it runs.
 
     child = Child([sys.executable, '-m', 'biflow_jax.main', ...])
-    child.wait_for(lambda line: 'loss=' in line, timeout=120, what='training')
+    child.wait_for(lambda line: ' loss ' in line, timeout=120, what='training')
     child.send_signal(signal.SIGTERM)
     child.finish(expect=0)
   """

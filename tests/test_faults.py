@@ -114,7 +114,7 @@ def _run_until(workdir, kill_at_step, sig):
          *FAULT_FLAGS]
   with Child(cmd) as proc:
     if kill_at_step is not None:
-      proc.wait_for(lambda line: f'[{kill_at_step}] ' in line and 'loss=' in line, timeout=120,
+      proc.wait_for(lambda line: f'step {kill_at_step}/' in line and ' loss ' in line, timeout=120,
                     what=f'step {kill_at_step}')
       proc.send_signal(sig)
       # Killed: the status the signal gives (checked by the caller); else it must succeed.

@@ -344,7 +344,7 @@ def test_labels_out_of_range(config):
 
 def test_wrong_image_size(config):
   config.model.image_size = 32
-  with pytest.raises(ValueError, match=r'\(28, 28, 1\).*image_size=32.*does not resize'):
+  with pytest.raises(ValueError, match=r'\(28, 28, 1\).*image_size=32.*Set those fields to match'):
     ip.create_train_iterator(config)
   config.model.update(image_size=28, in_channels=3)
   with pytest.raises(ValueError, match='in_channels=3'):

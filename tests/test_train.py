@@ -108,7 +108,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
          '--config.log_every=1', '--config.eval_every=100000', '--config.sample_every=100000']
   with Child(cmd) as proc:
     # wait until it is really training
-    proc.wait_for(lambda line: '[3] ' in line and 'loss=' in line, timeout=120,
+    proc.wait_for(lambda line: 'step 3/' in line and ' loss ' in line, timeout=120,
                   what='training step 3')
     proc.send_signal(signal.SIGTERM)
     assert proc.finish(expect=0, timeout=120) == 0, proc.output[-2000:]

@@ -25,6 +25,11 @@ DIR/eval_cache/ under a fingerprint of everything they depend on (feature-net we
 hash, data source and location, split, example count, geometry, VAE for latents, the
 reference file's hash); any change recomputes them and the log says which input changed.
 
+Over several processes (any launcher of `launch/`), each process makes and featurises
+its share of every stream's batches, and process 0 scores them in the one-process order
+(`evaluation.shares`) and alone writes eval.json, the cache and the samples; outputs go
+through etils.epath, so the workdir may be gs://.
+
 Latent runs (data.source='latents') are scored in pixel space: samples go through the
 frozen VAE decoder. Without a reference file the real side is the decoder's image of
 each held-out latent's posterior mean (VAE reconstructions, which no paper uses); with
@@ -35,16 +40,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
-from biflow_jax import config_lib, frozen, images, inference, input_pipeline, sampling
-from biflow_jax.evaluation import adm, cache, features, likelihood, metrics, npz_stream
+from biflow_jax import config_lib, files, frozen, images, inference, input_pipeline, parallel
+from biflow_jax import sampling
+from biflow_jax.evaluation import adm, cache, features, likelihood, metrics, npz_stream, shares
 from biflow_jax.evaluation import fingerprint as fp
 from biflow_jax.evaluation import reference as reference_lib
 from biflow_jax.evaluation.features import FeatureNet
@@ -101,66 +107,75 @@ def real_images(config, batch: dict, to_pixels=None) -> np.ndarray:
 # ------------------------------------------------------------------------ image streams
 
 
-def sample_batches(config, params, decoder: str, num: int, batch: int,
-                   to_pixels=None) -> Batches:
-  """`num` samples from `decoder`, `batch` at a time: (images in [-1, 1] float32, labels).
+class SampleBatches:
+  """`num` samples from `decoder` in numbered batches of `batch`: get(j) -> (images in
+  [-1, 1] float32 NHWC, labels).
 
   Sample i asks for class i mod num_classes; batch j draws its noise from
-  fold_in(PRNGKey(EVAL_SEED), j). Latent samples are decoded by `to_pixels` (the VAE).
+  fold_in(PRNGKey(EVAL_SEED), j), so a batch is the same whichever process makes it.
+  `params` must be usable by this process alone (`parallel.local_copy`). Latent samples
+  are decoded by `to_pixels` (the VAE). `seconds` counts the time spent sampling.
   """
-  sampler = sampling.make_sampler(config, decoder, inference.default_denoise(config, decoder))
-  guidance = inference.decoder_guidance(config, decoder)
-  classes = config.model.num_classes
-  labels = (np.arange(num) % classes).astype(np.int32) if classes else -np.ones(num, np.int32)
-  for i, start in enumerate(range(0, num, batch)):
-    y = labels[start:start + batch]
-    rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), i)
-    x = sampler(params, rng, jnp.asarray(y), guidance=guidance,
-                temperature=config.sample.temperature)
-    yield np.asarray(x if to_pixels is None else to_pixels(x), np.float32), y
+
+  def __init__(self, config, params, decoder: str, num: int, batch: int, to_pixels=None):
+    self.params, self.to_pixels = params, to_pixels
+    self.num, self.batch = int(num), int(batch)
+    self.sampler = sampling.make_sampler(config, decoder,
+                                         inference.default_denoise(config, decoder))
+    self.guidance = inference.decoder_guidance(config, decoder)
+    self.temperature = config.sample.temperature
+    classes = config.model.num_classes
+    self.labels = ((np.arange(self.num) % classes).astype(np.int32) if classes
+                   else -np.ones(self.num, np.int32))
+    self.seconds = 0.0
+
+  def __len__(self) -> int:
+    return self.num
+
+  @property
+  def num_batches(self) -> int:
+    return -(-self.num // self.batch)
+
+  def get(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+    t0 = time.perf_counter()
+    y = self.labels[j * self.batch:(j + 1) * self.batch]
+    rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), j)
+    x = self.sampler(self.params, rng, jnp.asarray(y), guidance=self.guidance,
+                     temperature=self.temperature)
+    x = np.asarray(x if self.to_pixels is None else self.to_pixels(x), np.float32)
+    self.seconds += time.perf_counter() - t0
+    return x, y
+
+  def __iter__(self) -> Batches:
+    return (self.get(j) for j in range(self.num_batches))
 
 
 class RealBatches:
-  """The floor's real images, `batch` at a time, from `input_pipeline.subset`; `record()`
-  describes the subset with the class counts of what was read."""
+  """The floor's real images in numbered batches of `batch`, from `input_pipeline.subset`:
+  get(j) -> (images in [-1, 1], labels); `record(labels)` describes the subset with the
+  class counts of what was read."""
 
   def __init__(self, config, part: str, num: int, batch: int, to_pixels=None):
     self.config, self.batch, self.to_pixels = config, int(batch), to_pixels
     self.source = input_pipeline.load_source(config, part)
     self.subset = input_pipeline.subset(config, part, self.source, num)
-    self._labels: list[np.ndarray] = []
 
   def __len__(self) -> int:
     return int(self.subset.indices.size)
 
-  def __iter__(self) -> Batches:
-    idx = self.subset.indices
-    for start in range(0, idx.size, self.batch):
-      examples = self.source.gather(idx[start:start + self.batch])
-      self._labels.append(examples['label'])
-      yield real_images(self.config, examples, self.to_pixels), examples['label']
+  @property
+  def num_batches(self) -> int:
+    return -(-len(self) // self.batch)
 
-  def record(self) -> dict:
-    labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int32)
+  def get(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+    examples = self.source.gather(self.subset.indices[j * self.batch:(j + 1) * self.batch])
+    return real_images(self.config, examples, self.to_pixels), examples['label']
+
+  def __iter__(self) -> Batches:
+    return (self.get(j) for j in range(self.num_batches))
+
+  def record(self, labels: np.ndarray) -> dict:
     return self.subset.describe(labels, self.config.model.num_classes)
-
-
-class Timed:
-  """Wraps a batch stream, counting the seconds spent producing its batches."""
-
-  def __init__(self, batches):
-    self.batches, self.seconds = batches, 0.0
-
-  def __iter__(self) -> Batches:
-    it = iter(self.batches)
-    while True:
-      t0 = time.perf_counter()
-      try:
-        item = next(it)
-      except StopIteration:
-        return
-      self.seconds += time.perf_counter() - t0
-      yield item
 
 
 def rgb_uint8(images_m11: np.ndarray) -> np.ndarray:
@@ -169,36 +184,57 @@ def rgb_uint8(images_m11: np.ndarray) -> np.ndarray:
   return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
 
 
-def consume(batches: Batches, score_batch, what: str, total: int,
-            samples_path: Path | None = None) -> dict:
-  """Feeds every (images, labels) batch to `score_batch`, logging progress; with
-  `samples_path`, also writes them as the suite's .npz (arr_0 uint8 RGB, arr_1 labels)."""
+def consume(batches, featurise, accumulate, what: str,
+            samples_path: epath.PathLike | None = None) -> dict:
+  """Featurises every batch of `batches` (num_batches, batch, get(j)) and accumulates the
+  features in batch order, over however many processes run (`shares.in_order`: each makes
+  its share, all see every batch). featurise(images) -> {name: (n, ...) array};
+  accumulate({names..., 'labels'}) runs on process 0 only, which alone writes the samples
+  .npz (`samples_path`: arr_0 uint8 RGB, arr_1 labels) as the suite stores batches.
+
+  Returns {'seconds', 'per_second', 'labels' (every label, in order)}; logs progress.
+  """
+  main = parallel.is_main_process()
+  total = len(batches)
   progress = Progress(what, total)
+  save = samples_path is not None
+
+  def produce(j: int) -> dict[str, np.ndarray]:
+    x, y = batches.get(j)
+    out = dict(featurise(x), labels=np.asarray(y))
+    if save:
+      out['samples_uint8'] = rgb_uint8(x)
+    return out
+
   writer = None
   labels_seen = []
   try:
-    for x, y in batches:
-      if samples_path is not None:
-        if writer is None:
-          writer = npz_stream.NpzWriter(samples_path, (total,) + x.shape[1:3] + (3,), np.uint8)
-        writer.append(rgb_uint8(x))
-        labels_seen.append(np.asarray(y))
-      score_batch(x, np.asarray(y))
-      progress.update(x.shape[0])
+    for part in shares.in_order(batches.num_batches, produce, batches.batch):
+      rows = part.pop('samples_uint8', None)
+      if main:
+        if save:
+          if writer is None:
+            writer = npz_stream.NpzWriter(samples_path, (total,) + rows.shape[1:], np.uint8)
+          writer.append(rows)
+        accumulate(part)
+      labels_seen.append(part['labels'])
+      progress.update(part['labels'].shape[0])
+    labels = (np.concatenate(labels_seen) if labels_seen else np.zeros(0, np.int32))
     if writer is not None:
-      writer.extra['arr_1'] = np.concatenate(labels_seen).astype(np.int64)
+      writer.extra['arr_1'] = labels.astype(np.int64)
       writer.close()
       writer = None
   finally:
     if writer is not None:
       writer.abort()
-  return {'seconds': progress.seconds(), 'per_second': progress.done / max(progress.seconds(), 1e-9)}
+  return {'seconds': progress.seconds(), 'labels': labels,
+          'per_second': progress.done / max(progress.seconds(), 1e-9)}
 
 
 # ----------------------------------------------------- protocol 1: the held-out split
 
 
-def real_statistics(config, net: FeatureNet, cache_dir: Path,
+def real_statistics(config, net: FeatureNet, cache_dir: epath.PathLike,
                     to_pixels=None) -> tuple[dict, dict]:
   """(stats, cache record): the held-out features' (mu, sigma), features (precision/recall),
   logits and labels, from DIR/eval_cache when its fingerprint matches, else recomputed.
@@ -236,34 +272,42 @@ def feature_metrics(logits: np.ndarray, feats: np.ndarray, labels: np.ndarray, r
   return result
 
 
-def score_against_heldout(batches: Batches, net: FeatureNet, real: dict, config, what: str,
-                          total: int, samples_path: Path | None = None) -> dict:
-  """Featurises a stream of images and scores it with `feature_metrics` (features, not
-  images, are kept)."""
+def score_against_heldout(batches, net: FeatureNet, real: dict | None, config, what: str,
+                          samples_path: epath.PathLike | None = None) -> tuple[dict | None, dict]:
+  """(metrics, run): featurises a stream of images and scores it with `feature_metrics`
+  (features, not images, are kept); metrics on process 0 (which alone needs `real`),
+  None elsewhere; run is `consume`'s record."""
   parts: dict[str, list[np.ndarray]] = {'logits': [], 'features': [], 'labels': []}
 
-  def score_batch(x, y):
+  def featurise(x):
     logits, feats = net.fn(x)
-    parts['logits'].append(np.asarray(logits))
-    parts['features'].append(np.asarray(feats))
-    parts['labels'].append(y)
+    return {'logits': np.asarray(logits), 'features': np.asarray(feats)}
 
-  consume(batches, score_batch, what, total, samples_path)
+  def accumulate(part):
+    for k in parts:
+      parts[k].append(part[k])
+
+  run = consume(batches, featurise, accumulate, what, samples_path)
+  if not parallel.is_main_process():
+    return None, run
   return feature_metrics(*(np.concatenate(parts[k]) for k in ('logits', 'features', 'labels')),
-                         real, config)
+                         real, config), run
 
 
 # ------------------------------------------------ protocol 2: an ADM reference batch
 
 
-def score_against_reference(batches: Batches, net: adm.SuiteNet, ref: adm.ReferenceStats,
-                            config, what: str, total: int,
-                            samples_path: Path | None = None) -> dict:
-  """Quantises a stream of images to uint8 (as the suite's .npz would hold them),
-  featurises it with the FID Inception and scores it as the suite does."""
+def score_against_reference(batches, net: adm.SuiteNet, ref: adm.ReferenceStats | None,
+                            config, what: str, samples_path: epath.PathLike | None = None
+                            ) -> tuple[dict | None, dict]:
+  """(metrics, run): quantises a stream of images to uint8 (as the suite's .npz would hold
+  them), featurises it with the FID Inception and scores it as the suite does; metrics on
+  process 0 (which alone needs `ref`), None elsewhere."""
   acc = adm.SuiteAccumulator(net.dims)
-  consume(batches, lambda x, y: acc.update(net.fn(rgb_uint8(x))), what, total, samples_path)
-  return adm.suite_scores(acc, ref, k=int(config.eval.pr_k))
+  run = consume(batches, lambda x: net.fn(rgb_uint8(x)), acc.update, what, samples_path)
+  if not parallel.is_main_process():
+    return None, run
+  return adm.suite_scores(acc, ref, k=int(config.eval.pr_k)), run
 
 
 # ------------------------------------------------------------------------------- eval
@@ -278,14 +322,29 @@ def sample_protocol(config, num: int) -> dict:
           'temperature': float(config.sample.temperature)}
 
 
-def evaluate(config, workdir: str | Path) -> dict:
+def process_protocol() -> dict:
+  """How the work was split over processes (eval.json 'protocol.processes')."""
+  return {'count': jax.process_count(),
+          'deal': 'batch j of each stream made by process j mod count; features gathered '
+                  'and scored on process 0 in batch order'}
+
+
+def evaluate(config, workdir: epath.PathLike) -> dict | None:
   """Every metric for every decoder asked for, from the latest checkpoint -> DIR/eval.json.
 
+  Every process of a multi-process job calls this: each makes and featurises its share
+  of every image stream (`shares.in_order`), the held-out likelihood runs on the mesh,
+  and process 0 scores, writes DIR/eval.json (the workdir may be gs://; paths go
+  through etils.epath), the eval cache and any samples .npz, and returns the result;
+  the other processes return None.
+
   Bad inputs fail before anything is sampled: unknown decoders, missing feature-net
-  weights, and a reference file of the wrong format, image size or feature dimension.
+  weights, and a reference file of the wrong format, image size or feature dimension
+  (checked on every process, so the file must be readable by all).
   """
   config_lib.validate(config)
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)
+  main = parallel.is_main_process()
   decoders = decoders_to_evaluate(config)
   num, batch = int(config.eval.num_samples), int(config.eval.batch)
   suite = bool(config.eval.reference)
@@ -295,11 +354,13 @@ def evaluate(config, workdir: str | Path) -> dict:
   else:
     net = features.make_feature_net(config)  # fails before sampling if weights miss
   exp, state, step = inference.restore(config, workdir)
-  to_pixels = inference.pixel_decoder(exp)
+  # Each process samples its own batches, so it needs weights it can run on alone.
+  params = parallel.local_copy(state.ema)
+  to_pixels = inference.pixel_decoder(exp, parallel.local_copy(exp.frozen_params))
   heldout, heldout_subset = input_pipeline.take_subset(
       config, 'heldout', config.eval_batches * config.batch_size)
   heldout_metrics = likelihood.heldout_metrics(exp.models.flow, state.ema['forward'], heldout,
-                                               config)
+                                               config, exp.mesh)
   used = likelihood.examples_used(len(heldout['label']), config)
   heldout_subset.update(
       num_examples=used, batches=used // int(config.batch_size),
@@ -313,47 +374,60 @@ def evaluate(config, workdir: str | Path) -> dict:
       'decoders': {}}
   protocol: dict[str, Any] = {'heldout_likelihood': heldout_subset,
                               'samples': sample_protocol(config, num),
-                              'feature_net': net.fingerprint}
+                              'feature_net': net.fingerprint,
+                              'processes': process_protocol()}
+  cache_dir = workdir / 'eval_cache'
 
+  # The real side is needed where the scores are computed: on process 0, which alone
+  # reads and writes the cache (the others go on to their first share and wait there).
   if suite:
-    progress = Progress('eval reference images', ref_file.num_images)
-    ref, ref_record = reference_lib.reference_stats(ref_file, net, workdir / 'eval_cache',
-                                                    batch, progress.update)
-    protocol['reference'] = ref_record['reference']
-    protocol['cache'] = ref_record.get('cache')
+    ref = None
+    if main:
+      progress = Progress('eval reference images', ref_file.num_images)
+      ref, ref_record = reference_lib.reference_stats(ref_file, net, cache_dir, batch,
+                                                      progress.update)
+      protocol['reference'] = ref_record['reference']
+      protocol['cache'] = ref_record.get('cache')
 
-    def score(batches, what, total, samples_path=None):
-      return score_against_reference(batches, net, ref, config, what, total, samples_path)
+    def score(batches, what, samples_path=None):
+      return score_against_reference(batches, net, ref, config, what, samples_path)
   else:
-    real, cache_record = real_statistics(config, net, workdir / 'eval_cache', to_pixels)
-    protocol['reference'] = {'what': 'the whole held-out split, featurised',
-                             **cache_record['info']}
-    protocol['cache'] = {k: cache_record[k] for k in ('file', 'key', 'recomputed', 'reason')}
-    if config.model.num_classes:
-      result['real_heldout_class_accuracy'] = float(
-          np.mean(np.argmax(real['logits'], axis=-1) == real['labels']))
+    real = None
+    if main:
+      real, cache_record = real_statistics(config, net, cache_dir, to_pixels)
+      protocol['reference'] = {'what': 'the whole held-out split, featurised',
+                               **cache_record['info']}
+      protocol['cache'] = {k: cache_record[k] for k in ('file', 'key', 'recomputed', 'reason')}
+      if config.model.num_classes:
+        result['real_heldout_class_accuracy'] = float(
+            np.mean(np.argmax(real['logits'], axis=-1) == real['labels']))
 
-    def score(batches, what, total, samples_path=None):
-      return score_against_heldout(batches, net, real, config, what, total, samples_path)
+    def score(batches, what, samples_path=None):
+      return score_against_heldout(batches, net, real, config, what, samples_path)
 
   # The floor: real training images, a class-balanced (or random) subset, scored exactly
   # like samples.
   if floor_count(config) > 0:
     floor = RealBatches(config, 'train', floor_count(config), batch, to_pixels)
-    result['real_train_images'] = score(floor, 'eval floor (real training images)', len(floor))
-    protocol['floor'] = floor.record()
+    result['real_train_images'], run = score(floor, 'eval floor (real training images)')
+    protocol['floor'] = floor.record(run['labels'])
   result['protocol'] = protocol
   for decoder in decoders:
-    stream = Timed(sample_batches(config, state.ema, decoder, num, batch, to_pixels))
+    stream = SampleBatches(config, params, decoder, num, batch, to_pixels)
     path = None
     if config.eval.save_samples:
       path = workdir / SAMPLES_DIR / f'{decoder}_step{step}_n{num}.npz'
-    entry = score(stream, f'eval {decoder}', num, path)
+    entry, _ = score(stream, f'eval {decoder}', path)
+    if not main:
+      continue
     entry['guidance'] = float(inference.decoder_guidance(config, decoder))
+    # Process 0's own share: with P processes, about 1/P of the samples.
     entry['sampling_seconds'] = stream.seconds
     if path is not None:
       entry['samples_npz'] = str(path)
     result['decoders'][decoder] = entry
     logging.info('eval %s: %s', decoder, entry)
-  (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
+  if not main:
+    return None
+  files.write_text_atomic(workdir / 'eval.json', json.dumps(result, indent=2))
   return result

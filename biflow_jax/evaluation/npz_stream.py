@@ -4,16 +4,21 @@ An .npz is a zip of .npy members (`arr_0.npy`, ...). The suite's batches hold 10
 50,000 uint8 images (2-10 GB at 256x256), so neither side ever holds the whole array:
 `read_header` reads a member's shape and dtype only, `iter_rows` streams its rows, and
 `NpzWriter` appends rows to `arr_0` as they are made and adds the small arrays at the end.
-Files written here load with `np.load` and the suite's own reader.
+Files written here load with `np.load` and the suite's own reader. The writer's target
+goes through `etils.epath` (a gs:// workdir works): the zip is built in a local file, which
+is renamed into place, or copied to an object store in one stream.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from etils import epath
 
 
 def _member(zf: zipfile.ZipFile, path: Path, name: str) -> str:
@@ -92,13 +97,21 @@ class NpzWriter:
         w.extra['arr_1'] = labels
   """
 
-  def __init__(self, path: str | os.PathLike[str], shape: tuple[int, ...], dtype):
-    self.path = Path(path)
+  def __init__(self, path: epath.PathLike, shape: tuple[int, ...], dtype):
+    self.path = epath.Path(path)
     self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
     self.rows = 0
     self.extra: dict[str, np.ndarray] = {}
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self._tmp = self.path.with_name(f'.{self.path.name}.{os.getpid()}.tmp')
+    # zipfile seeks back to patch headers, which object-store files cannot: build the zip
+    # in a local file (beside the target when it is local, so the final rename is atomic).
+    self._local = '://' not in os.fspath(self.path)
+    if self._local:
+      self._tmp = Path(os.fspath(self.path)).with_name(f'.{self.path.name}.{os.getpid()}.tmp')
+    else:
+      fd, name = tempfile.mkstemp(suffix='.npz.tmp')
+      os.close(fd)
+      self._tmp = Path(name)
     self._zip = zipfile.ZipFile(self._tmp, 'w', zipfile.ZIP_STORED, allowZip64=True)
     self._f = self._zip.open('arr_0.npy', 'w', force_zip64=True)
     header = {'descr': np.lib.format.dtype_to_descr(self.dtype), 'fortran_order': False,
@@ -116,7 +129,7 @@ class NpzWriter:
     self._f.write(np.ascontiguousarray(rows).tobytes())
     self.rows += rows.shape[0]
 
-  def close(self) -> Path:
+  def close(self) -> epath.Path:
     """Checks the row count, adds `extra`, and moves the file into place."""
     if self.rows != self.shape[0]:
       self.abort()
@@ -130,7 +143,14 @@ class NpzWriter:
       self.abort()
       raise
     self._zip.close()
-    os.replace(self._tmp, self.path)
+    if self._local:
+      os.replace(self._tmp, os.fspath(self.path))
+    else:
+      try:
+        with open(self._tmp, 'rb') as src, self.path.open('wb') as dst:
+          shutil.copyfileobj(src, dst, 1 << 24)
+      finally:
+        self._tmp.unlink(missing_ok=True)
     return self.path
 
   def abort(self) -> None:

@@ -1,0 +1,72 @@
+"""--mode=edit: inpainting (named and PNG masks), interpolation (images, noise), class swap."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from biflow_jax import editing, input_pipeline, train
+from subprocess_util import python
+from tiny_run import flags_of, two_stage_config
+
+TINY = Path(__file__).resolve().parents[1] / 'configs' / 'tiny.py'
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('edit') / 'run'
+  config = two_stage_config(forward_steps=20, reverse_steps=10)
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_masks():
+  assert editing.region_mask('left', 4).tolist() == [[1, 1, 0, 0]] * 4
+  assert editing.region_mask('bottom', 4)[:, 0].tolist() == [0, 0, 1, 1]
+  assert editing.region_mask('centre', 8).sum() == 16
+  with pytest.raises(ValueError, match="mask='diagonal' is neither"):
+    editing.region_mask('diagonal', 8)
+
+
+def test_inpaint_keeps_nothing_of_the_region_and_writes_grid(run, tmp_path):
+  config, workdir = run
+  mask = np.zeros((56, 56), np.uint8)
+  mask[:, 28:] = 255  # right half, at another size
+  Image.fromarray(mask).save(tmp_path / 'm.png')
+  config.edit.update(task='inpaint', mask=str(tmp_path / 'm.png'), num=4)
+  path = editing.run(config, workdir)
+  saved = np.load(workdir / 'edit' / 'inpaint.npz')
+  assert saved['images'].shape == (4, 3, 28, 28, 1) and path.exists()
+  np.testing.assert_array_equal(saved['mask'], editing.region_mask('right', 28))
+  heldout = input_pipeline.load_heldout(config, 4)['image'][:4]
+  np.testing.assert_array_equal(saved['images'][:, 2], heldout)          # the originals
+  assert (saved['images'][:, 0, :, 14:] == 128).all()                    # region greyed
+
+
+@pytest.mark.parametrize('between', ['images', 'noise'])
+def test_interpolate(run, between):
+  config, workdir = run
+  config.edit.update(task='interpolate', between=between, num=4, steps=5)
+  editing.run(config, workdir)
+  frames = np.load(workdir / 'edit' / 'interpolate.npz')['images']
+  assert frames.shape == ((2 if between == 'images' else 4), 5, 28, 28, 1)
+  assert not np.array_equal(frames[:, 0], frames[:, -1])
+
+
+def test_class_swap_from_the_command_line(run):
+  config, workdir = run
+  proc = python('-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+                '--mode=edit', *flags_of(config), '--config.edit.task=class_swap',
+                '--config.edit.num=3', timeout=300)
+  assert 'edit class_swap at step 30: 3 rows x 11 columns' in proc.stderr
+  saved = np.load(workdir / 'edit' / 'class_swap.npz')
+  assert saved['images'].shape == (3, 11, 28, 28, 1) and saved['labels'].shape == (3,)
+
+
+def test_bad_task_fails_before_restoring(tmp_path):
+  config = two_stage_config()
+  config.edit.task = 'colourise'
+  with pytest.raises(ValueError, match="edit.task='colourise'"):
+    editing.run(config, tmp_path / 'none')

@@ -1,0 +1,73 @@
+"""--mode=export: G's 1-NFE sampler and F's exact inverse as jax.export artifacts; a script
+with jax alone samples from them and gets what the in-process sampler gives."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from biflow_jax import export, inference, sampling, train
+from biflow_jax.tools import run_exported
+from subprocess_util import python
+from tiny_run import flags_of, two_stage_config
+
+TINY = Path(__file__).resolve().parents[1] / 'configs' / 'tiny.py'
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('export') / 'run'
+  config = two_stage_config(forward_steps=20, reverse_steps=10)
+  state = train.train_and_evaluate(config, workdir)
+  proc = python('-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+                '--mode=export', *flags_of(config), timeout=300)
+  return config, state, workdir, proc
+
+
+@pytest.mark.parametrize('decoder', ['reverse', 'exact'])
+def test_exported_sampler_equals_the_in_process_one(exported, decoder):
+  config, state, workdir, _ = exported
+  folder = workdir / 'export' / decoder
+  manifest = json.loads((folder / 'manifest.json').read_text())
+  assert manifest['checkpoint_step'] == 30 and manifest['platforms'] == ['cpu']
+  for num in (3, 5):  # the batch dimension is symbolic
+    noise = np.asarray(sampling.sample_noise(config, jax.random.PRNGKey(num), num))
+    labels = np.arange(num, dtype=np.int32) % 10
+    labels[0] = -1
+    decode = jax.jit(sampling.make_decoder(config, decoder,
+                                           inference.default_denoise(config, decoder)),
+                     static_argnames=('guidance',))
+    expected = decode(state.ema, noise, labels, guidance=inference.decoder_guidance(config, decoder))
+    got = run_exported.sample(folder, noise, labels)
+    assert got.shape == (num, 28, 28, 1)
+    np.testing.assert_allclose(got, np.asarray(expected), atol=1e-5)
+
+
+def test_script_samples_without_biflow_jax(exported, tmp_path):
+  _, _, workdir, proc = exported
+  assert 'exported reverse' in proc.stderr and 'exported exact' in proc.stderr
+  script = workdir / 'export' / 'run_exported.py'
+  # Any import of biflow_jax in the script would fail.
+  guard = ("import sys, runpy; sys.modules['biflow_jax'] = None; "
+           f"sys.argv = [{str(script)!r}] + sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+  out = tmp_path / 's.npz'
+  result = python('-c', guard, str(workdir / 'export' / 'reverse'), '--num=4', '--label=7',
+                  f'--out={out}', cwd=tmp_path, timeout=120)
+  assert 'reverse: (4, 28, 28, 1) uint8 images' in result.stdout
+  saved = np.load(out)
+  assert saved['images'].dtype == np.uint8 and saved['labels'].tolist() == [7] * 4
+
+
+def test_bad_decoder_list_fails_before_restoring(tmp_path):
+  config = two_stage_config()
+  config.export.decoders = 'reverse,nope'
+  with pytest.raises(ValueError, match="'nope' is not one of"):
+    export.run(config, tmp_path / 'none')
+  config.reverse.enabled = False
+  config.export.decoders = 'reverse'
+  with pytest.raises(ValueError, match='has no G'):
+    export.run(config, tmp_path / 'none')

@@ -1,18 +1,22 @@
 """Faults: non-finite steps, damaged or foreign checkpoints, and real kills of the main job."""
+import json
+import os
 import random
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
-from biflow_jax import inference, input_pipeline, optim, step as step_lib, train, train_state
+from biflow_jax import files, inference, input_pipeline, optim, step as step_lib, train, train_state
 from biflow_jax.experiment import build_models
 
-from subprocess_util import Child
+from subprocess_util import ROOT, Child, python
 from test_train import TINY, parse_config
 
 
@@ -167,3 +171,92 @@ def test_same_config_and_seed_give_identical_losses_step_for_step():
   first, second = losses(), losses()
   assert first == second, (first, second)
   assert len(set(first)) > 1  # it really trained
+
+
+# ------------------------------------------------- kills while sample / eval write files
+
+DIE_MID_WRITE = Path(__file__).resolve().parent / 'faults' / 'die_mid_write.py'
+EVAL_FLAGS = ('--config.schedule.forward_steps=2', '--config.sample_every=1000',
+              '--config.eval_every=1000', '--config.eval.decoders=exact',
+              '--config.eval.num_samples=20', '--config.eval.batch=20',
+              '--config.eval.floor_samples=0', '--config.sample.num=10')
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('trained')
+  train.train_and_evaluate(parse_config(*EVAL_FLAGS), workdir)
+  return workdir
+
+
+def _finished_files(directory) -> dict[str, bytes]:
+  """Every file under `directory` whose name says it is a finished result, loaded (a
+  partial one fails to load here)."""
+  found = {}
+  for path in Path(directory).rglob('*'):
+    if path.name.startswith('.') or path.suffix not in ('.png', '.npz', '.json'):
+      continue
+    if path.suffix == '.png':
+      with Image.open(path) as image:
+        image.load()
+    elif path.suffix == '.npz':
+      with np.load(path) as data:
+        _ = {k: data[k] for k in data.files}
+    else:
+      json.loads(path.read_text())
+    found[str(path.relative_to(directory))] = path.read_bytes()
+  return found
+
+
+def test_atomic_write_that_fails_midway_leaves_the_old_file_and_no_new_one(tmp_path):
+  path = tmp_path / 'eval.json'
+  files.write_text_atomic(path, '{"step": 1}')
+
+  def half_then_crash(tmp):
+    tmp.write_text('{"st')
+    raise KeyboardInterrupt  # stands in for the crash
+
+  with pytest.raises(KeyboardInterrupt):
+    files.write_atomic(path, half_then_crash)
+  assert json.loads(path.read_text()) == {'step': 1}
+  assert [p.name for p in tmp_path.iterdir() if p != path] == [f'.eval.json.{os.getpid()}.tmp']
+
+
+def _main_dying_at(workdir, mode, target):
+  """--mode=`mode` killed (SIGKILL) halfway through writing the first file named *target*."""
+  with Child([sys.executable, DIE_MID_WRITE, f'--config={TINY}', f'--workdir={workdir}',
+              f'--mode={mode}', *EVAL_FLAGS],
+             env={'KILL_WRITING': target, 'PYTHONPATH': str(ROOT)}) as proc:
+    proc.wait_for(lambda line: 'killing myself while writing' in line, timeout=240,
+                  what=f'the write of {target}')
+    assert proc.finish(expect=-signal.SIGKILL, timeout=60) == -signal.SIGKILL
+
+
+@pytest.mark.slow  # 3 runs of the main job: ~1 min on 2 busy cores
+def test_sample_mode_killed_mid_write_leaves_no_partial_png_or_npz(trained_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_run, workdir)
+  before = _finished_files(workdir)
+  _main_dying_at(workdir, 'sample', '.png')
+  assert _finished_files(workdir) == before  # no grid under its final name, nothing else
+  _main_dying_at(workdir, 'sample', '.npz')  # the grid is written whole, then the .npz dies
+  grids = set(_finished_files(workdir)) - set(before)
+  assert len(grids) == 1 and grids.pop().endswith('.png')
+  python('-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}', '--mode=sample',
+         *EVAL_FLAGS, timeout=240)
+  new = set(_finished_files(workdir)) - set(before)
+  assert sorted(Path(p).suffix for p in new) == ['.npz', '.png'], new
+  with np.load(workdir / [p for p in new if p.endswith('.npz')][0]) as data:
+    assert data['images'].shape == (10, 28, 28, 1)
+
+
+@pytest.mark.slow  # 2 runs of --mode=eval: ~50 s on 2 busy cores
+def test_eval_mode_killed_mid_write_leaves_no_partial_eval_json(trained_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_run, workdir)
+  _main_dying_at(workdir, 'eval', 'eval.json')
+  assert not (workdir / 'eval.json').exists()
+  _finished_files(workdir)  # whatever else it finished (the eval cache) is whole
+  python('-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}', '--mode=eval',
+         *EVAL_FLAGS, timeout=240)
+  assert json.loads((workdir / 'eval.json').read_text())['step'] == 2

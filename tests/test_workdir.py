@@ -107,6 +107,7 @@ mount -t tmpfs -o size=1m tmpfs {mnt} && mkdir {mnt}/run && mount -o remount,ro 
   assert 'loss=' not in out
 
 
+@pytest.mark.slow  # 3 training runs: ~2 min on 2 busy cores
 @needs_namespaces
 def test_full_disk_during_a_save_stops_cleanly_and_the_restart_is_exact(tmp_path):
   """A tmpfs with room for the first checkpoint (step 5) but not the second (step 10)."""

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from biflow_jax import config_lib, frozen, images, inference, input_pipeline, sampling
+from biflow_jax import config_lib, files, frozen, images, inference, input_pipeline, sampling
 from biflow_jax.evaluation import adm, cache, features, likelihood, metrics, npz_stream
 from biflow_jax.evaluation import fingerprint as fp
 from biflow_jax.evaluation import reference as reference_lib
@@ -355,5 +355,5 @@ def evaluate(config, workdir: str | Path) -> dict:
       entry['samples_npz'] = str(path)
     result['decoders'][decoder] = entry
     logging.info('eval %s: %s', decoder, entry)
-  (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
+  files.write_text_atomic(workdir / 'eval.json', json.dumps(result, indent=2))  # never half
   return result

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import files, inference, input_pipeline, optim, step as step_lib, train, train_state
+from biflow_jax import checkpoints, files, inference, input_pipeline, optim, step as step_lib, train, train_state
 from biflow_jax.experiment import build_models
 
 from subprocess_util import ROOT, Child, python
@@ -260,3 +260,81 @@ def test_eval_mode_killed_mid_write_leaves_no_partial_eval_json(trained_run, tmp
   python('-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}', '--mode=eval',
          *EVAL_FLAGS, timeout=240)
   assert json.loads((workdir / 'eval.json').read_text())['step'] == 2
+
+
+# ------------------------------------- seeded kills over a two-stage run (F, then G)
+
+TWO_STAGE_FLAGS = ('--config.reverse.enabled=True', '--config.schedule.plan=two_stage',
+                   '--config.schedule.forward_steps=12', '--config.schedule.reverse_steps=12',
+                   '--config.checkpoint_every=3', '--config.log_every=1',
+                   '--config.sample_every=1000', '--config.eval_every=1000')
+BOUNDARY, END, EVERY = 12, 24, 3
+
+
+def _two_stage_cmd(workdir, script=None):
+  head = [script] if script else ['-m', 'biflow_jax.main']
+  return [sys.executable, *head, f'--config={TINY}', f'--workdir={workdir}', *TWO_STAGE_FLAGS]
+
+
+def _logged(step):
+  return lambda line: f'[{step}] ' in line and 'loss=' in line
+
+
+def _kill_at_step(workdir, step, sig) -> int:
+  """Runs the job until it logs `step`, then sends `sig`; its exit status."""
+  with Child(_two_stage_cmd(workdir)) as proc:
+    proc.wait_for(_logged(step), timeout=300, what=f'step {step}')
+    proc.send_signal(sig)
+    return proc.finish(expect=None, timeout=120)
+
+
+def _kill_during_checkpoint_write(workdir) -> int:
+  """Runs the job until its first checkpoint save is half written, and SIGKILLs it there
+  (while orbax writes the data-iterator item into the step's temporary directory). Returns
+  the step that was being written."""
+  with Child(_two_stage_cmd(workdir, DIE_MID_WRITE),
+             env={'KILL_WRITING': 'process_0-of-1.json', 'PYTHONPATH': str(ROOT)}) as proc:
+    line = proc.wait_for(lambda l: 'killing myself while writing' in l, timeout=300,
+                         what='a checkpoint write')
+    proc.finish(expect=-signal.SIGKILL, timeout=120)
+  step_dir = Path(line.split('while writing ')[1].strip()).parents[1]
+  assert '.orbax-checkpoint-tmp' in step_dir.name, line  # it died before the commit
+  return int(step_dir.name.split('.')[0])
+
+
+def _assert_same_state(a, b):
+  for name in ('params', 'ema', 'opt_state', 'step'):
+    for x, y in zip(jax.tree.leaves(getattr(a, name)), jax.tree.leaves(getattr(b, name)),
+                    strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+
+
+@pytest.mark.slow  # 6 runs of a two-stage job and one in-process: ~5 min on 2 busy cores
+def test_seeded_kills_over_both_phases_equal_an_uninterrupted_run_bit_for_bit(tmp_path):
+  """Five kill/restart cycles (seed 19): one in the F phase, one within a step of the F->G
+  boundary, one halfway through a checkpoint write, a SIGTERM and a SIGKILL in the G phase;
+  params, EMA, optimiser state and step then equal an uninterrupted run's exactly."""
+  rng = random.Random(19)
+  workdir = tmp_path / 'killed'
+  cycles = []
+  k1 = rng.randint(2, BOUNDARY - 3)
+  cycles.append(('F phase', k1, _kill_at_step(workdir, k1, signal.SIGKILL)))
+  k2 = rng.choice([BOUNDARY - 1, BOUNDARY, BOUNDARY + 1])
+  cycles.append(('phase boundary', k2, _kill_at_step(workdir, k2, signal.SIGKILL)))
+  k3 = _kill_during_checkpoint_write(workdir)
+  cycles.append(('checkpoint write', k3, -signal.SIGKILL))
+  assert k3 not in checkpoints.complete_steps(workdir / 'checkpoints')
+  k4 = rng.randint(BOUNDARY + 5, END - 5)  # above the checkpoint write (<= k2 + EVERY)
+  cycles.append(('G phase, SIGTERM', k4, _kill_at_step(workdir, k4, signal.SIGTERM)))
+  k5 = rng.randint(k4 + 2, END - 1)  # SIGTERM saved at k4 or k4 + 1
+  cycles.append(('G phase', k5, _kill_at_step(workdir, k5, signal.SIGKILL)))
+  print('kill/restart cycles (what, step, exit status):', cycles)
+  assert [c[2] for c in cycles] == [-signal.SIGKILL] * 3 + [0, -signal.SIGKILL], cycles
+  with Child(_two_stage_cmd(workdir)) as proc:
+    proc.finish(expect=0, timeout=400)
+  config = parse_config(*TWO_STAGE_FLAGS)
+  straight = train.train_and_evaluate(config, tmp_path / 'straight')
+  _, resumed, step = inference.restore(config, workdir)
+  assert step == END
+  _assert_same_state(straight, resumed)
+  shutil.rmtree(tmp_path)

@@ -87,7 +87,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   # is loaded or compiled. Process 0 holds the lock for the whole job.
   workdir_lock.check_writable(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock.hold(workdir) if parallel.is_main_process() else contextlib.nullcontext():
+  with (workdir_lock.hold(workdir) if parallel.is_main_process() else contextlib.nullcontext(),
+        parallel.exit_promptly_if_a_process_is_lost()):
     return _train(config, exp, workdir, start, stop_at)
 
 

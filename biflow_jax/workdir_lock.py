@@ -8,10 +8,10 @@ job never blocks a restart: there is no stale lock to clean up by hand.
 
 Where it works: local filesystems, and NFS (Linux maps `flock` onto NFS byte-range locks,
 so jobs on different hosts see each other). Object stores (gs://, s3://) have no locks:
-there `hold` takes none and logs a warning, and two jobs on one gs:// workdir would both
-train and write checkpoint steps of the same numbers, each deleting the other's old steps
-(keep_checkpoints). Start one job per gs:// workdir; a launcher that restarts a preempted
-job must stop the old one first.
+there `hold` takes none and logs a warning. Two jobs on one gs:// workdir would both train
+into the same checkpoint directory, steps of one number overwriting each other and each
+job's keep_checkpoints pruning the other's (reasoned from orbax, not tried). Start one job
+per gs:// workdir; a launcher that restarts a preempted job must stop the old one first.
 """
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 and the grain data iterator, so a restarted job continues where it stopped.
 
 Orbax commits a step atomically (written to a temporary directory, then renamed), so
-a job killed mid-save leaves the previous complete checkpoint as the latest one.
+a job killed mid-save leaves the previous complete checkpoint as the latest one. A save
+that fails (no space left, a read-only or broken store) is reported as
+`CheckpointSaveError` by `save` or `wait`, whichever runs next: saves are asynchronous.
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ from etils import epath
 from biflow_jax import input_pipeline
 
 
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written; the complete ones before it are untouched."""
+
+
 def make_manager(workdir: str | epath.PathLike, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
@@ -25,12 +31,46 @@ def make_manager(workdir: str | epath.PathLike, keep: int, async_save: bool = Tr
                                item_names=('state', 'data'))
 
 
+def complete_steps(directory: str | epath.PathLike) -> list[int]:
+  """Steps committed in `directory`, oldest first (unfinished `*.orbax-checkpoint-tmp*`
+  directories and set-aside `damaged_*` ones are not steps)."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _save_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointSaveError:
+  steps = complete_steps(manager.directory)
+  newest = (f'The newest complete checkpoint is step {steps[-1]}, untouched' if steps
+            else 'No complete checkpoint was written yet')
+  return CheckpointSaveError(
+      f'writing a checkpoint in {manager.directory} failed, so the job stops: {error}. '
+      f'{newest} (an unfinished step is left as a *.orbax-checkpoint-tmp '
+      'directory, which restore ignores and the next save of that step replaces). Free space '
+      'or fix the storage, then rerun the same command to resume.')
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None) -> None:
-  """Starts an (async) save of `state` and, when given, the data iterator position."""
+  """Starts an (async) save of `state` and, when given, the data iterator position.
+
+  Raises CheckpointSaveError when this save, or the one still in flight before it, fails.
+  """
   items = {'state': ocp.args.StandardSave(state)}
   if data_iter is not None:
     items['data'] = input_pipeline.iterator_save_arg(data_iter)
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
+  try:
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises ValueError, OSError, ...)
+    raise _save_failed(manager, e) from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Blocks until the saves in flight are committed; CheckpointSaveError if one failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises ValueError, OSError, ...)
+    raise _save_failed(manager, e) from e
 
 
 def _saved_state_tree(step_dir: epath.Path) -> dict:

@@ -15,7 +15,12 @@ from typing import Any, Callable
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-  """write(tmp) to a temporary file beside `path`, then rename it to `path`."""
+  """write(tmp) to a temporary file beside `path`, then rename it to `path`.
+
+  `path` may be a pathlib.Path or an etils.epath.Path (gs:// included, where the rename
+  is the store's copy-and-delete). The temporary name is hidden and ends in `.tmp`, so a
+  crash mid-write never leaves a file that looks like a finished `.json`/`.npz`/`.png`.
+  """
   tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
   write(tmp)
   tmp.replace(path)

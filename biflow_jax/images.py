@@ -9,6 +9,8 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
+from biflow_jax import files
+
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
   """[-1, 1] floats -> uint8 (values outside are clipped)."""
@@ -36,11 +38,9 @@ def save_png(grid: np.ndarray, path: str | os.PathLike) -> epath.Path:
   """
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp.png')
   buffer = io.BytesIO()
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format='PNG')
-  tmp.write_bytes(buffer.getvalue())
-  tmp.replace(path)
+  files.write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
   return path
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from biflow_jax import checkpoints, config_lib, frozen, images, parallel, sampling
+from biflow_jax import checkpoints, config_lib, files, frozen, images, parallel, sampling
 from biflow_jax.experiment import Experiment, build_experiment
 from biflow_jax.train_state import TrainState
 
@@ -121,8 +121,10 @@ def sample_from_checkpoint(config, workdir: epath.PathLike, name: str | None = N
                                     workdir / 'samples' / f'{name}.png',
                                     to_pixels=pixel_decoder(exp))
   if parallel.is_main_process():
-    with (workdir / 'samples' / f'{name}.npz').open('wb') as f:
-      np.savez(f, images=images.to_uint8(outputs[s.decoder]),
-               labels=np.asarray(sampling.class_rows(s.num, config.model.num_classes)))
+    def write(tmp):
+      with tmp.open('wb') as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, images=images.to_uint8(outputs[s.decoder]),
+                 labels=np.asarray(sampling.class_rows(s.num, config.model.num_classes)))
+    files.write_atomic(workdir / 'samples' / f'{name}.npz', write)  # never half an .npz
   logging.info('wrote %s', path)
   return path

@@ -13,9 +13,11 @@ is the same array whatever the number of hosts.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -98,6 +100,44 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
 def is_main_process() -> bool:
   """Process 0 writes logs, sample grids and config; every process writes its checkpoint shards."""
   return jax.process_index() == 0
+
+
+# Substrings of the errors a collective raises when another process of the job is gone
+# (gloo over TCP; the coordination service's heartbeat check).
+_LOST_PROCESS_SIGNS = ('Connection reset by peer', 'Connection closed by peer', 'Broken pipe',
+                       'heartbeat', 'UNAVAILABLE')
+
+
+@contextlib.contextmanager
+def exit_promptly_if_a_process_is_lost() -> Iterator[None]:
+  """In a multi-process job, a failed collective ends this process at once, with a message.
+
+  When one process dies, the others' next collective fails (gloo: the peer's socket
+  closes) or, where collectives just wait (NCCL, ICI), JAX's coordination service stops
+  them after its heartbeat timeout (100 s). Left alone, a process whose collective failed
+  would then block at exit in JAX's shutdown barrier until that heartbeat timeout and
+  abort with a C++ stack trace. Here it logs the error and what to do, and exits with
+  status 1 at once (os._exit: no shutdown barrier; an async checkpoint still being written
+  is left as an orbax temporary directory that restore ignores). One process: no-op.
+  """
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    lost = any(sign in str(e) for sign in _LOST_PROCESS_SIGNS)
+    logging.exception('process %d of %d: a collective failed', jax.process_index(),
+                      jax.process_count())
+    logging.error(
+        'process %d of %d stops now: %s. Restart every process of the job with the same '
+        'command; training resumes from the last complete checkpoint.', jax.process_index(),
+        jax.process_count(),
+        'another process of this job is gone (killed, crashed or its host lost); see its log '
+        'for why' if lost else 'the job cannot go on without all of its processes')
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access  (skip the shutdown barrier: see above)
 
 
 # ---------------------------------------------------------------------------- mesh

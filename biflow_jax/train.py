@@ -11,6 +11,7 @@ own checkpoint shards.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -22,9 +23,9 @@ from clu import metric_writers, periodic_actions
 from etils import epath
 
 from biflow_jax import (checkpoints, console, inference, init_from, input_pipeline, optim,
-                        parallel, summaries)
+                        parallel, summaries, workdir_lock)
 from biflow_jax.evaluation import likelihood
-from biflow_jax.experiment import build_experiment
+from biflow_jax.experiment import Experiment, build_experiment
 from biflow_jax.train_state import TrainState
 
 
@@ -72,16 +73,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   """Trains (or resumes) the run in `workdir`; returns the final state.
 
   `stop_at` ends this invocation after that global step as a preemption would
-  (checkpoint saved), so a later call resumes from it.
+  (checkpoint saved), so a later call resumes from it. Before anything is loaded or
+  compiled: workdir_lock.WorkdirNotWritableError for a workdir that cannot be written and
+  workdir_lock.WorkdirBusyError while another job trains in it. A checkpoint that cannot
+  be written stops the job with checkpoints.CheckpointSaveError.
   """
   exp = build_experiment(config)  # bad values and missing weight files fail here
-  plan, mesh = exp.plan, exp.mesh
-  end = optim.total_steps(plan)
   workdir = epath.Path(workdir)
   # config.model.init_from is read and checked here, before anything is written or compiled
   # (None when it is empty or the workdir has its own checkpoint to resume from).
   start = init_from.prepare(exp, workdir)
+  # A read-only or unwritable workdir, and a second job on it, stop here, before anything
+  # is loaded or compiled. Process 0 holds the lock for the whole job.
+  workdir_lock.check_writable(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with (workdir_lock.hold(workdir) if parallel.is_main_process() else contextlib.nullcontext(),
+        parallel.exit_promptly_if_a_process_is_lost()):
+    return _train(config, exp, workdir, start, stop_at)
+
+
+def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Path,
+           start: init_from.Start | None, stop_at: int | None) -> TrainState:
+  plan, mesh = exp.plan, exp.mesh
+  end = optim.total_steps(plan)
   logging.info('mesh %s over %d devices (%d processes), params %s', dict(mesh.shape),
                mesh.size, jax.process_count(), config.mesh.param_sharding)
   data_iter = input_pipeline.create_train_iterator(config, rows=exp.process_rows())
@@ -123,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
       if step % skip_check_every == 0 or finished:
         skips = int(state.skips)
         if skips >= config.max_consecutive_skips:
-          manager.wait_until_finished()
+          checkpoints.wait(manager)
           manager.close()
           raise NonFiniteError(
               f'{skips} consecutive steps up to step {step} had a non-finite loss or gradient '
@@ -160,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
       if stop:
         break
 
-  manager.wait_until_finished()
+  checkpoints.wait(manager)  # a save that failed in the background is reported here
   manager.close()
   writer.flush()
   return state

@@ -7,8 +7,6 @@ depend on the trained weights), otherwise freshly initialised weights (stated).
 from __future__ import annotations
 
 import json
-import time
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,52 +16,10 @@ from etils import epath
 from biflow_jax import checkpoints, config_lib, parallel
 from biflow_jax.experiment import build_experiment, example_batch
 from biflow_jax.models.flow import ForwardFlow, score_denoise
-
-
-# Dense bf16 peak TFLOP/s per chip, by the start of `jax.Device.device_kind`.
-PEAK_TFLOPS = {
-    'TPU v4': 275.0, 'TPU v5 lite': 197.0, 'TPU v5e': 197.0, 'TPU v5p': 459.0, 'TPU v5': 459.0,
-    'TPU v6 lite': 918.0, 'TPU v6e': 918.0,
-    'NVIDIA A100': 312.0, 'NVIDIA H100': 989.0, 'NVIDIA H200': 989.0,
-}
-
-
-def peak_tflops(device_kind: str, override: float = 0.0) -> float | None:
-  """The chip's peak (config.bench.peak_tflops wins); None when unknown (e.g. CPUs)."""
-  if override > 0:
-    return float(override)
-  for prefix in sorted(PEAK_TFLOPS, key=len, reverse=True):
-    if device_kind.startswith(prefix):
-      return PEAK_TFLOPS[prefix]
-  return None
-
-
-def compiled_flops(jitted, *args, **kwargs) -> float | None:
-  """FLOPs of one call from XLA's cost analysis of the compiled program."""
-  try:
-    cost = jitted.lower(*args, **kwargs).compile().cost_analysis()
-  except Exception:  # pylint: disable=broad-except  (backends without cost analysis)
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  return float(cost['flops']) if cost and 'flops' in cost else None
-
-
-def peak_memory_bytes() -> int | None:
-  """Peak device memory in use (GPU/TPU); None where the backend does not report it."""
-  stats = jax.devices()[0].memory_stats()
-  return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
-
-
-def time_fn(fn: Callable[[], Any], repeats: int = 5) -> float:
-  """Median seconds of fn() after one warm-up (compile) call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+# The timing primitives live in a module of their own (no data or config stack), so the
+# device benchmark imports them on a bare jax image; re-exported here for the callers.
+from biflow_jax.timing import (PEAK_TFLOPS, compiled_flops, flops_of, memory_of,  # noqa: F401
+                               peak_memory_bytes, peak_tflops, time_fn)
 
 
 def decoder_timings(flow: ForwardFlow, forward_params, batch: int, guidance: float = 0.0,
@@ -119,7 +75,8 @@ def train_step_timing(config, state, step_fn, args: tuple, repeats: int = 5,
   state is the next call's input).
   """
   holder = {'state': state}
-  flops = compiled_flops(step_fn, state, *args)
+  compiled = step_fn.lower(state, *args).compile()
+  flops, memory = flops_of(compiled), memory_of(compiled)
 
   def run():
     holder['state'], metrics = step_fn(holder['state'], *args)
@@ -129,7 +86,7 @@ def train_step_timing(config, state, step_fn, args: tuple, repeats: int = 5,
   result = {'train_step_ms': 1e3 * t, 'train_examples_per_sec': config.batch_size / t,
             'train_step_tflops': None if flops is None else flops / 1e12,
             'train_achieved_tflops_per_sec': None if flops is None else flops / t / 1e12,
-            'peak_tflops': peak, 'mfu': None}
+            'peak_tflops': peak, 'mfu': None, 'train_step_memory_bytes': memory}
   if flops is not None and peak:
     result['mfu'] = flops / t / (peak * 1e12)
   return result
@@ -200,6 +157,10 @@ def format_table(result: dict) -> str:
   mfu = result.get('mfu')
   mfu_text = (f"MFU {100 * mfu:.1f}% of {result['peak_tflops']:g} TFLOP/s" if mfu is not None
               else 'MFU n/a (unknown peak: set --config.bench.peak_tflops)')
+  compiled = result.get('train_step_memory_bytes')
+  if compiled:
+    lines.append('train step memory per device (XLA analysis): ' + ', '.join(
+        f'{k} {v / 2**30:.3f} GiB' for k, v in compiled.items() if k != 'generated_code'))
   memory = result.get('peak_memory_bytes')
   lines.append(f"train step: {result['train_step_ms']:.1f} ms "
                f"({result['train_examples_per_sec']:.1f} examples/s), {mfu_text}; "

@@ -50,6 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
       prior_var=False,       # F ends with z / sqrt(var), a fixed (T, D) prior variance: TARFlow's
                              # `var` buffer, set by init_from (never trained)
       dtype='float32',       # compute dtype; params stay float32 ('bfloat16' on TPU/GPU)
+      # Speed on accelerators (models/layers.py; off = the original unrolled, hand-written path):
+      attention='einsum',    # einsum (hand-written) | xla | cudnn | auto: jax.nn.dot_product_attention
+      scan=False,            # nn.scan over blocks and layers: compile time flat in depth; params
+                             # stacked (models/layout.py converts either layout's checkpoints)
+      remat='none',          # none | full | dots | dots_all: per-layer rematerialisation policy
       # Start F (params and EMA) from a trained flow instead of config.seed: a TARFlow state
       # dict (.pth with torch, or .npz/.safetensors under PyTorch names), a biflow_jax workdir
       # (its latest checkpoint) or one checkpoint step directory (DIR/checkpoints/<step>). Its
@@ -71,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
                               # for every stage (hidden distillation, objective.reverse_mode='hidden')
       qk_norm=True,           # RMS-normalise queries and keys
       dtype='',               # compute dtype; '' = model.dtype
+      attention='',           # '' = model.attention
+      scan=False,             # nn.scan over G's layers (stage outputs kept at stage boundaries)
+      remat='none',           # as model.remat
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -245,6 +253,10 @@ _CHOICES = {
     'sample.decoder': sampling.DECODERS,
     'sample.denoise': sampling.DENOISERS,
     'model.dtype': tuple(layers.DTYPES),
+    'model.attention': layers.ATTENTION_IMPLS,
+    'model.remat': layers.REMAT_POLICIES,
+    'reverse.attention': ('',) + layers.ATTENTION_IMPLS,
+    'reverse.remat': layers.REMAT_POLICIES,
     'eval.feature_net': features.FEATURE_NETS,
     'reverse.size': tuple(generator.SIZES),
     'reverse.mlp': generator.MLP_KINDS,

@@ -41,6 +41,7 @@ from etils import epath
 
 from biflow_jax.convert import tarflow
 from biflow_jax.experiment import Experiment
+from biflow_jax.models import layout
 from biflow_jax.train_state import TrainState
 
 # config.model fields a source can state or imply, in the order an error lists them.
@@ -214,6 +215,8 @@ def read_source(path: str) -> Source:
     step_dir, step = resolve_run(where)
     stated = run_config(step_dir)
     params = read_params(step_dir)
+    if 'blocks' in params:  # a scanned run's stacked layout: facts read the per-layer one
+      params = layout.to_flow_layout(params, scan=False)
     return Source(str(step_dir), 'biflow_jax checkpoint', step,
                   forward_facts(params, stated), params, None)
   if not where.exists():
@@ -301,7 +304,7 @@ def load(exp: Experiment) -> Start:
     params = tarflow.convert_params(source.state, exp.models.flow)
   else:
     check(source, model)
-    params = dict(source.params)
+    params = layout.to_flow_layout(source.params, exp.models.flow.scan)
   if model.prior_var and 'var' not in params:  # var = 1: the same F with its prior layer
     params['var'] = np.ones((exp.models.flow.num_tokens, exp.models.flow.token_dim), np.float32)
   check_tree(params, exp.abstract_state.params['forward'], source.describe())

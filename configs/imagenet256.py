@@ -71,12 +71,20 @@ def get_config(size: str = 'B'):
   c.model.num_classes = 1000
   c.model.clip = 3.0                 # forward norm control
   c.model.dtype = 'bfloat16'
+  # Accelerator paths (models/layers.py): fused attention (cuDNN flash on a GPU in bf16),
+  # scanned blocks and layers (compile time flat in depth, stacked params), and per-layer
+  # remat keeping the weight matmuls ('dots') to cut activation memory (unmeasured on a chip).
+  c.model.attention = 'auto'
+  c.model.scan = True
+  c.model.remat = 'dots'
 
   # --- G: BiFlow-X/2 ----------------------------------------------------------------------
   c.reverse.enabled = True
   c.reverse.size = size
   c.reverse.mlp = 'swiglu'
   c.reverse.head_mode = 'per_stage'  # hidden alignment
+  c.reverse.scan = True              # attention follows model.attention
+  c.reverse.remat = 'dots'
 
   # --- objectives ------------------------------------------------------------------------
   c.objective.noise_sigma = 0.1      # in units of the scaled latents (std ~1)

@@ -21,6 +21,12 @@ def get_config():
   c.model.num_classes = 1000
   c.model.clip = 3.0
   c.model.dtype = 'bfloat16'
+  # Accelerator paths (models/layers.py): fused attention (cuDNN flash on a GPU in bf16),
+  # scanned blocks and layers (compile time flat in depth, stacked params), and per-layer
+  # remat keeping the weight matmuls ('dots') to cut activation memory (unmeasured on a chip).
+  c.model.attention = 'auto'
+  c.model.scan = True
+  c.model.remat = 'dots'
   c.data.source = 'tfds'
   c.data.tfds_name = 'imagenet_resized/64x64'
   c.data.train_split = 'train'

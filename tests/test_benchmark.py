@@ -4,6 +4,7 @@ import json
 import pytest
 
 from biflow_jax import benchmark
+from biflow_jax.tools import step_cost
 
 from test_train import parse_config
 
@@ -12,7 +13,8 @@ KEYS = ('device', 'backend', 'weights', 'batch', 'exact_ms_per_image', 'fixed_po
         'fixed_point_max_abs_diff_vs_exact', 'score_denoise_ms_per_image',
         'speedup_fixed_point_vs_exact', 'reverse_ms_per_image', 'speedup_reverse_vs_exact',
         'train_step_ms', 'train_examples_per_sec', 'train_step_tflops',
-        'train_achieved_tflops_per_sec', 'peak_tflops', 'mfu', 'peak_memory_bytes')
+        'train_achieved_tflops_per_sec', 'peak_tflops', 'mfu', 'peak_memory_bytes',
+        'train_step_memory_bytes')
 
 
 def test_bench_writes_every_key(tmp_path, capsys):
@@ -25,6 +27,8 @@ def test_bench_writes_every_key(tmp_path, capsys):
   assert saved['exact_ms_per_image'] > 0 and saved['reverse_ms_per_image'] > 0
   assert saved['train_step_tflops'] > 0
   assert 0 < saved['mfu'] < 1  # against a made-up 1 TFLOP/s peak
+  memory = saved['train_step_memory_bytes']  # XLA's analysis of the compiled step
+  assert memory['argument'] > 0 and memory['total'] >= memory['argument'] - memory['alias']
   assert saved['fixed_point_max_abs_diff_vs_exact'] < 1e-2
   assert 'BiFlow reverse model G (1 NFE)' in capsys.readouterr().out
   assert result['batch'] == 4
@@ -35,3 +39,11 @@ def test_bench_writes_every_key(tmp_path, capsys):
 def test_peak_table(kind, expected):
   assert benchmark.peak_tflops(kind) == expected
   assert benchmark.peak_tflops(kind, override=3.0) == 3.0
+
+
+def test_step_cost_reports_compiled_memory_per_phase():
+  result = step_cost.step_cost(parse_config('--config.reverse.enabled=True'), memory=True)
+  memory = result['train_step_memory_bytes']
+  assert set(memory) == set(result['train_step_flops']) and result['num_devices'] >= 1
+  for phase in memory.values():
+    assert phase['argument'] > 0 and phase['total'] > 0

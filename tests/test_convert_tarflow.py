@@ -26,9 +26,11 @@ def nhwc(a):
   return np.asarray(a).transpose(0, 2, 3, 1)
 
 
-@pytest.fixture(scope='module')
-def loaded():
-  flow, params = tarflow.load(REF)
+@pytest.fixture(scope='module', params=[False, True], ids=['per_layer', 'scanned'])
+def loaded(request):
+  """The reference checkpoint in both parameter layouts: every parity test runs on each."""
+  flow, params = tarflow.load(REF, scan=request.param)
+  assert flow.scan == request.param and ('blocks' in params) == request.param
   return flow, {'params': params}, np.load(REF)
 
 
@@ -144,7 +146,7 @@ def test_learned_prior_variance_is_folded_into_f_exactly(tmp_path, loaded):
   shutil.copy(DATA / 'tarflow_reference.json', tmp_path / 'ckpt.json')
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    flow_v, params_v = tarflow.load(path)
+    flow_v, params_v = tarflow.load(path, scan=flow.scan)
   assert flow_v.prior_var and np.array_equal(params_v['var'], var)
   x, y = nhwc(ref['x']), ref['y'].astype(np.int32)
   forward = lambda f, v, x: f.apply(v, x, y)
@@ -171,7 +173,8 @@ def test_learned_prior_variance_is_folded_into_f_exactly(tmp_path, loaded):
   nll = lambda p: jnp.sum(gaussian_nll(*flow_v.apply({'params': p}, x, y)[:2]))
   grads = jax.jit(jax.grad(nll))(params_v)
   assert np.all(np.asarray(grads['var']) == 0)
-  assert float(jnp.max(jnp.abs(grads['blocks_0']['proj_out']['bias']))) > 0
+  first = grads['blocks'] if flow.scan else grads['blocks_0']
+  assert float(jnp.max(jnp.abs(first['proj_out']['bias']))) > 0
   # And it goes back out exactly.
   np.testing.assert_array_equal(tarflow.export_state_dict(flow_v, params_v)['var'], var)
 

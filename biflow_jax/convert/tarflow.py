@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from biflow_jax.convert.state_dict import read_state_dict
+from biflow_jax.models import layout
 from biflow_jax.models.flow import ForwardFlow
 
 #: TARFlow's `Model` builds every attention layer with this head size (not an argument).
@@ -218,7 +219,8 @@ def _norm(state, name):
 
 
 def convert_params(state: Mapping[str, np.ndarray], flow: ForwardFlow) -> dict:
-  """PyTorch TARFlow names -> the ForwardFlow params tree (numpy, float32).
+  """PyTorch TARFlow names -> the ForwardFlow params tree (numpy, float32), in `flow`'s
+  layout (stacked when flow.scan, models/layout.py).
 
   With `flow.prior_var`, TARFlow's `var` becomes F's `var` (all ones when absent).
   """
@@ -243,12 +245,14 @@ def convert_params(state: Mapping[str, np.ndarray], flow: ForwardFlow) -> dict:
   if flow.prior_var:
     params['var'] = np.asarray(state.get('var', np.ones((flow.num_tokens, flow.token_dim),
                                                         np.float32)), np.float32)
-  return params
+  return layout.to_flow_layout(params, flow.scan)
 
 
 def load(path: str | Path, *, in_channels: int | None = None, head_dim: int | None = None,
-         patch_size: int | None = None, img_size: int | None = None) -> tuple[ForwardFlow, dict]:
-  """(flow, params) from a TARFlow checkpoint; use as flow.apply({'params': params}, x, y)."""
+         patch_size: int | None = None, img_size: int | None = None,
+         scan: bool = False) -> tuple[ForwardFlow, dict]:
+  """(flow, params) from a TARFlow checkpoint; use as flow.apply({'params': params}, x, y).
+  scan=True gives the scanned F and its stacked params (models/layout.py)."""
   path = Path(path)
   state = read_state(path)
   args = _architecture_args(path, dict(in_channels=in_channels, head_dim=head_dim,
@@ -256,6 +260,7 @@ def load(path: str | Path, *, in_channels: int | None = None, head_dim: int | No
   flow = build_flow(state, in_channels=int(args['in_channels']), head_dim=int(args['head_dim']),
                     patch_size=args.get('patch_size'), img_size=args.get('img_size'),
                     clip=args.get('clip'))
+  flow = flow.clone(scan=scan)
   return flow, convert_params(state, flow)
 
 
@@ -269,7 +274,8 @@ def _linear(params, name, out, key):
 def export_state_dict(flow: ForwardFlow, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """F's params -> TARFlow's state dict (numpy float32, PyTorch names and layouts), with its
   buffers: each block's causal `attn_mask` and the prior `var` (ones without a prior layer).
-  `convert_params` of the result gives back exactly `params`."""
+  `convert_params` of the result gives back exactly `params`. Either layout is accepted."""
+  params = layout.to_flow_layout(params, scan=False)
   out: dict[str, np.ndarray] = {}
   for i in range(flow.num_blocks):
     p, b = params[f'blocks_{i}'], f'blocks.{i}'

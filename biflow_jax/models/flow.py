@@ -51,8 +51,22 @@ def _guide(cond: Array, uncond: Array, guidance) -> Array:
   return cond + guidance * (cond - uncond)
 
 
+def flip(x: Array, reverse, axis: int = 1) -> Array:
+  """x reversed along `axis` when `reverse`; a Python bool decides statically, a traced
+  one (the block scan's order flag) selects at run time."""
+  if isinstance(reverse, (bool, np.bool_)):
+    return jnp.flip(x, axis) if reverse else x
+  return jnp.where(reverse, jnp.flip(x, axis), x)
+
+
 class FlowBlock(nn.Module):
-  """One causal affine block f_i. Inputs and outputs are in the original token order."""
+  """One causal affine block f_i. Inputs and outputs are in the original token order.
+
+  The token order is `reverse_order` unless a method is given `reverse` (a Python or
+  traced bool: scanned blocks share one definition and get their order as data).
+  scan: the layers are one nn.scan (params stacked on a leading axis of num_layers);
+  remat: layers.REMAT_POLICIES name.
+  """
   num_tokens: int
   token_dim: int
   channels: int
@@ -63,6 +77,9 @@ class FlowBlock(nn.Module):
   reverse_order: bool = False
   clip: float | None = None
   dtype: Any = jnp.float32
+  attention: str = 'einsum'
+  scan: bool = False
+  remat: str = 'none'
 
   def setup(self):
     init = nn.initializers.normal(stddev=0.01)
@@ -70,18 +87,24 @@ class FlowBlock(nn.Module):
     self.pos_embed = self.param('pos_embed', init, (self.num_tokens, self.channels))
     if self.num_classes:
       self.class_embed = self.param('class_embed', init, (self.num_classes, self.channels))
-    self.layers = [layers.TransformerLayer(self.channels, self.num_heads, self.mlp_ratio,
-                                           dtype=self.dtype) for _ in range(self.num_layers)]
+    stack = layers.stack_of(layers.StackLayer, self.num_layers, self.scan, self.remat,
+                            in_axes=(0, nn.broadcast, nn.broadcast))
+    kw = dict(width=self.channels, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+              dtype=self.dtype, attention=self.attention)
+    self.layers = stack(**kw) if self.scan else [stack(**kw) for _ in range(self.num_layers)]
     self.proj_out = nn.Dense(2 * self.token_dim, dtype=self.dtype,
                              kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
 
   # -- ordering and conditioning ------------------------------------------------------
-  def permute(self, x: Array) -> Array:
-    """Original order <-> block order (its own inverse), along the token axis 1."""
-    return x[:, ::-1] if self.reverse_order else x
+  def _order(self, reverse):
+    return self.reverse_order if reverse is None else reverse
 
-  def _positions(self) -> Array:
-    return self.pos_embed[::-1] if self.reverse_order else self.pos_embed
+  def permute(self, x: Array, reverse=None) -> Array:
+    """Original order <-> block order (its own inverse), along the token axis 1."""
+    return flip(x, self._order(reverse), axis=1)
+
+  def _positions(self, reverse=None) -> Array:
+    return flip(self.pos_embed, self._order(reverse), axis=0)
 
   def _condition(self, y: Array | None) -> Array | float:
     """(B, 1, C) class embedding; label -1 (or y=None) is the mean embedding."""
@@ -101,49 +124,67 @@ class FlowBlock(nn.Module):
       b = jnp.clip(b, -self.clip, self.clip)
     return a, b
 
+  def _run_layers(self, h: Array, cache, t, temperature):
+    if self.scan:
+      return self.layers(h, cache, t, temperature)
+    new_cache = None if cache is None else []
+    for j, layer in enumerate(self.layers):
+      h, layer_cache = layer(h, None if cache is None else cache[j], t, temperature)
+      if cache is not None:
+        new_cache.append(layer_cache)
+    return h, new_cache
+
   # -- parallel (training / fixed point) ----------------------------------------------
-  def shift_params(self, x_perm: Array, y: Array | None, temperature=1.0) -> tuple[Array, Array]:
+  def shift_params(self, x_perm: Array, y: Array | None, temperature=1.0,
+                   reverse=None) -> tuple[Array, Array]:
     """(a, b) for every token of x_perm (block order, any prefix length <= T)."""
     length = x_perm.shape[1]
-    h = self.proj_in(x_perm.astype(self.dtype)) + self._positions()[:length] + self._condition(y)
+    h = (self.proj_in(x_perm.astype(self.dtype)) + self._positions(reverse)[:length]
+         + self._condition(y))
     h = h.astype(self.dtype)
-    mask = layers.causal_mask(length)
-    for layer in self.layers:
-      h = layer(h, mask, temperature)
+    h, _ = self._run_layers(h, None, None, temperature)
     a, b = self._head(h)
     zero = jnp.zeros_like(a[:, :1])
     return (jnp.concatenate([zero, a[:, :-1]], axis=1),
             jnp.concatenate([zero, b[:, :-1]], axis=1))
 
-  def __call__(self, x: Array, y: Array | None = None) -> tuple[Array, Array]:
-    x = self.permute(x.astype(jnp.float32))
-    a, b = self.shift_params(x, y)
+  def __call__(self, x: Array, y: Array | None = None, reverse=None) -> tuple[Array, Array]:
+    x = self.permute(x.astype(jnp.float32), reverse)
+    a, b = self.shift_params(x, y, reverse=reverse)
     z = (x - b) * jnp.exp(-a)
-    return self.permute(z), -jnp.sum(a, axis=(1, 2))
+    return self.permute(z, reverse), -jnp.sum(a, axis=(1, 2))
 
   # -- serial (exact inverse) ---------------------------------------------------------
   def init_cache(self, batch: int):
     return layers.init_kv_cache(batch, self.num_tokens, self.num_layers, self.num_heads,
-                                self.channels // self.num_heads, self.dtype)
+                                self.channels // self.num_heads, self.dtype, stacked=self.scan)
 
-  def decode_step(self, x_t: Array, t: Array, y: Array | None, cache, temperature=1.0):
+  def decode_step(self, x_t: Array, t: Array, y: Array | None, cache, temperature=1.0,
+                  reverse=None):
     """Feed token t (block order, (B, 1, D)); get (a, b) for token t + 1."""
-    pos = jax.lax.dynamic_slice_in_dim(self._positions(), t, 1, axis=0)
+    pos = jax.lax.dynamic_slice_in_dim(self._positions(reverse), t, 1, axis=0)
     h = (self.proj_in(x_t.astype(self.dtype)) + pos + self._condition(y)).astype(self.dtype)
-    new_cache = []
-    for layer, layer_cache in zip(self.layers, cache):
-      h, layer_cache = layer.decode(h, t, layer_cache, temperature)
-      new_cache.append(layer_cache)
-    return self._head(h), new_cache
+    h, cache = self._run_layers(h, cache, t, temperature)
+    return self._head(h), cache
 
 
-def _exact_block_inverse(block: FlowBlock, variables, z: Array, y, guidance, temperature) -> Array:
+class _ScannedBlock(FlowBlock):
+  """FlowBlock with nn.scan's call: (tokens, reverse flag, y) -> (tokens', (tokens', logdet))."""
+
+  def __call__(self, x: Array, reverse=None, y: Array | None = None):
+    z, logdet = FlowBlock.__call__(self, x, y, reverse)
+    return z, (z, logdet)
+
+
+def _exact_block_inverse(block: FlowBlock, variables, z: Array, y, guidance, temperature,
+                         reverse=None) -> Array:
   """x from z = f(x) in block order, token by token with a KV cache."""
   batch, length, _ = z.shape
   guided = not _no_guidance(guidance)
 
   def step(x_t, t, labels, cache, temp):
-    return block.apply(variables, x_t, t, labels, cache, temp, method=FlowBlock.decode_step)
+    return block.apply(variables, x_t, t, labels, cache, temp, reverse,
+                       method=FlowBlock.decode_step)
 
   def body(t, carry):
     x, cache_c, cache_u = carry
@@ -162,7 +203,7 @@ def _exact_block_inverse(block: FlowBlock, variables, z: Array, y, guidance, tem
 
 
 def _fixed_point_block_inverse(block: FlowBlock, variables, z: Array, y, guidance, temperature,
-                               tol, max_iters: int, num_groups: int):
+                               tol, max_iters: int, num_groups: int, reverse=None):
   """Gauss-Seidel over groups (in order), Jacobi inside a group; num_groups=1 is Jacobi.
 
   A group only sees the prefix up to its own end (causality), so later tokens cost
@@ -173,9 +214,10 @@ def _fixed_point_block_inverse(block: FlowBlock, variables, z: Array, y, guidanc
   guided = not _no_guidance(guidance)
 
   def shift_params(x_prefix):
-    a, b = block.apply(variables, x_prefix, y, method=FlowBlock.shift_params)
+    a, b = block.apply(variables, x_prefix, y, 1.0, reverse, method=FlowBlock.shift_params)
     if guided:
-      a_u, b_u = block.apply(variables, x_prefix, None, temperature, method=FlowBlock.shift_params)
+      a_u, b_u = block.apply(variables, x_prefix, None, temperature, reverse,
+                             method=FlowBlock.shift_params)
       a, b = _guide(a, a_u, guidance), _guide(b, b_u, guidance)
     return a, b
 
@@ -227,6 +269,13 @@ class ForwardFlow(nn.Module):
   clip: float | None = None
   prior_var: bool = False  # a fixed per-(token, dim) prior variance, TARFlow's `var`
   dtype: Any = jnp.float32
+  attention: str = 'einsum'  # layers.ATTENTION_IMPLS
+  # scan: the blocks are one nn.scan (each block's layers another), so compile time does
+  # not grow with depth; params are stacked: blocks/layers/... with leading axes
+  # (num_blocks, layers_per_block) instead of blocks_i/layers_j/... (models/layout.py
+  # converts between the two). remat: layers.REMAT_POLICIES name, per layer.
+  scan: bool = False
+  remat: str = 'none'
 
   @classmethod
   def from_config(cls, model_config) -> 'ForwardFlow':
@@ -238,7 +287,9 @@ class ForwardFlow(nn.Module):
                mlp_ratio=m.mlp_ratio, num_classes=m.num_classes,
                clip=None if m.clip is None else float(m.clip),
                prior_var=bool(m.get('prior_var', False)),
-               dtype=layers.resolve_dtype(m.dtype))
+               dtype=layers.resolve_dtype(m.dtype),
+               attention=m.get('attention', 'einsum'), scan=bool(m.get('scan', False)),
+               remat=m.get('remat', 'none'))
 
   @property
   def num_tokens(self) -> int:
@@ -253,13 +304,26 @@ class ForwardFlow(nn.Module):
   def num_dims(self) -> int:
     return int(np.prod(self.image_shape))
 
+  def _block_kwargs(self) -> dict:
+    return dict(num_tokens=self.num_tokens, token_dim=self.token_dim, channels=self.channels,
+                num_layers=self.layers_per_block, num_heads=self.num_heads,
+                mlp_ratio=self.mlp_ratio, num_classes=self.num_classes, clip=self.clip,
+                dtype=layers.resolve_dtype(self.dtype), attention=self.attention,
+                scan=self.scan, remat=self.remat)
+
+  def _orders(self) -> Array:
+    """(num_blocks,) bool: block i runs its tokens reversed when i is odd."""
+    return jnp.arange(self.num_blocks) % 2 == 1
+
   def setup(self):
     self._check_config()
-    self.blocks = [
-        FlowBlock(self.num_tokens, self.token_dim, self.channels, self.layers_per_block,
-                  self.num_heads, self.mlp_ratio, self.num_classes, reverse_order=bool(i % 2),
-                  clip=self.clip, dtype=layers.resolve_dtype(self.dtype))
-        for i in range(self.num_blocks)]
+    if self.scan:
+      scanned = nn.scan(_ScannedBlock, variable_axes={'params': 0}, split_rngs={'params': True},
+                        in_axes=(0, nn.broadcast), length=self.num_blocks)
+      self.blocks = scanned(**self._block_kwargs())
+    else:
+      self.blocks = [FlowBlock(reverse_order=bool(i % 2), **self._block_kwargs())
+                     for i in range(self.num_blocks)]
     if self.prior_var:
       self.prior_variance = self.param('var', nn.initializers.ones,
                                        (self.num_tokens, self.token_dim))
@@ -281,6 +345,8 @@ class ForwardFlow(nn.Module):
       raise ValueError('model.num_blocks and model.layers_per_block must be >= 1')
     if self.clip is not None and self.clip <= 0:
       raise ValueError(f'model.clip={self.clip} must be positive (or None to turn it off)')
+    layers.check_attention_impl(self.attention)
+    layers.remat_policy(self.remat)
 
   def _check_labels(self, y: Array | None, batch: int) -> None:
     """Concrete labels are checked here; traced ones are the data pipeline's job."""
@@ -312,10 +378,16 @@ class ForwardFlow(nn.Module):
     tokens = layers.patchify(x.astype(jnp.float32), self.patch_size)
     trajectory = [tokens]
     logdet = jnp.zeros((x.shape[0],), jnp.float32)
-    for block in self.blocks:
-      tokens, block_logdet = block(tokens, y)
-      logdet = logdet + block_logdet
-      trajectory.append(tokens)
+    if self.scan:
+      tokens, (states, logdets) = self.blocks(tokens, self._orders(), y)
+      for i in range(self.num_blocks):  # the same summation order as the unrolled loop
+        logdet = logdet + logdets[i]
+        trajectory.append(states[i])
+    else:
+      for block in self.blocks:
+        tokens, block_logdet = block(tokens, y)
+        logdet = logdet + block_logdet
+        trajectory.append(tokens)
     if self.prior_var:  # z = x^B / sqrt(var): the last state is what G starts from
       tokens = tokens / self._prior_std()
       logdet = logdet - 0.5 * jnp.sum(jnp.log(jax.lax.stop_gradient(self.prior_variance)))
@@ -343,22 +415,51 @@ class ForwardFlow(nn.Module):
     x = z.astype(jnp.float32)
     if self.prior_var:
       x = x * self._prior_std()  # TARFlow's `x = x * self.var.sqrt()`
-    iterations, residuals = [], []
-    for block in reversed(self.blocks):
-      unbound, variables = block.unbind()
-      x_perm = block.permute(x)
-      if mode == 'exact':
-        x_perm = _exact_block_inverse(unbound, variables, x_perm, y, guidance, attn_temp)
-      else:
-        x_perm, it, res = _fixed_point_block_inverse(
-            unbound, variables, x_perm, y, guidance, attn_temp, tol, max_iters, num_groups)
-        iterations.append(it)
-        residuals.append(res)
-      x = block.permute(x_perm)
+    if self.scan:
+      x, iterations, residuals = self._scanned_inverse(
+          x, y, mode, guidance, attn_temp, tol, max_iters, num_groups)
+    else:
+      iterations, residuals = [], []
+      for block in reversed(self.blocks):
+        unbound, variables = block.unbind()
+        x_perm = block.permute(x)
+        if mode == 'exact':
+          x_perm = _exact_block_inverse(unbound, variables, x_perm, y, guidance, attn_temp)
+        else:
+          x_perm, it, res = _fixed_point_block_inverse(
+              unbound, variables, x_perm, y, guidance, attn_temp, tol, max_iters, num_groups)
+          iterations.append(it)
+          residuals.append(res)
+        x = block.permute(x_perm)
+      if mode != 'exact':
+        iterations, residuals = jnp.stack(iterations[::-1]), jnp.stack(residuals[::-1])
     image = layers.unpatchify(x, self.image_shape, self.patch_size)
     if mode == 'exact':
       return image
-    return image, jnp.stack(iterations[::-1]), jnp.stack(residuals[::-1])
+    return image, iterations, residuals
+
+  def _scanned_inverse(self, x, y, mode, guidance, attn_temp, tol, max_iters, num_groups):
+    """All blocks' inverses as one lax.scan over the stacked block params (last block
+    first): one traced block body whatever num_blocks is. -> (x, iterations, residuals),
+    the last two per block in block order (empty for 'exact')."""
+    block = FlowBlock(**self._block_kwargs(), parent=None)  # unbound: applied to each slice
+    stacked = self.variables['params']['blocks']
+
+    def body(x, inputs):
+      params, reverse = inputs
+      variables = {'params': params}
+      x_perm = flip(x, reverse)
+      if mode == 'exact':
+        x_perm = _exact_block_inverse(block, variables, x_perm, y, guidance, attn_temp, reverse)
+        stats = (jnp.int32(0), jnp.float32(0))
+      else:
+        x_perm, it, res = _fixed_point_block_inverse(
+            block, variables, x_perm, y, guidance, attn_temp, tol, max_iters, num_groups, reverse)
+        stats = (it, res)
+      return flip(x_perm, reverse), stats
+
+    x, (iterations, residuals) = jax.lax.scan(body, x, (stacked, self._orders()), reverse=True)
+    return x, iterations, residuals
 
 
 def gaussian_nll(z: Array, logdet: Array) -> Array:

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biflow_jax.models import layers
 from biflow_jax.models.layers import resolve_dtype
 
 Array = jax.Array
@@ -122,11 +123,15 @@ def _zero_dense(features: int, dtype: Dtype, name: str | None = None) -> nn.Dens
 
 
 class SelfAttention(nn.Module):
-  """Bidirectional multi-head attention (no mask), with RMS qk-norm for stability."""
+  """Bidirectional multi-head attention (no mask), with RMS qk-norm for stability.
+
+  `attention` is one of layers.ATTENTION_IMPLS; 'einsum' is the original hand-written path.
+  """
   width: int
   num_heads: int
   qk_norm: bool = True
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -137,10 +142,13 @@ class SelfAttention(nn.Module):
     if self.qk_norm:
       q = nn.RMSNorm(epsilon=_NORM_EPS, dtype=jnp.float32, name='q_norm')(q.astype(jnp.float32))
       k = nn.RMSNorm(epsilon=_NORM_EPS, dtype=jnp.float32, name='k_norm')(k.astype(jnp.float32))
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q.astype(self.dtype), k.astype(self.dtype))
-    logits = logits.astype(jnp.float32) / math.sqrt(head_dim)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v.astype(self.dtype))
+    if self.attention == 'einsum':
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q.astype(self.dtype), k.astype(self.dtype))
+      logits = logits.astype(jnp.float32) / math.sqrt(head_dim)
+      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      out = jnp.einsum('bhqk,bkhd->bqhd', weights, v.astype(self.dtype))
+    else:
+      out = layers.attend(q, k, v, impl=self.attention, dtype=self.dtype)
     return nn.Dense(self.width, dtype=self.dtype, name='proj')(out.reshape(*x.shape[:2], self.width))
 
 
@@ -174,19 +182,23 @@ class AdaLNBlock(nn.Module):
   mlp_ratio: float = 4
   qk_norm: bool = True
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'
+  scan_output: bool = False  # return (x, x): nn.scan's (carry, output) for a scanned stack
 
   @nn.compact
-  def __call__(self, x: Array, c_act: Array) -> Array:
+  def __call__(self, x: Array, c_act: Array) -> Array | tuple[Array, Array]:
     """x: (B, T, width) float32 residual stream; c_act: silu(c), (B, width)."""
     mod = _zero_dense(6 * self.width, self.dtype, 'modulation')(c_act.astype(self.dtype))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(
         mod.astype(jnp.float32)[:, None, :], 6, axis=-1)
     h = _modulate(_rms_norm('norm1')(x), shift1, scale1)
-    h = SelfAttention(self.width, self.num_heads, self.qk_norm, self.dtype, name='attn')(h)
+    h = SelfAttention(self.width, self.num_heads, self.qk_norm, self.dtype, self.attention,
+                      name='attn')(h)
     x = x + gate1 * h.astype(jnp.float32)
     h = _modulate(_rms_norm('norm2')(x), shift2, scale2)
     h = FeedForward(self.width, self.mlp, self.mlp_ratio, self.dtype, name='mlp')(h)
-    return x + gate2 * h.astype(jnp.float32)
+    x = x + gate2 * h.astype(jnp.float32)
+    return (x, x) if self.scan_output else x
 
 
 class ReverseModel(nn.Module):
@@ -213,6 +225,12 @@ class ReverseModel(nn.Module):
   head_mode: str = 'per_stage'
   qk_norm: bool = True
   dtype: Any = jnp.float32
+  attention: str = 'einsum'  # layers.ATTENTION_IMPLS
+  # scan: the depth layers are one nn.scan (params `blocks/...` stacked on a leading depth
+  # axis instead of blocks_k/...; models/layout.py converts); every layer's output is a
+  # scan output, of which the stage boundaries are kept. remat: layers.REMAT_POLICIES.
+  scan: bool = False
+  remat: str = 'none'
 
   @classmethod
   def from_config(cls, reverse_config, model_config) -> 'ReverseModel':
@@ -220,7 +238,7 @@ class ReverseModel(nn.Module):
 
     Reads reverse fields with .get(name, default): size, width/depth/num_heads (0 = from
     `size`; a size's depth is raised to B + 1 if smaller), mlp, mlp_ratio, head_mode,
-    qk_norm, dtype ('' = model.dtype).
+    qk_norm, dtype ('' = model.dtype), attention ('' = model.attention), scan, remat.
     """
     r, m = reverse_config, model_config
     size = r.get('size', 'tiny')
@@ -240,7 +258,9 @@ class ReverseModel(nn.Module):
                num_classes=int(m.num_classes),
                head_mode=r.get('head_mode', 'per_stage'),
                qk_norm=bool(r.get('qk_norm', True)),
-               dtype=resolve_dtype(r.get('dtype', '') or m.dtype))
+               dtype=resolve_dtype(r.get('dtype', '') or m.dtype),
+               attention=r.get('attention', '') or m.get('attention', 'einsum'),
+               scan=bool(r.get('scan', False)), remat=r.get('remat', 'none'))
 
   @property
   def stage_depths(self) -> tuple[int, ...]:
@@ -254,8 +274,13 @@ class ReverseModel(nn.Module):
     self.class_embed = nn.Embed(self.num_classes + 1, self.width, embedding_init=_EMBED_INIT)
     self.w_fc1 = nn.Dense(self.width, dtype=dtype)
     self.w_fc2 = nn.Dense(self.width, dtype=dtype)
-    self.blocks = [AdaLNBlock(self.width, self.num_heads, self.mlp, self.mlp_ratio,
-                              self.qk_norm, dtype) for _ in range(self.depth)]
+    stack = layers.stack_of(AdaLNBlock, self.depth, self.scan, self.remat, in_axes=nn.broadcast)
+    kw = dict(width=self.width, num_heads=self.num_heads, mlp=self.mlp, mlp_ratio=self.mlp_ratio,
+              qk_norm=self.qk_norm, dtype=dtype, attention=self.attention)
+    if self.scan:
+      self.blocks = stack(**kw, scan_output=True)
+    else:
+      self.blocks = [stack(**kw) for _ in range(self.depth)]
     self.head_norm = _rms_norm()  # no parameters
     self.out_mod = _zero_dense(2 * self.width, dtype)
     self.out_proj = nn.Dense(self.token_dim, dtype=dtype)
@@ -271,6 +296,8 @@ class ReverseModel(nn.Module):
     if self.mlp not in MLP_KINDS:
       raise ValueError(f'unknown mlp {self.mlp!r}; use one of {MLP_KINDS}')
     stage_depths(self.depth, self.num_stages)  # raises if a stage would be empty
+    layers.check_attention_impl(self.attention)
+    layers.remat_policy(self.remat)
 
   def _check_inputs(self, z: Array, y: Array | None) -> None:
     if z.ndim != 3 or z.shape[1:] != (self.num_tokens, self.token_dim):
@@ -312,6 +339,11 @@ class ReverseModel(nn.Module):
     h = self.embed_in(z.astype(dtype)).astype(jnp.float32) + self.pos_embed
     starts = np.cumsum((0,) + self.stage_depths)
     projections = []
+    if self.scan:
+      h, states = self.blocks(h, c_act)  # states[k]: the output of layer k
+      for j in range(self.num_stages):
+        projections.append(self._project(j, states[starts[j + 1] - 1], c_act))
+      return self._head(self.out_mod, self.out_proj, h, c_act), projections
     for j in range(self.num_stages + 1):  # B flow stages, then the denoise stage
       for block in self.blocks[starts[j]:starts[j + 1]]:
         h = block(h, c_act)

@@ -2,9 +2,20 @@
 
 Attention keeps an explicit key/value cache (a pytree passed in and returned) so the
 serial exact inverse can run inside `lax.fori_loop` as a pure function.
+
+Attention implementations (`model.attention`, `reverse.attention`; `attend`):
+- 'einsum': the hand-written softmax(q k^T / (sqrt(d) temperature)) v. The default: the
+  CPU configs' numbers were produced by it, and it stays bit for bit what it was.
+- 'xla': `jax.nn.dot_product_attention(implementation='xla')`, XLA's own attention
+  (the same maths, float32 softmax; equal to 'einsum' within float re-association).
+- 'cudnn': the same call with cuDNN's fused flash-attention kernel (GPU, bf16/fp16 only).
+- 'auto': 'cudnn' on a GPU when the compute dtype is bf16/fp16, else 'xla'.
+The KV-cache decode step (one query row against the cache) uses 'xla' under every
+fused choice: a single query row is bandwidth-bound and gains nothing from a fused kernel.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +39,63 @@ def resolve_dtype(name: str | Any) -> Any:
       raise ValueError(f'unknown compute dtype {name!r}; use one of {sorted(DTYPES)}')
     return DTYPES[name]
   return name
+
+
+ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn', 'auto')
+
+
+def check_attention_impl(impl: str) -> str:
+  """`impl` if it is one of ATTENTION_IMPLS, else a ValueError naming the choices."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'unknown attention implementation {impl!r}; use one of {ATTENTION_IMPLS} '
+                     '(config.model.attention / config.reverse.attention)')
+  return impl
+
+
+def _fused_impl(impl: str, dtype) -> str:
+  """The `implementation=` given to jax.nn.dot_product_attention for a fused choice."""
+  if impl == 'auto':
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return 'cudnn' if jax.default_backend() == 'gpu' and half else 'xla'
+  return impl
+
+
+def attend(q: Array, k: Array, v: Array, *, impl: str = 'einsum', causal: bool = False,
+           kv_length: Array | None = None, temperature=1.0, dtype: Dtype = jnp.float32) -> Array:
+  """Multi-head attention weights applied to v; (B, Tq, H, d) x (B, S, H, d)^2 -> (B, Tq, H, d).
+
+  causal: query i sees keys <= i (Tq == S). kv_length: a scalar, only keys < kv_length
+  are seen (the KV-cache decode step). Logits are divided by sqrt(d) * temperature; the
+  softmax runs in float32, the two matmuls in `dtype`. `impl` is one of ATTENTION_IMPLS.
+  """
+  check_attention_impl(impl)
+  head_dim = q.shape[-1]
+  q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+  if impl == 'einsum':
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+    logits = logits / (jnp.sqrt(jnp.float32(head_dim)) * temperature)
+    mask = None
+    if causal:
+      mask = causal_mask(q.shape[1])
+    elif kv_length is not None:
+      mask = (jnp.arange(k.shape[1]) < kv_length)[None, None, None, :]
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+  scale = 1.0 / math.sqrt(head_dim)
+  if isinstance(temperature, (int, float)):
+    scale /= float(temperature)  # a static scale: what cuDNN's kernel takes
+  else:  # a traced temperature scales the queries instead
+    q = (q / jnp.asarray(temperature, jnp.float32)).astype(dtype)
+  lengths = None
+  implementation = _fused_impl(impl, dtype)
+  if kv_length is not None:
+    lengths = jnp.full((q.shape[0],), kv_length, jnp.int32)
+    implementation = 'xla'  # one query row: nothing for a fused kernel to fuse
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
+                                      key_value_seq_lengths=lengths,
+                                      implementation=implementation)
 
 
 def patchify(x: Array, patch_size: int) -> Array:
@@ -58,10 +126,48 @@ def causal_mask(length: int) -> Array:
 
 
 def init_kv_cache(batch: int, length: int, num_layers: int, num_heads: int,
-                  head_dim: int, dtype: Dtype) -> list[tuple[Array, Array]]:
-  """One (keys, values) pair per layer, each (batch, length, heads, head_dim)."""
+                  head_dim: int, dtype: Dtype, stacked: bool = False):
+  """One (keys, values) pair per layer, each (batch, length, heads, head_dim); with
+  `stacked` (scanned layers) one pair of (num_layers, batch, length, heads, head_dim)."""
+  if stacked:
+    shape = (num_layers, batch, length, num_heads, head_dim)
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
   shape = (batch, length, num_heads, head_dim)
   return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(num_layers)]
+
+
+#: config.model.remat / config.reverse.remat: what a rematerialised layer keeps for the
+#: backward pass ('none' = no remat; 'full' = only its input; 'dots' = matmul outputs
+#: without batch dimensions, i.e. the weight matmuls, recomputing attention and
+#: elementwise ops; 'dots_all' = every matmul output).
+REMAT_POLICIES = ('none', 'full', 'dots', 'dots_all')
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy of a REMAT_POLICIES name ('none' -> None: no remat)."""
+  policies = {'none': None, 'full': jax.checkpoint_policies.nothing_saveable,
+              'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+              'dots_all': jax.checkpoint_policies.dots_saveable}
+  if name not in policies:
+    raise ValueError(f'unknown remat policy {name!r}; use one of {REMAT_POLICIES} '
+                     '(config.model.remat / config.reverse.remat)')
+  return policies[name]
+
+
+def stack_of(cls, num_layers: int, scan: bool, remat: str, in_axes=0):
+  """(module class, is_scanned) for a stack of `cls` layers whose call is
+  (carry, xs, *broadcast) -> (carry, ys): cls itself, its nn.remat (policy `remat`), and
+  with `scan` its nn.scan over `num_layers` (params stacked on a new leading axis).
+  `in_axes` is the scan axis spec of the call's non-carry arguments."""
+  policy = remat_policy(remat)
+  body = cls
+  if remat != 'none':
+    # Under scan, CSE cannot merge the recomputation across iterations: no barrier needed.
+    body = nn.remat(cls, policy=policy, prevent_cse=not scan)
+  if scan:
+    body = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True},
+                   in_axes=in_axes, length=num_layers)
+  return body
 
 
 class Attention(nn.Module):
@@ -73,6 +179,7 @@ class Attention(nn.Module):
   width: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'  # one of ATTENTION_IMPLS
 
   def setup(self):
     if self.width % self.num_heads:
@@ -86,19 +193,14 @@ class Attention(nn.Module):
     qkv = self.qkv(x).reshape(*x.shape[:-1], 3, self.num_heads, self.width // self.num_heads)
     return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
-  def _attend(self, q: Array, k: Array, v: Array, mask: Array | None, temperature) -> Array:
-    head_dim = q.shape[-1]
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
-    logits = logits / (jnp.sqrt(jnp.float32(head_dim)) * temperature)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v.astype(self.dtype))
+  def _out(self, out: Array) -> Array:
     return self.proj(out.reshape(*out.shape[:2], self.width))
 
-  def __call__(self, x: Array, mask: Array | None = None, temperature=1.0) -> Array:
+  def __call__(self, x: Array, causal: bool = True, temperature=1.0) -> Array:
+    """x: (B, T, width); causal attention (F's blocks) unless causal=False."""
     q, k, v = self._project_qkv(x)
-    return self._attend(q, k, v, mask, temperature)
+    return self._out(attend(q, k, v, impl=self.attention, causal=causal,
+                            temperature=temperature, dtype=self.dtype))
 
   def decode(self, x_t: Array, t: Array, cache: tuple[Array, Array],
              temperature=1.0) -> tuple[Array, tuple[Array, Array]]:
@@ -107,8 +209,9 @@ class Attention(nn.Module):
     keys, values = cache
     keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), t, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), t, axis=1)
-    mask = (jnp.arange(keys.shape[1]) <= t)[None, None, None, :]
-    return self._attend(q, keys, values, mask, temperature), (keys, values)
+    out = attend(q, keys, values, impl=self.attention, kv_length=t + 1,
+                 temperature=temperature, dtype=self.dtype)
+    return self._out(out), (keys, values)
 
 
 class MLP(nn.Module):
@@ -131,16 +234,28 @@ class TransformerLayer(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dtype: Dtype = jnp.float32
+  attention: str = 'einsum'
 
   def setup(self):
-    self.attn = Attention(self.width, self.num_heads, dtype=self.dtype)
+    self.attn = Attention(self.width, self.num_heads, dtype=self.dtype, attention=self.attention)
     self.mlp = MLP(self.mlp_ratio, dtype=self.dtype)
 
-  def __call__(self, x: Array, mask: Array | None = None, temperature=1.0) -> Array:
-    x = x + self.attn(x, mask, temperature)
+  def __call__(self, x: Array, causal: bool = True, temperature=1.0) -> Array:
+    x = x + self.attn(x, causal, temperature)
     return x + self.mlp(x)
 
   def decode(self, x_t: Array, t: Array, cache, temperature=1.0):
     h, cache = self.attn.decode(x_t, t, cache, temperature)
     x_t = x_t + h
     return x_t + self.mlp(x_t), cache
+
+
+class StackLayer(TransformerLayer):
+  """A causal TransformerLayer with the (carry, xs, *broadcast) call of a scanned stack:
+  (h, None, None, temperature) -> (h', None) runs every token; (h_t, cache, t,
+  temperature) -> (h_t', cache') is the KV-cache decode step at position t."""
+
+  def __call__(self, h: Array, cache=None, t: Array | None = None, temperature=1.0):
+    if cache is None:
+      return TransformerLayer.__call__(self, h, True, temperature), None
+    return self.decode(h, t, cache, temperature)

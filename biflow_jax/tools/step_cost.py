@@ -42,8 +42,13 @@ def lowered_flops(fn, *args) -> float:
   return _flops(jax.jit(fn).lower(*args).cost_analysis())
 
 
-def step_cost(config) -> dict:
-  """Parameter counts per network and FLOPs per train step (each phase) and per sample."""
+def step_cost(config, memory: bool = False) -> dict:
+  """Parameter counts per network and FLOPs per train step (each phase) and per sample.
+
+  memory: also compile each phase's step (minutes for a large config on a CPU) and report
+  XLA's memory analysis per device (`benchmark.memory_of`: arguments, outputs,
+  temporaries, aliased, total) for this config's mesh over the visible devices.
+  """
   exp = build_experiment(config, abstract=True)
   models, frozen_params, state = exp.models, exp.frozen_params, exp.abstract_state
   nets = models.frozen
@@ -58,9 +63,14 @@ def step_cost(config) -> dict:
       'params_perceptual': {k: count(v) for k, v in frozen_params.get('perceptual', {}).items()},
       'train_step_flops': {},
   }
+  if memory:
+    result['train_step_memory_bytes'] = {}
+    result['num_devices'] = int(exp.mesh.size)
   for phase in exp.plan:  # the jitted, sharded step that training runs
-    cost = exp.step.lower(state, batch, frozen_params, phase).cost_analysis()
-    result['train_step_flops'][phase.name] = _flops(cost)
+    lowered = exp.step.lower(state, batch, frozen_params, phase)
+    result['train_step_flops'][phase.name] = _flops(lowered.cost_analysis())
+    if memory:
+      result['train_step_memory_bytes'][phase.name] = benchmark.memory_of(lowered.compile())
 
   flow, generator = models.flow, models.generator
   tokens = jax.ShapeDtypeStruct((1, flow.num_tokens, flow.token_dim), jnp.float32)
@@ -99,10 +109,12 @@ def estimates(result: dict) -> dict:
 def main(argv=None) -> None:
   config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
   flags.DEFINE_string('out', '', 'Also write the numbers to this JSON file.')
+  flags.DEFINE_bool('memory', False, "Also compile each phase's step and report XLA's memory "
+                    'analysis per device (slow for large configs).')
   flags.mark_flags_as_required(['config'])
 
   def run(_):
-    result = step_cost(flags.FLAGS.config)
+    result = step_cost(flags.FLAGS.config, memory=flags.FLAGS.memory)
     text = json.dumps(result, indent=2)
     print(text)
     if flags.FLAGS.out:

@@ -165,6 +165,7 @@ def base_config() -> ml_collections.ConfigDict:
       guidance=0.0,
       reverse_guidance=-1.0,    # w given to G; -1 = same as guidance (G knows w <= objective.cfg_w_max)
       temperature=1.0,
+      reverse_temperature=-1.0, # temperature of G's noise; -1 = same as temperature
       denoise='score',          # score | none (the reverse model learns its own)
       fixed_point_tol=1e-3,     # stop a block's Jacobi sweeps at this max-abs update
       fixed_point_max_iters=0,  # 0 = number of tokens (exact by causality)
@@ -317,8 +318,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.perceptual.get('feature_net', ''), str):
     raise ValueError(f'config.perceptual.feature_net={config.perceptual.feature_net!r} must be '
                      "an asset prefix (a string; '' = the bundled MNIST feature net)")
+  for name in ('temperature', 'reverse_temperature'):
+    t = config.sample.get(name, -1.0)
+    if not math.isfinite(t) or (t <= 0 and not (name == 'reverse_temperature' and t == -1.0)):
+      raise ValueError(f'config.sample.{name}={t} must be a finite number > 0'
+                       + (' (or -1: the same as sample.temperature)' if name.startswith('reverse')
+                          else ''))
   if config.sample.decoder == 'reverse' and not config.reverse.enabled:
     raise ValueError("config.sample.decoder='reverse' needs config.reverse.enabled=True")
+
+
+def reverse_temperature(config: ml_collections.ConfigDict) -> float:
+  """The temperature t of the noise N(0, t^2 I) the reverse model G samples from."""
+  t = config.sample.get('reverse_temperature', -1.0)
+  return float(config.sample.temperature if t < 0 else t)
 
 
 def reverse_guidance(config: ml_collections.ConfigDict) -> float:

@@ -98,7 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
         decoder=decoder, checkpoint_step=int(step),
         call='images = exported.call(weights, noise, labels)',
         noise_shape=['B', flow.num_tokens, flow.token_dim], noise='N(0, temperature^2 I)',
-        temperature=float(config.sample.temperature),
+        temperature=float(inference.decoder_temperature(config, decoder)),
         labels='int32 (B,), class in [0, num_classes) or -1 for none',
         num_classes=int(config.model.num_classes),
         image_shape=list(flow.image_shape), image_range=[-1.0, 1.0],

@@ -39,6 +39,12 @@ def decoder_guidance(config, decoder: str) -> float:
   return config_lib.reverse_guidance(config) if decoder == 'reverse' else config.sample.guidance
 
 
+def decoder_temperature(config, decoder: str) -> float:
+  """The noise temperature a decoder samples with: G's (sample.reverse_temperature) or F's."""
+  return (config_lib.reverse_temperature(config) if decoder == 'reverse'
+          else float(config.sample.temperature))
+
+
 def make_samplers(config, decoders) -> dict[str, sampling.Sampler]:
   return {d: sampling.make_sampler(config, decoder=d, denoise=default_denoise(config, d))
           for d in decoders}
@@ -72,13 +78,13 @@ def write_sample_grid(config, samplers: dict, params, path: epath.PathLike, num:
   """
   num = num or config.sample.num
   labels = sampling.class_rows(num, config.model.num_classes)
-  temperature = config.sample.temperature if temperature is None else temperature
   rows = config.model.num_classes or None
   rows = rows if rows and num % rows == 0 else None
   outputs, grids = {}, []
   for name, sampler in samplers.items():
     x = sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels,
-                guidance=decoder_guidance(config, name), temperature=temperature)
+                guidance=decoder_guidance(config, name),
+                temperature=decoder_temperature(config, name) if temperature is None else temperature)
     if to_pixels is not None:
       x = to_pixels(x)
     outputs[name] = parallel.to_host(x)

@@ -49,3 +49,20 @@ def test_bad_config_variant_is_a_clear_error():
     load_config('imagenet256', 'XXL')
   with pytest.raises(ValueError, match=':jpeg'):
     load_config('cifar10', 'lmdb')
+
+
+def test_each_decoder_samples_at_its_own_temperature():
+  from biflow_jax import config_lib, inference
+  config = config_lib.base_config()
+  config.sample.temperature, config.sample.reverse_temperature = 0.85, -1.0
+  assert inference.decoder_temperature(config, 'reverse') == 0.85  # -1: the shared one
+  config.sample.reverse_temperature = 1.15
+  assert inference.decoder_temperature(config, 'reverse') == 1.15
+  assert inference.decoder_temperature(config, 'exact') == 0.85
+  config_lib.validate(config)
+  for name, bad in (('reverse_temperature', 0.0), ('temperature', -1.0),
+                    ('reverse_temperature', float('nan'))):
+    setattr(config.sample, name, bad)
+    with pytest.raises(ValueError, match=f'config.sample.{name}'):
+      config_lib.validate(config)
+    config.sample.temperature, config.sample.reverse_temperature = 0.85, 1.15

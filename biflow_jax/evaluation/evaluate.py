@@ -123,7 +123,7 @@ class SampleBatches:
     self.sampler = sampling.make_sampler(config, decoder,
                                          inference.default_denoise(config, decoder))
     self.guidance = inference.decoder_guidance(config, decoder)
-    self.temperature = config.sample.temperature
+    self.temperature = inference.decoder_temperature(config, decoder)
     classes = config.model.num_classes
     self.labels = ((np.arange(self.num) % classes).astype(np.int32) if classes
                    else -np.ones(self.num, np.int32))
@@ -319,7 +319,8 @@ def sample_protocol(config, num: int) -> dict:
   return {'num_samples': int(num), 'seed': EVAL_SEED, 'batch': int(config.eval.batch),
           'labels': (f'class-balanced: sample i asks for class i mod {classes}' if classes
                      else 'unconditional'),
-          'temperature': float(config.sample.temperature)}
+          'temperature': float(config.sample.temperature),
+          'reverse_temperature': float(config_lib.reverse_temperature(config))}
 
 
 def process_protocol() -> dict:
@@ -421,6 +422,7 @@ def evaluate(config, workdir: epath.PathLike) -> dict | None:
     if not main:
       continue
     entry['guidance'] = float(inference.decoder_guidance(config, decoder))
+    entry['temperature'] = float(inference.decoder_temperature(config, decoder))
     # Process 0's own share: with P processes, about 1/P of the samples.
     entry['sampling_seconds'] = stream.seconds
     if path is not None:

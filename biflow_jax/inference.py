@@ -121,8 +121,8 @@ def sample_from_checkpoint(config, workdir: epath.PathLike, name: str | None = N
   workdir = epath.Path(workdir)
   exp, state, step = restore(config, workdir)
   s = config.sample
-  w = decoder_guidance(config, s.decoder)
-  name = name or f'{s.decoder}_w{w:g}_t{s.temperature:g}_step{step}'
+  w, t = decoder_guidance(config, s.decoder), decoder_temperature(config, s.decoder)
+  name = name or f'{s.decoder}_w{w:g}_t{t:g}_step{step}'
   path, outputs = write_sample_grid(config, make_samplers(config, (s.decoder,)), state.ema,
                                     workdir / 'samples' / f'{name}.png',
                                     to_pixels=pixel_decoder(exp))

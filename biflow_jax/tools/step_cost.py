@@ -42,6 +42,17 @@ def lowered_flops(fn, *args) -> float:
   return _flops(jax.jit(fn).lower(*args).cost_analysis())
 
 
+def unrolled(config):
+  """A copy of config with scan and remat off in F and G (the layout FLOPs are counted on)."""
+  config = config.copy_and_resolve_references()
+  for group in (config.model, config.reverse):
+    if 'scan' in group:
+      group.scan = False
+    if 'remat' in group:
+      group.remat = 'none'
+  return config
+
+
 def step_cost(config, memory: bool = False) -> dict:
   """Parameter counts per network and FLOPs per train step (each phase) and per sample.
 
@@ -49,8 +60,12 @@ def step_cost(config, memory: bool = False) -> dict:
   XLA's memory analysis per device (`benchmark.memory_of`: arguments, outputs,
   temporaries, aliased, total) for this config's mesh over the visible devices.
   """
-  exp = build_experiment(config, abstract=True)
+  # XLA's cost analysis counts a loop body once, so FLOPs are counted on the unrolled
+  # layout (scan and remat off: the same maths, without remat's recomputation); memory is
+  # the configured layout's.
+  exp = build_experiment(unrolled(config), abstract=True)
   models, frozen_params, state = exp.models, exp.frozen_params, exp.abstract_state
+  configured = build_experiment(config, abstract=True) if memory else None
   nets = models.frozen
   rows = parallel.batch_sharding(exp.mesh)
   batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rows),
@@ -69,7 +84,10 @@ def step_cost(config, memory: bool = False) -> dict:
   for phase in exp.plan:  # the jitted, sharded step that training runs
     lowered = exp.step.lower(state, batch, frozen_params, phase)
     result['train_step_flops'][phase.name] = _flops(lowered.cost_analysis())
-    if memory:
+  if memory:
+    for phase in configured.plan:
+      lowered = configured.step.lower(configured.abstract_state, batch,
+                                      configured.frozen_params, phase)
       result['train_step_memory_bytes'][phase.name] = benchmark.memory_of(lowered.compile())
 
   flow, generator = models.flow, models.generator

@@ -6,7 +6,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from biflow_jax import (benchmark, cli, console, editing, export, inference, likelihood_cli,
-                        parallel, train)
+                        parallel, train, workdir_lock)
 from biflow_jax.evaluation import evaluate
 
 FLAGS = flags.FLAGS
@@ -43,6 +43,9 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.local_device_ids,
                                   FLAGS.cpu_collectives)
+  # A workdir that cannot be written is one clear error naming it, before the log file
+  # below (or anything else) tries to write there.
+  workdir_lock.check_writable(FLAGS.workdir)
   # Library INFO lines (orbax, grain, etils, jax, clu) go to DIR/logs/, never the console.
   log_path = console.setup(FLAGS.workdir, jax.process_index())
   if not parallel.is_main_process():

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biflow_jax.evaluation import classifier
+
 Array = jax.Array
 
 DATA_DIR = Path(__file__).resolve().parent / 'data'
@@ -114,30 +116,12 @@ def asset_paths(path: str | Path | None) -> tuple[Path, Path]:
   return base.with_name(base.name + '.npz'), base.with_name(base.name + '.json')
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    name = f'{prefix}/{key}' if prefix else str(key)
-    flat.update(_flatten(value, name) if hasattr(value, 'items') else {name: value})
-  return flat
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split('/')
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
-
-
 def save(path: str | Path, params: Any, info: dict[str, Any]) -> tuple[Path, Path]:
   """Writes <path>.npz (float32 params, '/'-joined keys) and <path>.json (info)."""
   npz, meta = asset_paths(path)
   npz.parent.mkdir(parents=True, exist_ok=True)
-  np.savez_compressed(npz, **{k: np.asarray(v, np.float32) for k, v in _flatten(params).items()})
+  flat = classifier.flatten_params(params)
+  np.savez_compressed(npz, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
   meta.write_text(json.dumps(info, indent=2, sort_keys=True) + '\n')
   return npz, meta
 
@@ -184,14 +168,14 @@ def load(path: str | Path | None, image_shape: tuple[int, int, int],
                           num_classes=int(arch.get('num_classes', LossFeatureNet.num_classes)))
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
                             jnp.zeros((1, *image_shape), jnp.float32))['params']
-  want = {k: tuple(v.shape) for k, v in _flatten(expected).items()}
+  want = {k: tuple(v.shape) for k, v in classifier.flatten_params(expected).items()}
   got = {k: tuple(v.shape) for k, v in flat.items()}
   if want != got:
     raise ValueError(f'{field}: the parameters in {npz} {got} do not match its recorded '
                      f'architecture {arch} (expected {want}). {fix}')
   if not all(np.isfinite(v).all() for v in flat.values()):
     raise ValueError(f'{field}: {npz} holds non-finite weights. {fix}')
-  return module, _unflatten({k: jnp.asarray(v) for k, v in flat.items()}), info
+  return module, classifier.unflatten_params({k: jnp.asarray(v) for k, v in flat.items()}), info
 
 
 def abstract(image_shape: tuple[int, int, int]) -> tuple[LossFeatureNet, dict]:

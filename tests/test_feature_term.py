@@ -35,8 +35,8 @@ def test_shipped_asset_is_trained_on_the_train_split_and_is_not_the_eval_classif
   assert 'train part only' in info['split'] and info['image_shape'] == list(SHAPE)
   assert 'train_feature_net' in info['command'] and info['date']
   _, eval_vars, eval_info = classifier.load_classifier(None)
-  ours = {k: v.shape for k, v in feature_term._flatten(params).items()}
-  theirs = {k: v.shape for k, v in feature_term._flatten(eval_vars['params']).items()}
+  ours = {k: v.shape for k, v in classifier.flatten_params(params).items()}
+  theirs = {k: v.shape for k, v in classifier.flatten_params(eval_vars['params']).items()}
   convs = lambda shapes: {v for k, v in shapes.items() if k.startswith('conv') and 'kernel' in k}
   assert not convs(ours) & convs(theirs)  # no conv kernel of the same shape
   assert info['seed'] != eval_info['seed']

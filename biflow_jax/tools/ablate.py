@@ -109,9 +109,10 @@ def run_job(job: Job) -> dict:
   return record
 
 
-def eta_seconds(jobs: list[Job], records: dict[str, dict]) -> float | None:
-  """Seconds the unfinished jobs should take at the measured speed of each kind (seconds
-  per unit of cost of the finished ones); None while a kind still needed is unmeasured."""
+def eta(jobs: list[Job], records: dict[str, dict]) -> str:
+  """Time the unfinished jobs should take at the measured speed of each kind (seconds per
+  unit of cost of its finished jobs: per step for trainings, x2 for CFG); a lower bound
+  ('>=') while a kind still to run has not been measured."""
   rate = {}
   for kind in ('F', 'G', 'eval'):
     done = [(records[id_of(j)]['seconds'], j.cost) for j in jobs
@@ -119,18 +120,18 @@ def eta_seconds(jobs: list[Job], records: dict[str, dict]) -> float | None:
     if done:
       rate[kind] = sum(s for s, _ in done) / max(sum(c for _, c in done), 1e-9)
   todo = [j for j in jobs if id_of(j) not in records]
-  if any(j.kind not in rate for j in todo):
-    return None
-  return sum(rate[j.kind] * j.cost for j in todo)
+  unmeasured = sorted({j.kind for j in todo if j.kind not in rate})
+  seconds = sum(rate[j.kind] * j.cost for j in todo if j.kind in rate)
+  if not unmeasured:
+    return _clock(seconds)
+  return f'>= {_clock(seconds)} ({", ".join(unmeasured)} speed not measured yet)'
 
 
 def id_of(job: Job) -> str:
   return f'{job.kind}:{job.name}'
 
 
-def _clock(seconds: float | None) -> str:
-  if seconds is None:
-    return 'unknown until each kind of job has run once'
+def _clock(seconds: float) -> str:
   seconds = int(seconds)
   return f'{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s'
 
@@ -168,7 +169,7 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
     if id_of(job) in records:
       continue
     log(f'ablate [{i + 1}/{len(jobs)}] {job.kind} {job.name} -> {job.workdir} '
-        f'(elapsed {_clock(time.perf_counter() - t0)}, ETA {_clock(eta_seconds(jobs, records))})')
+        f'(elapsed {_clock(time.perf_counter() - t0)}, ETA {eta(jobs, records)})')
     records[id_of(job)] = run_job(job)
     jobs_run.append(id_of(job))
   wall = time.perf_counter() - t0

@@ -305,8 +305,10 @@ def training_key_of(saved_config: dict) -> dict:
 
 def _row_result(row: Row, evaluation: dict, training: dict | None) -> dict:
   entry, num = evaluation['entry'], evaluation['eval']['num_samples']
+  uses_g = row.decoder == 'reverse'
   return {
-      'name': row.name, 'label': row.label, 'training': row.training,
+      'name': row.name, 'label': row.label, 'training': row.training if uses_g else None,
+      'evaluated_in': row.training,
       'forward': TRAININGS[row.training][0], 'decoder': row.decoder, 'evaluation': row.eval,
       'frechet_distance': entry['frechet_distance'],
       'class_accuracy': entry.get('class_accuracy'),
@@ -316,7 +318,7 @@ def _row_result(row: Row, evaluation: dict, training: dict | None) -> dict:
       'guidance': entry.get('guidance'), 'temperature': entry.get('temperature'),
       'num_samples': num, 'step': evaluation['step'],
       'paper_fd': row.paper_fd, 'note': row.note,
-      'training_seconds': None if training is None else training['seconds'],
+      'training_seconds': None if training is None or not uses_g else training['seconds'],
       'eval_seconds': evaluation['seconds'],
   }
 
@@ -357,14 +359,14 @@ def markdown(report_: dict) -> str:
            'included). Paper: FID on ImageNet 256, B/2, without CFG unless the note says so.', '']
   for study, table in report_['studies'].items():
     lines += [f'## {study}', '',
-              '| row | FD | class acc. | precision | recall | ms/img | paper FID | G training | '
-              'G train s | eval s | note |', '|' + '---|' * 11]
+              '| row | w | FD | class acc. | precision | recall | ms/img | paper FID | G training | '
+              'G train s | eval s | note |', '|' + '---|' * 12]
     for r in table['rows']:
       lines.append(
-          f"| {r['label']} | {_fmt(r['frechet_distance'], '.2f')} | "
+          f"| {r['label']} | {_fmt(r['guidance'], 'g')} | {_fmt(r['frechet_distance'], '.2f')} | "
           f"{_fmt(r['class_accuracy'], '.3f')} | {_fmt(r['precision'], '.3f')} | "
           f"{_fmt(r['recall'], '.3f')} | {_fmt(r['ms_per_image'], '.3f')} | "
-          f"{_fmt(r['paper_fd'], '.2f')} | {r['training']} | "
+          f"{_fmt(r['paper_fd'], '.2f')} | {r['training'] or '- (F only)'} | "
           f"{_fmt(r['training_seconds'], '.0f')} | {_fmt(r['eval_seconds'], '.0f')} | {r['note']} |")
     order = table['paper_ordering']
     verdict = {None: 'n/a (fewer than two rows with a paper number)', True: 'yes',

@@ -319,8 +319,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       and w_reverse > max(config.objective.cfg_w_max, 0.0)):
     raise ValueError(f'G is asked for guidance w={w_reverse:g} but was trained on w in '
                      f'[0, {config.objective.cfg_w_max:g}]: raise config.objective.cfg_w_max '
-                     '(training-time CFG), lower config.sample.reverse_guidance, or guide G in two passes '
-                     "(config.sample.reverse_cfg='two_pass')")
+                     '(training-time CFG), lower config.sample.reverse_guidance, or guide G in '
+                     "two passes (config.sample.reverse_cfg='two_pass')")
   if not isinstance(m.init_from, str):
     raise ValueError(f'config.model.init_from={m.init_from!r} must be a path (a string)')
   for name in ('lpips_weight', 'convnext_weight', 'feature_weight'):

@@ -80,7 +80,9 @@ def make_decoder(config, decoder: str = 'exact', denoise: str = 'score'
       run = lambda labels: generator.apply({'params': params['reverse']}, z, labels,
                                            jnp.zeros((z.shape[0],), jnp.float32))[0]
       cond = run(y)
-      tokens = cond + guidance * (cond - run(None)) if y is not None else cond
+      # As for F, a Python guidance of 0 (static) skips the unconditional pass.
+      unguided = y is None or (isinstance(guidance, (int, float)) and guidance == 0)
+      tokens = cond if unguided else cond + guidance * (cond - run(None))
       x = layers.unpatchify(tokens, flow.image_shape, flow.patch_size)
     elif decoder == 'reverse':
       w = jnp.full((z.shape[0],), guidance, jnp.float32)

@@ -164,6 +164,9 @@ def base_config() -> ml_collections.ConfigDict:
       decoder='exact',          # exact | fixed_point | reverse
       guidance=0.0,
       reverse_guidance=-1.0,    # w given to G; -1 = same as guidance (G knows w <= objective.cfg_w_max)
+      reverse_cfg='input',      # how G is guided: input (w is G's input: training-time CFG, 1 NFE) |
+                                # two_pass (ordinary CFG, 2 NFE: G(z|c) + w (G(z|c) - G(z|null)) at
+                                # G's input w = 0; for a G trained with label dropout, no cfg_w_max)
       temperature=1.0,
       reverse_temperature=-1.0, # temperature of G's noise; -1 = same as temperature
       denoise='score',          # score | none (the reverse model learns its own)
@@ -253,6 +256,7 @@ _CHOICES = {
     'objective.denoise': biflow.DENOISE_MODES,
     'sample.decoder': sampling.DECODERS,
     'sample.denoise': sampling.DENOISERS,
+    'sample.reverse_cfg': sampling.REVERSE_CFG,
     'model.dtype': tuple(layers.DTYPES),
     'model.attention': layers.ATTENTION_IMPLS,
     'model.remat': layers.REMAT_POLICIES,
@@ -304,10 +308,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"{'shared' if mode == 'hidden' else 'per_stage'!r} (hidden distillation "
                      'decodes every stage with the one output head; alignment learns one per stage)')
   w_reverse = reverse_guidance(config)
-  if config.reverse.enabled and w_reverse > max(config.objective.cfg_w_max, 0.0):
+  two_pass = config.sample.reverse_cfg == 'two_pass'
+  if config.reverse.enabled and two_pass and w_reverse != 0 and (
+      not m.num_classes or config.objective.label_drop_prob <= 0):
+    raise ValueError("config.sample.reverse_cfg='two_pass' guides G with its unconditional "
+                     'pass, which needs a class-conditional model (config.model.num_classes > 0) '
+                     'trained with label dropout (config.objective.label_drop_prob > 0); or set '
+                     'config.sample.reverse_guidance=0')
+  if (config.reverse.enabled and not two_pass
+      and w_reverse > max(config.objective.cfg_w_max, 0.0)):
     raise ValueError(f'G is asked for guidance w={w_reverse:g} but was trained on w in '
                      f'[0, {config.objective.cfg_w_max:g}]: raise config.objective.cfg_w_max '
-                     '(training-time CFG) or lower config.sample.reverse_guidance')
+                     '(training-time CFG), lower config.sample.reverse_guidance, or guide G in '
+                     "two passes (config.sample.reverse_cfg='two_pass')")
   if not isinstance(m.init_from, str):
     raise ValueError(f'config.model.init_from={m.init_from!r} must be a path (a string)')
   for name in ('lpips_weight', 'convnext_weight', 'feature_weight'):

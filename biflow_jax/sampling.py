@@ -2,7 +2,10 @@
 
 One implementation per decoder, all over the same noise z ~ N(0, temperature^2 I):
 - 'reverse': BiFlow's learned generator G, one forward pass (1 NFE); guidance is an
-  input of G (training-time CFG), so guided sampling stays 1 NFE.
+  input of G (training-time CFG), so guided sampling stays 1 NFE. With
+  `sample.reverse_cfg='two_pass'` G is guided the ordinary way instead (2 NFE, for a G
+  trained without training-time CFG but with label dropout): G(z|c) + w (G(z|c) - G(z|null)),
+  both passes at G's guidance input 0.
 - 'exact': F's exact inverse (serial over tokens, KV cache).
 - 'fixed_point': F's Jacobi / Gauss-Seidel-Jacobi inverse.
 F's inverses land on noisy images x~ (F models x + sigma * eps); 'score' denoising
@@ -25,6 +28,8 @@ from biflow_jax.models.generator import ReverseModel
 
 DECODERS = ('reverse', 'exact', 'fixed_point')
 DENOISERS = ('score', 'none')
+#: How G is guided: w as G's input (training-time CFG, 1 NFE) or two passes (ordinary CFG).
+REVERSE_CFG = ('input', 'two_pass')
 
 Sampler = Callable[..., jax.Array]
 
@@ -49,7 +54,10 @@ def make_decoder(config, decoder: str = 'exact', denoise: str = 'score'
   """An un-jitted pure function (params, z tokens, labels, guidance) -> NHWC images in [-1, 1].
 
   For F's inverses a Python guidance of 0 skips the unconditional pass; for G the
-  guidance scale is simply an input (training-time CFG), so it costs nothing extra.
+  guidance scale is simply an input (training-time CFG), so it costs nothing extra, unless
+  config.sample.reverse_cfg='two_pass': then G runs twice at input w = 0, conditional and
+  with the null label -1, combined as x_c + guidance * (x_c - x_u) (F's guidance rule, so
+  guidance 0 is the conditional pass).
   """
   if decoder not in DECODERS:
     raise ValueError(f'unknown decoder {decoder!r}; available: {DECODERS}')
@@ -57,6 +65,9 @@ def make_decoder(config, decoder: str = 'exact', denoise: str = 'score'
     raise ValueError(f'unknown denoise {denoise!r}; available: {DENOISERS}')
   flow = ForwardFlow.from_config(config.model)
   generator = _reverse_model(config) if decoder == 'reverse' else None
+  reverse_cfg = config.sample.get('reverse_cfg', 'input')
+  if reverse_cfg not in REVERSE_CFG:
+    raise ValueError(f'config.sample.reverse_cfg={reverse_cfg!r} is not one of {REVERSE_CFG}')
   sigma = float(config.objective.noise_sigma)
   s = config.sample
   fp_kwargs = dict(tol=float(s.fixed_point_tol), max_iters=int(s.fixed_point_max_iters) or None,
@@ -65,7 +76,15 @@ def make_decoder(config, decoder: str = 'exact', denoise: str = 'score'
   def decode(params: Any, z: jax.Array, labels: jax.Array, guidance=0.0) -> jax.Array:
     forward = {'params': params['forward']}
     y = labels if flow.num_classes else None
-    if decoder == 'reverse':
+    if decoder == 'reverse' and reverse_cfg == 'two_pass':
+      run = lambda labels: generator.apply({'params': params['reverse']}, z, labels,
+                                           jnp.zeros((z.shape[0],), jnp.float32))[0]
+      cond = run(y)
+      # As for F, a Python guidance of 0 (static) skips the unconditional pass.
+      unguided = y is None or (isinstance(guidance, (int, float)) and guidance == 0)
+      tokens = cond if unguided else cond + guidance * (cond - run(None))
+      x = layers.unpatchify(tokens, flow.image_shape, flow.patch_size)
+    elif decoder == 'reverse':
       w = jnp.full((z.shape[0],), guidance, jnp.float32)
       tokens, _ = generator.apply({'params': params['reverse']}, z, y, w)
       x = layers.unpatchify(tokens, flow.image_shape, flow.patch_size)

@@ -1,0 +1,207 @@
+"""The paper's ablations at small scale, in one command.
+
+    python -m biflow_jax.tools.ablate --config=configs/mnist.py --study=all --workdir=DIR
+
+Studies (`ablations.STUDIES`, or `all`): supervision, denoising, norm_control, distance,
+guidance; what each row is lives in `biflow_jax/ablations.py`. Every F setting is trained
+once into DIR/forward/<name>/ (the default one is config.model.init_from when that is set),
+every G training once into DIR/reverse/<name>/ (plan reverse_only from that F, the config's
+reverse_steps, seed and data order), and every evaluation once (`evaluation.evaluate` with
+eval.decoders set to the row's decoder) into DIR/evals/<name>.json. DIR/ablations.json and
+DIR/ablations.md hold one table per study.
+
+Resume: a finished training writes DIR/.../ablate_done.json and a finished evaluation its
+DIR/evals/<name>.json, atomically and last, so a killed run redoes neither; an interrupted
+training resumes from its own checkpoint. A finished run of another config in DIR is an
+error (use a new --workdir). Bad studies and configs that cannot run a variant fail before
+anything trains.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import ml_collections
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+from biflow_jax import ablations, cli, files, train
+from biflow_jax.evaluation import evaluate
+
+DONE = 'ablate_done.json'
+
+
+@dataclasses.dataclass
+class Job:
+  """One unit of work: kind 'F' | 'G' | 'eval', done when `record` exists."""
+  kind: str
+  name: str
+  config: ml_collections.ConfigDict
+  workdir: epath.Path          # where it trains, or the run it evaluates
+  record: epath.Path           # written last, atomically, when the job is finished
+  key: dict                    # what a finished record must match
+  cost: float                  # in the kind's units: steps (x2 for CFG), or 1 evaluation
+  row: ablations.Row | None = None
+
+
+def plan(config: ml_collections.ConfigDict, studies: tuple[str, ...],
+         workdir: epath.Path) -> list[Job]:
+  """Every job of the studies in the order they run: the F runs, then each G training
+  followed by the evaluations of its rows (so results arrive as the run goes)."""
+  jobs, forward_runs = [], {}
+  for f in ablations.forwards(studies):
+    if ablations.uses_given_forward(config, f):
+      forward_runs[f] = str(config.model.init_from)
+      continue
+    run = workdir / 'forward' / f
+    forward_runs[f] = str(run)
+    fc = ablations.forward_config(config, f)
+    jobs.append(Job('F', f, fc, run, run / DONE, ablations.training_key(fc),
+                    float(fc.schedule.forward_steps)))
+  evaluations = ablations.evaluations(studies)
+  for t in ablations.trainings(studies):
+    run = workdir / 'reverse' / t
+    forward_run = forward_runs[ablations.TRAININGS[t][0]]
+    gc = ablations.reverse_config(config, t, forward_run)
+    cfg = 2.0 if gc.objective.cfg_w_max > 0 else 1.0  # two passes of G per step
+    jobs.append(Job('G', t, gc, run, run / DONE, ablations.training_key(gc),
+                    cfg * gc.schedule.reverse_steps))
+    for name, row in evaluations.items():
+      if row.training == t:
+        ec = ablations.eval_config(config, row, forward_run)
+        jobs.append(Job('eval', name, ec, run, workdir / 'evals' / f'{name}.json',
+                        ablations.config_key(ec), 1.0, row))
+  return jobs
+
+
+def finished(job: Job) -> dict | None:
+  """The job's record when it is finished with this config; raises ValueError when DIR
+  holds a finished (or started) job of another config."""
+  record = files.read_json(job.record)
+  started = files.read_json(job.workdir / 'config.json') if job.kind != 'eval' else None
+  if record is None and started is not None and ablations.training_key_of(started) != job.key:
+    raise ValueError(f'{job.workdir} holds a started run of another config; use a new '
+                     '--workdir, or delete that directory to retrain it')
+  if record is not None and record.get('key') != job.key:
+    raise ValueError(f'{job.record} records a finished {job.kind} {job.name!r} of another '
+                     'config; use a new --workdir, or delete that file to redo it')
+  return record
+
+
+def run_job(job: Job) -> dict:
+  """Trains or evaluates; returns the record written (last, atomically)."""
+  t0 = time.perf_counter()
+  if job.kind == 'eval':
+    result = evaluate.evaluate(job.config, job.workdir)
+    record = {'entry': result['decoders'][job.row.decoder], 'step': result['step'],
+              'eval': result}
+  else:
+    state = train.train_and_evaluate(job.config, job.workdir)
+    record = {'steps': int(state.step), 'workdir': str(job.workdir)}
+  record.update(key=job.key, kind=job.kind, name=job.name,
+                seconds=round(time.perf_counter() - t0, 2))
+  job.record.parent.mkdir(parents=True, exist_ok=True)
+  files.write_text_atomic(job.record, json.dumps(record, indent=2))
+  return record
+
+
+def eta(jobs: list[Job], records: dict[str, dict]) -> str:
+  """Time the unfinished jobs should take at the measured speed of each kind (seconds per
+  unit of cost of its finished jobs: per step for trainings, x2 for CFG); a lower bound
+  ('>=') while a kind still to run has not been measured."""
+  rate = {}
+  for kind in ('F', 'G', 'eval'):
+    done = [(records[id_of(j)]['seconds'], j.cost) for j in jobs
+            if j.kind == kind and id_of(j) in records]
+    if done:
+      rate[kind] = sum(s for s, _ in done) / max(sum(c for _, c in done), 1e-9)
+  todo = [j for j in jobs if id_of(j) not in records]
+  unmeasured = sorted({j.kind for j in todo if j.kind not in rate})
+  seconds = sum(rate[j.kind] * j.cost for j in todo if j.kind in rate)
+  if not unmeasured:
+    return _clock(seconds)
+  return f'>= {_clock(seconds)} ({", ".join(unmeasured)} speed not measured yet)'
+
+
+def id_of(job: Job) -> str:
+  return f'{job.kind}:{job.name}'
+
+
+def _clock(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s'
+
+
+def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike
+            ) -> tuple[tuple[str, ...], list[Job], dict[str, dict]]:
+  """(studies, jobs, records of the finished ones). Raises ValueError for an unknown study,
+  a config that cannot run a variant, or a workdir holding jobs of another config; nothing
+  is trained or written."""
+  studies = ablations.parse_studies(study)
+  ablations.check(config, studies)
+  jobs = plan(config, studies, epath.Path(workdir))
+  return studies, jobs, {id_of(j): r for j in jobs if (r := finished(j)) is not None}
+
+
+def run(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
+        command: str = '', log: Callable[[str], Any] = logging.info) -> dict:
+  """Runs (or resumes) the studies named by `study` ('all' or comma-separated) in workdir;
+  writes and returns DIR/ablations.json's content (its 'jobs_run' lists what this call did).
+
+  Raises `prepare`'s ValueErrors before anything trains.
+  """
+  studies, jobs, records = prepare(config, study, workdir)
+  return execute(config, studies, jobs, records, epath.Path(workdir), command, log)
+
+
+def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir: epath.Path,
+            command: str, log: Callable[[str], Any] = logging.info) -> dict:
+  """Runs the unfinished jobs in order, then writes DIR/ablations.json and .md."""
+  t0, jobs_run = time.perf_counter(), []
+  log(f'ablate: studies {", ".join(studies)}: {len(jobs)} jobs '
+      f"({sum(j.kind == 'F' for j in jobs)} F, {sum(j.kind == 'G' for j in jobs)} G trainings, "
+      f"{sum(j.kind == 'eval' for j in jobs)} evaluations), {len(records)} already done")
+  for i, job in enumerate(jobs):
+    if id_of(job) in records:
+      continue
+    log(f'ablate [{i + 1}/{len(jobs)}] {job.kind} {job.name} -> {job.workdir} '
+        f'(elapsed {_clock(time.perf_counter() - t0)}, ETA {eta(jobs, records)})')
+    records[id_of(job)] = run_job(job)
+    jobs_run.append(id_of(job))
+  wall = time.perf_counter() - t0
+  by_kind = lambda kind: {j.name: records[id_of(j)] for j in jobs if j.kind == kind}
+  report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'))
+  report.update(command=command, jobs_run=jobs_run, wall_seconds_this_call=round(wall, 1))
+  workdir.mkdir(parents=True, exist_ok=True)
+  files.write_text_atomic(workdir / 'ablations.json', json.dumps(report, indent=2))
+  files.write_text_atomic(workdir / 'ablations.md', ablations.markdown(report))
+  log(f'ablate: wrote {workdir / "ablations.md"} and ablations.json ({_clock(wall)} this call)')
+  return report
+
+
+def main(argv=None) -> None:
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  flags.DEFINE_string('study', 'all', f"'all' or comma-separated of {', '.join(ablations.STUDIES)}")
+  flags.DEFINE_string('workdir', None, 'Directory of the runs, evaluations and tables.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  argv = argv or sys.argv
+
+  def go(_):
+    command = ' '.join(['python -m biflow_jax.tools.ablate'] + list(argv[1:]))
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    try:
+      studies, jobs, records = prepare(config, flags.FLAGS.study, workdir)
+    except ValueError as e:  # bad input: one line, before anything trains
+      print(f'FATAL: {e}', file=sys.stderr)
+      sys.exit(2)
+    execute(config, studies, jobs, records, epath.Path(workdir), command)
+
+  app.run(go, argv=argv, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  main()

@@ -28,7 +28,7 @@ def count_params(config):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
 
 
-@pytest.mark.parametrize('name,args', [('tiny', ()), ('mnist', ()), ('cifar10', ()),
+@pytest.mark.parametrize('name,args', [('tiny', ()), ('mnist', ()), ('mnist_long', ()), ('cifar10', ()),
                                        ('cifar10', ('jpeg',)), ('imagenet64', ()),
                                        ('imagenet256', ()), ('imagenet256', ('S',)),
                                        ('imagenet256', ('XL',))])

@@ -109,6 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
       scaling_factor=0.18215,   # F and G see latents * scaling_factor (unit-ish variance)
       image_size=256,           # pixel side the cache is encoded at (centre crop)
       dtype='float32',          # compute dtype of encoder/decoder
+      precision='highest',      # conv/matmul precision: highest (true float32 on GPU/TPU) | high |
+                                # default (TF32 on GPU, bf16 passes on TPU: fast)
   ))
 
   # Perceptual terms on G's decoded image (reverse loss), each adaptively weighted.
@@ -123,6 +125,12 @@ def base_config() -> ml_collections.ConfigDict:
       # MNIST; feature_term.py), never the evaluation classifier.
       feature_weight=0.0,       # 0 = off
       feature_net='',           # asset prefix (<prefix>.npz/.json); '' = the bundled MNIST one
+      # Numerics of these frozen nets (LPIPS, ConvNeXt, the feature net): conv/matmul precision
+      # (highest | high | default) and compute dtype (params stay float32; norms and the
+      # distances run in float32). highest/float32 reproduces the reference numbers; the
+      # accelerator configs choose default/bfloat16 (docs/method.md §4.11).
+      precision='highest',
+      dtype='float32',
   ))
 
   c.objective = ml_collections.ConfigDict(dict(
@@ -260,6 +268,10 @@ _CHOICES = {
     'model.dtype': tuple(layers.DTYPES),
     'model.attention': layers.ATTENTION_IMPLS,
     'model.remat': layers.REMAT_POLICIES,
+    'vae.dtype': tuple(layers.DTYPES),
+    'vae.precision': tuple(layers.PRECISIONS),
+    'perceptual.dtype': tuple(layers.DTYPES),
+    'perceptual.precision': tuple(layers.PRECISIONS),
     'reverse.attention': ('',) + layers.ATTENTION_IMPLS,
     'reverse.remat': layers.REMAT_POLICIES,
     'eval.feature_net': features.FEATURE_NETS,

@@ -49,19 +49,25 @@ class LossFeatureNet(nn.Module):
   """Strided 4x4 convs + GELU (taps after each), global average pool, linear logits.
 
   (B, 28, 28, 1) in [-1, 1] -> 14x14x32 -> 7x7x64 -> 7x7x128 with the default strides.
-  Returns (logits (B, num_classes), taps: list of NHWC activations).
+  Returns (logits (B, num_classes), taps: list of NHWC activations in `dtype`).
+  precision / dtype: the convs' and the dense layer's (config.perceptual.precision /
+  .dtype; not part of the asset: the same weights run at any numerics).
   """
   channels: Sequence[int] = (32, 64, 128)
   strides: Sequence[int] = (2, 2, 1)
   num_classes: int = 10
+  precision: Any = jax.lax.Precision.HIGHEST
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, list[Array]]:
     taps = []
     for i, (ch, s) in enumerate(zip(self.channels, self.strides)):
-      x = nn.gelu(nn.Conv(ch, (4, 4), strides=(s, s), padding='SAME', name=f'conv{i}')(x))
+      x = nn.gelu(nn.Conv(ch, (4, 4), strides=(s, s), padding='SAME', precision=self.precision,
+                          dtype=self.dtype, name=f'conv{i}')(x))
       taps.append(x)
-    logits = nn.Dense(self.num_classes, name='logits')(jnp.mean(x, axis=(1, 2)))
+    logits = nn.Dense(self.num_classes, precision=self.precision, dtype=self.dtype,
+                      name='logits')(jnp.mean(x, axis=(1, 2)))
     return logits, taps
 
 
@@ -100,6 +106,7 @@ def feature_distance(module: LossFeatureNet, image_shape: tuple[int, int, int], 
   _, taps = module.apply({'params': params}, jnp.concatenate([x0, x1], axis=0))
   total = jnp.zeros((batch,), jnp.float32)
   for tap in taps:
+    tap = tap.astype(jnp.float32)  # the normalisation and distance are float32 at any dtype
     a, b = _unit_channels(tap[:batch]), _unit_channels(tap[batch:])
     total = total + jnp.mean(jnp.sum(jnp.square(a - b), axis=-1), axis=(1, 2))
   return total

@@ -3,6 +3,9 @@
 Latent runs (data.source='latents') need the SD VAE decoder to turn latents back into
 images, for sample grids and for perceptual losses on G's output. Perceptual terms
 (LPIPS-VGG, ConvNeXt-V2) compare G's decoded image with the decoded clean target.
+Their numerics (matmul/conv precision and compute dtype) are config.perceptual.precision /
+.dtype for the loss nets and config.vae.precision / .dtype for the VAE: HIGHEST and
+float32 unless a config chooses (the accelerator configs choose 'default' and bfloat16).
 Their weights come from files named in the config and travel into the jitted step as
 an argument (`frozen_params`), never as baked-in constants, and are not checkpointed:
 they are inputs of the experiment, like the data.
@@ -52,6 +55,8 @@ def decoded_image_shape(config) -> tuple[int, int, int]:
 
 def _feature_term(config, module, params) -> perceptual.PerceptualTerm:
   shape = decoded_image_shape(config)
+  precision, dtype = perceptual.numerics(config.perceptual)
+  module = module.clone(precision=precision, dtype=dtype)
   return perceptual.PerceptualTerm('features', float(config.perceptual.feature_weight), params,
                                    feature_term.distance_fn(module, shape))
 

@@ -24,7 +24,9 @@ reverse loss adds from weight files (nothing is downloaded).
 
 Norms (LPIPS channel norm, GRN) use a square root whose gradient is 0 at 0 instead of
 inf (PyTorch would give NaN there), so an all-zero ReLU column cannot poison training.
-Convs and matmuls default to HIGHEST precision (true float32 also on GPU/TPU).
+Numerics: convs and matmuls run at `precision` in `dtype` (defaults HIGHEST and float32:
+true float32 also on GPU/TPU; config.perceptual.precision / .dtype choose, `numerics`);
+norms, the LPIPS channel normalisation and the distances are float32 whatever `dtype`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from biflow_jax.models import layers
 
 Array = jax.Array
 PRECISION = jax.lax.Precision.HIGHEST
@@ -76,6 +80,7 @@ class VGG16Features(nn.Module):
   Convs are named `conv{i}`, i the torchvision `features` index (0, 2, 5, ..., 28).
   """
   precision: Any = PRECISION
+  dtype: Any = jnp.float32  # compute dtype of convs and matmuls; params stay float32
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, ...]:
@@ -86,7 +91,7 @@ class VGG16Features(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
       for i in convs:
         x = nn.Conv(out_channels[i], (3, 3), padding=((1, 1), (1, 1)),
-                    precision=self.precision, name=f'conv{i}')(x)
+                    precision=self.precision, dtype=self.dtype, name=f'conv{i}')(x)
         x = nn.relu(x)
       taps.append(x)
     return tuple(taps)
@@ -105,6 +110,7 @@ class LPIPS(nn.Module):
   (1, 1, C, 1)). Both images go through the trunk as one batch.
   """
   precision: Any = PRECISION
+  dtype: Any = jnp.float32  # compute dtype of convs and matmuls; params stay float32
 
   @nn.compact
   def __call__(self, x0: Array, x1: Array) -> Array:
@@ -114,13 +120,14 @@ class LPIPS(nn.Module):
     batch = x0.shape[0]
     x = jnp.concatenate([x0, x1], axis=0).astype(jnp.float32)
     x = (x - jnp.asarray(LPIPS_SHIFT, jnp.float32)) / jnp.asarray(LPIPS_SCALE, jnp.float32)
-    taps = VGG16Features(precision=self.precision, name='net')(x)
+    taps = VGG16Features(precision=self.precision, dtype=self.dtype, name='net')(x)
     total = jnp.zeros((batch,), jnp.float32)
     for i, f in enumerate(taps):
-      f = _unit_channels(f)
+      f = _unit_channels(f.astype(jnp.float32))
       diff = jnp.square(f[:batch] - f[batch:])
-      head = nn.Conv(1, (1, 1), use_bias=False, precision=self.precision, name=f'lin{i}')
-      total = total + jnp.mean(head(diff), axis=(1, 2, 3))
+      head = nn.Conv(1, (1, 1), use_bias=False, precision=self.precision, dtype=self.dtype,
+                     name=f'lin{i}')
+      total = total + jnp.mean(head(diff).astype(jnp.float32), axis=(1, 2, 3))
     return total
 
 
@@ -164,27 +171,29 @@ class GRNMlp(nn.Module):
   """fc1 (4x) -> exact GELU -> GRN -> fc2 (timm GlobalResponseNormMlp)."""
   hidden: int
   precision: Any = PRECISION
+  dtype: Any = jnp.float32  # compute dtype of convs and matmuls; params stay float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     dim = x.shape[-1]
-    x = nn.Dense(self.hidden, precision=self.precision, name='fc1')(x)
+    x = nn.Dense(self.hidden, precision=self.precision, dtype=self.dtype, name='fc1')(x)
     x = nn.gelu(x, approximate=False)
     x = GRN(name='grn')(x)
-    return nn.Dense(dim, precision=self.precision, name='fc2')(x)
+    return nn.Dense(dim, precision=self.precision, dtype=self.dtype, name='fc2')(x)
 
 
 class ConvNeXtV2Block(nn.Module):
   """7x7 depthwise conv -> LayerNorm -> GRNMlp -> + input (no layer scale in V2)."""
   precision: Any = PRECISION
+  dtype: Any = jnp.float32  # compute dtype of convs and matmuls; params stay float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     dim = x.shape[-1]
     y = nn.Conv(dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=dim,
-                precision=self.precision, name='conv_dw')(x)
+                precision=self.precision, dtype=self.dtype, name='conv_dw')(x)
     y = _layer_norm('norm')(y)
-    y = GRNMlp(4 * dim, precision=self.precision, name='mlp')(y)
+    y = GRNMlp(4 * dim, precision=self.precision, dtype=self.dtype, name='mlp')(y)
     return x + y
 
 
@@ -194,13 +203,15 @@ class ConvNeXtV2Stage(nn.Module):
   depth: int
   has_downsample: bool
   precision: Any = PRECISION
+  dtype: Any = jnp.float32  # compute dtype of convs and matmuls; params stay float32
 
   def setup(self):
     if self.has_downsample:  # named downsample_0 / downsample_1 like timm's Sequential
       self.downsample = [_layer_norm(),
                          nn.Conv(self.dim, (2, 2), strides=(2, 2), padding='VALID',
-                                 precision=self.precision)]
-    self.blocks = [ConvNeXtV2Block(precision=self.precision) for _ in range(self.depth)]
+                                 precision=self.precision, dtype=self.dtype)]
+    self.blocks = [ConvNeXtV2Block(precision=self.precision, dtype=self.dtype)
+                   for _ in range(self.depth)]
 
   def __call__(self, x: Array) -> Array:
     if self.has_downsample:
@@ -223,18 +234,20 @@ class ConvNeXtV2(nn.Module):
   depths: tuple[int, ...]
   num_classes: int = 1000
   precision: Any = PRECISION
+  dtype: Any = jnp.float32  # compute dtype of convs and matmuls; params stay float32
 
   def setup(self):
     if len(self.dims) != len(self.depths):
       raise ValueError(f'ConvNeXtV2 dims {self.dims} and depths {self.depths} differ in length')
     self.stem_0 = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding='VALID',
-                          precision=self.precision)
+                          precision=self.precision, dtype=self.dtype)
     self.stem_1 = _layer_norm()
-    self.stages = [ConvNeXtV2Stage(dim, depth, has_downsample=i > 0, precision=self.precision)
+    self.stages = [ConvNeXtV2Stage(dim, depth, has_downsample=i > 0, precision=self.precision,
+                                   dtype=self.dtype)
                    for i, (dim, depth) in enumerate(zip(self.dims, self.depths))]
     self.head_norm = _layer_norm()
     if self.num_classes:
-      self.head_fc = nn.Dense(self.num_classes, precision=self.precision)
+      self.head_fc = nn.Dense(self.num_classes, precision=self.precision, dtype=self.dtype)
 
   def forward_features(self, x: Array) -> Array:
     """(B, H, W, 3) -> the last stage's output (B, H/32, W/32, dims[-1]), before the head."""
@@ -254,14 +267,15 @@ class ConvNeXtV2(nn.Module):
 
 
 def convnext_model(variant: str, num_classes: int = 1000,
-                   precision: Any = PRECISION) -> ConvNeXtV2:
+                   precision: Any = PRECISION, dtype: Any = jnp.float32) -> ConvNeXtV2:
   """ConvNeXtV2 for a timm variant name ('atto' .. 'huge', or 'convnextv2_base')."""
   key = variant.removeprefix('convnextv2_')
   if key not in CONVNEXT_VARIANTS:
     raise ValueError(f'unknown ConvNeXt-V2 variant {variant!r}; expected one of '
                      f'{sorted(CONVNEXT_VARIANTS)} (config.perceptual.convnext_variant)')
   dims, depths = CONVNEXT_VARIANTS[key]
-  return ConvNeXtV2(dims=dims, depths=depths, num_classes=num_classes, precision=precision)
+  return ConvNeXtV2(dims=dims, depths=depths, num_classes=num_classes, precision=precision,
+                    dtype=dtype)
 
 
 def convnext_inputs(x: Array, resize: int = 224) -> Array:
@@ -291,7 +305,7 @@ def convnext_distance(model: ConvNeXtV2, params, x0: Array, x1: Array,
     raise ValueError(f'convnext_distance: image shapes differ: {x0.shape} vs {x1.shape}')
   batch = x0.shape[0]
   x = convnext_inputs(jnp.concatenate([x0, x1], axis=0), resize)
-  feats = model.apply({'params': params}, x, method=ConvNeXtV2.pre_logits)
+  feats = model.apply({'params': params}, x, method=ConvNeXtV2.pre_logits).astype(jnp.float32)
   return jnp.mean(jnp.square(feats[:batch] - feats[batch:]), axis=-1)
 
 
@@ -311,8 +325,25 @@ class PerceptualTerm:
   distance: Callable[[Any, Array, Array], Array]
 
 
-def lpips_term(weight: float, params) -> PerceptualTerm:
-  return PerceptualTerm('lpips', weight, params, functools.partial(lpips_distance, LPIPS()))
+def numerics(perceptual_cfg) -> tuple[Any, Any]:
+  """(jax.lax.Precision, compute dtype) of the frozen loss nets from config.perceptual's
+  `precision` ('highest' | 'high' | 'default') and `dtype` ('float32' | 'bfloat16' | ...);
+  absent fields mean HIGHEST and float32. Unknown names are a ValueError naming the field."""
+  precision = perceptual_cfg.get('precision', 'highest')
+  dtype = perceptual_cfg.get('dtype', 'float32')
+  if precision not in layers.PRECISIONS:
+    raise ValueError(f'config.perceptual.precision={precision!r} is not one of '
+                     f'{tuple(layers.PRECISIONS)}')
+  if dtype not in layers.DTYPES:
+    raise ValueError(f'config.perceptual.dtype={dtype!r} is not one of {tuple(layers.DTYPES)}')
+  return layers.resolve_precision(precision), layers.resolve_dtype(dtype)
+
+
+def lpips_term(weight: float, params, precision: Any = PRECISION,
+               dtype: Any = jnp.float32) -> PerceptualTerm:
+  return PerceptualTerm('lpips', weight, params,
+                        functools.partial(lpips_distance,
+                                          LPIPS(precision=precision, dtype=dtype)))
 
 
 def convnext_term(weight: float, model: ConvNeXtV2, params, resize: int) -> PerceptualTerm:
@@ -330,11 +361,14 @@ def abstract_terms(perceptual_cfg) -> list[PerceptualTerm]:
   rng = jax.random.PRNGKey(0)
   terms = []
   lpips_weight, convnext_weight = term_weights(perceptual_cfg)
+  precision, dtype = numerics(perceptual_cfg)
   if lpips_weight > 0:
     x = jnp.zeros((1, 64, 64, 3))
-    terms.append(lpips_term(lpips_weight, jax.eval_shape(LPIPS().init, rng, x, x)['params']))
+    terms.append(lpips_term(lpips_weight, jax.eval_shape(LPIPS().init, rng, x, x)['params'],
+                            precision, dtype))
   if convnext_weight > 0:
-    model = convnext_model(str(perceptual_cfg.get('convnext_variant', 'base')))
+    model = convnext_model(str(perceptual_cfg.get('convnext_variant', 'base')),
+                           precision=precision, dtype=dtype)
     resize = int(perceptual_cfg.get('convnext_resize', 224))
     x = jnp.zeros((1, resize, resize, 3))
     terms.append(convnext_term(convnext_weight, model,

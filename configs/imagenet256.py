@@ -59,6 +59,7 @@ def get_config(size: str = 'B'):
   c.vae.weights = ''                 # required: diffusers sd-vae-ft-ema (.safetensors)
   c.vae.image_size = 256
   c.vae.dtype = 'bfloat16'           # frozen decoder in the loss: bf16 halves its cost
+  c.vae.precision = 'default'        # and the backend's fast matmuls (TF32 / bf16 passes)
 
   # --- F: iTARFlow-X/2 ------------------------------------------------------------------
   c.model.image_size = 32            # latent side (256 / 8)
@@ -108,6 +109,8 @@ def get_config(size: str = 'B'):
   c.perceptual.convnext_weights = ''  # required: timm convnextv2_base checkpoint
   c.perceptual.convnext_variant = 'base'
   c.perceptual.convnext_resize = 224
+  c.perceptual.precision = 'default'  # frozen loss nets: fast matmuls in bfloat16 (the
+  c.perceptual.dtype = 'bfloat16'     # parity tests pin highest/float32; docs/method.md §4.11)
 
   # --- schedule: F by likelihood, then G with F frozen (the paper's two stages) -----------
   # Epoch budgets are ours: F gets the larger share, as flows are slow to converge in

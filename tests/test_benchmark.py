@@ -11,7 +11,10 @@ from test_train import parse_config
 KEYS = ('device', 'backend', 'weights', 'batch', 'exact_ms_per_image', 'fixed_point_ms_per_image',
         'fixed_point_iterations_per_block', 'fixed_point_max_residual',
         'fixed_point_max_abs_diff_vs_exact', 'score_denoise_ms_per_image',
-        'speedup_fixed_point_vs_exact', 'reverse_ms_per_image', 'speedup_reverse_vs_exact',
+        'speedup_fixed_point_vs_exact', 'fixed_point_uncached_ms_per_image',
+        'fixed_point_uncached_iterations_per_block', 'fixed_point_max_abs_diff_cached_vs_uncached',
+        'speedup_fixed_point_cache_vs_uncached', 'speedup_fixed_point_uncached_vs_exact',
+        'reverse_ms_per_image', 'speedup_reverse_vs_exact',
         'train_step_ms', 'train_examples_per_sec', 'train_step_tflops',
         'train_achieved_tflops_per_sec', 'peak_tflops', 'mfu', 'peak_memory_bytes',
         'train_step_memory_bytes')
@@ -19,7 +22,8 @@ KEYS = ('device', 'backend', 'weights', 'batch', 'exact_ms_per_image', 'fixed_po
 
 def test_bench_writes_every_key(tmp_path, capsys):
   config = parse_config('--config.reverse.enabled=True', '--config.bench.repeats=2',
-                        '--config.bench.batch=4', '--config.bench.peak_tflops=1.0')
+                        '--config.bench.batch=4', '--config.bench.peak_tflops=1.0',
+                        '--config.sample.fixed_point_groups=3')
   result = benchmark.run(config, tmp_path)
   saved = json.loads((tmp_path / 'bench.json').read_text())
   for key in KEYS:
@@ -30,6 +34,11 @@ def test_bench_writes_every_key(tmp_path, capsys):
   memory = saved['train_step_memory_bytes']  # XLA's analysis of the compiled step
   assert memory['argument'] > 0 and memory['total'] >= memory['argument'] - memory['alias']
   assert saved['fixed_point_max_abs_diff_vs_exact'] < 1e-2
+  # GSJ with and without its KV cache: the same iterates and sweeps, timed side by side.
+  assert saved['fixed_point_max_abs_diff_cached_vs_uncached'] < 1e-4
+  assert (saved['fixed_point_iterations_per_block']
+          == saved['fixed_point_uncached_iterations_per_block'])
+  assert saved['fixed_point_uncached_ms_per_image'] > 0
   assert 'BiFlow reverse model G (1 NFE)' in capsys.readouterr().out
   assert result['batch'] == 4
 

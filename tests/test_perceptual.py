@@ -19,6 +19,11 @@ from reference_vectors import reference as _reference
 from reference_vectors import state_dict_order as _order
 
 ATOL = 1e-4
+# The parity tests pin the reference numerics whatever the module defaults become.
+HIGHEST, F32 = jax.lax.Precision.HIGHEST, jnp.float32
+# bf16/'default' numerics (configs/imagenet256.py) vs the float32 path: bounds set at
+# about 3x what test_bfloat16_default_precision_stays_close measured on CPU.
+REL_LPIPS, ABS_CONVNEXT = 1e-2, 2e-4  # measured 3.2e-3 relative, 5.9e-5 absolute
 
 
 def _nhwc(x):
@@ -67,7 +72,7 @@ def lpips_params(lpips_file):
 
 def test_lpips_parity(lpips_params, lpips_ref):
   dist = jax.jit(perceptual.lpips_distance, static_argnums=0)
-  got = np.asarray(dist(perceptual.LPIPS(), lpips_params, _nhwc(lpips_ref['x0']),
+  got = np.asarray(dist(perceptual.LPIPS(precision=HIGHEST, dtype=F32), lpips_params, _nhwc(lpips_ref['x0']),
                         _nhwc(lpips_ref['x1'])))
   want = lpips_ref['distance']
   err = np.max(np.abs(got - want))
@@ -127,6 +132,7 @@ def convnext(convnext_file):
 
 def test_convnext_parity(convnext, convnext_ref):
   model, params = convnext
+  model = model.clone(precision=HIGHEST, dtype=F32)
   x = _nhwc(convnext_ref['x'])
 
   @jax.jit
@@ -239,3 +245,38 @@ def test_load_terms_loads(lpips_file, convnext_file, lpips_params):
 
   value = total([t.params for t in terms], x0, x1)
   assert np.isfinite(value) and value > 0
+
+
+# ------------------------------------------------------------------- fast numerics
+
+
+def test_bfloat16_default_precision_stays_close(lpips_params, convnext):
+  """config.perceptual.precision='default', dtype='bfloat16' (configs/imagenet256.py) against
+  the float32/HIGHEST path; the distances stay float32. LPIPS is compared relative to its
+  value. The stand-in ConvNeXt gives nearly equal features to any two images (distances
+  ~1e-5), so its error is an absolute one on the features' scale: pre-logits are
+  LayerNorm-ed (mean square ~1), where bf16's 2^-8 rounding alone moves a mean squared
+  difference by ~1e-5..1e-4."""
+  cfg = _cfg(precision='default', dtype='bfloat16')
+  precision, dtype = perceptual.numerics(cfg)
+  assert (precision, dtype) == (jax.lax.Precision.DEFAULT, jnp.bfloat16)
+  x0, x1 = _image_pair(32, batch=3)
+  fast = perceptual.lpips_term(1.0, lpips_params, precision, dtype)
+  exact = perceptual.lpips_term(1.0, lpips_params)
+  got, want = (np.asarray(jax.jit(t.distance)(lpips_params, x0, x1)) for t in (fast, exact))
+  rel = np.max(np.abs(got - want) / np.abs(want))
+  print(f'LPIPS bf16/default vs f32/highest: max relative difference {rel:.2e} ({want})')
+  assert got.dtype == np.float32 and rel < REL_LPIPS
+  model, params = convnext
+  fast = perceptual.convnext_term(1.0, model.clone(precision=precision, dtype=dtype), params, 64)
+  exact = perceptual.convnext_term(1.0, model, params, 64)
+  got, want = (np.asarray(jax.jit(t.distance)(params, x0, x1)) for t in (fast, exact))
+  err = np.max(np.abs(got - want))
+  print(f'ConvNeXt bf16/default vs f32/highest: max abs difference {err:.2e} ({want})')
+  assert got.dtype == np.float32 and err < ABS_CONVNEXT
+
+
+@pytest.mark.parametrize('field, value', [('precision', 'fast'), ('dtype', 'float8')])
+def test_numerics_bad_value_names_the_field(field, value):
+  with pytest.raises(ValueError, match=rf'config\.perceptual\.{field}={value!r}.*not one of'):
+    perceptual.numerics(_cfg(**{field: value}))

@@ -70,6 +70,12 @@ def test_attention_primitive_causal_bidirectional_and_decode():
     ref = layers.attend(q[:, :1] if 'kv_length' in kwargs else q, k, v, impl='einsum', **kwargs)
     got = layers.attend(q[:, :1] if 'kv_length' in kwargs else q, k, v, impl='xla', **kwargs)
     assert float(jnp.max(jnp.abs(ref - got))) < TOL, kwargs
+  # A chunk of queries at positions 2..4 against all keys (q_offset: the cached GSJ sweep)
+  # is those rows of causal attention, in both implementations.
+  causal = layers.attend(q, k, v, impl='einsum', causal=True)
+  for impl in ('einsum', 'xla'):
+    chunk = layers.attend(q[:, 2:5], k, v, impl=impl, q_offset=jnp.int32(2))
+    assert float(jnp.max(jnp.abs(chunk - causal[:, 2:5]))) < TOL, impl
   # A traced temperature (it scales the queries) gives the same result as a static one.
   traced = jax.jit(lambda t: layers.attend(q, k, v, impl='xla', causal=True, temperature=t))(0.7)
   static = layers.attend(q, k, v, impl='einsum', causal=True, temperature=0.7)
@@ -144,3 +150,22 @@ def test_bad_switches_are_clear_errors(flow_setup):
     flow.clone(remat='some').init(jax.random.key(0), x, y)
   with pytest.raises(ValueError, match='unknown attention implementation'):
     ReverseModel(**G, attention='flash').init(jax.random.key(0), jnp.zeros((1, 8, 4)))
+
+
+@pytest.mark.parametrize('scan', [False, True])
+@pytest.mark.parametrize('num_groups', [1, 3, 4])  # 4 = num_tokens: one token per group
+def test_cached_gauss_seidel_jacobi_matches_the_recomputing_one(flow_setup, num_groups, scan):
+  """kv_cache=True (the default) against kv_cache=False and the exact inverse, unguided and
+  guided (classes, attn_temp), in both parameter layouts; the same sweep counts."""
+  flow, params, _, y, z = flow_setup
+  flow = flow.clone(scan=scan)
+  v = {'params': layout.to_flow_layout(params, scan)}
+  for guidance in (0, 1.5):
+    kw = dict(method=ForwardFlow.inverse, guidance=guidance, attn_temp=0.9)
+    fixed = dict(kw, mode='fixed_point', tol=0.0, num_groups=num_groups)
+    ref, ref_iters, _ = flow.apply(v, z, y, kv_cache=False, **fixed)
+    got, iters, residual = flow.apply(v, z, y, **fixed)
+    assert max_diff(ref, got) < TOL
+    np.testing.assert_array_equal(np.asarray(iters), np.asarray(ref_iters))
+    assert max_diff(flow.apply(v, z, y, **kw), got) < 1e-4
+    assert np.all(np.asarray(residual) <= 1e-4)

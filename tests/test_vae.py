@@ -35,7 +35,7 @@ def ref_config(**overrides) -> ml_collections.ConfigDict:
       block_out_channels=tuple(spec['block_out_channels']),
       layers_per_block=spec['layers_per_block'], latent_channels=spec['latent_channels'],
       norm_num_groups=spec['norm_num_groups'], scaling_factor=spec['scaling_factor'],
-      image_size=spec['sample_size'], dtype='float32'))
+      image_size=spec['sample_size'], dtype='float32', precision='highest'))
   cfg.update(overrides)
   return cfg
 
@@ -310,6 +310,13 @@ def test_from_config_dtype_and_group_check():
   cfg = config_lib.base_config().vae
   cfg.dtype = 'bfloat16'
   assert AutoencoderKL.from_config(cfg).dtype == jnp.bfloat16
+  assert AutoencoderKL.from_config(cfg).precision == jax.lax.Precision.HIGHEST
+  cfg.precision = 'default'
+  assert AutoencoderKL.from_config(cfg).precision == jax.lax.Precision.DEFAULT
+  cfg.precision = 'fast'
+  with pytest.raises(ValueError, match='fast'):
+    AutoencoderKL.from_config(cfg)
+  cfg.precision = 'highest'
   cfg.dtype = 'float8'
   with pytest.raises(ValueError, match='float8'):
     AutoencoderKL.from_config(cfg)
@@ -319,7 +326,7 @@ def test_from_config_dtype_and_group_check():
 
 def test_bfloat16_compute_stays_close(loaded, encoded):
   _, params, ref = loaded
-  model = AutoencoderKL.from_config(ref_config(dtype='bfloat16'))
+  model = AutoencoderKL.from_config(ref_config(dtype='bfloat16', precision='default'))
   mean, logvar = model.apply({'params': params}, nhwc(ref['x']), method=AutoencoderKL.encode)
   assert mean.dtype == logvar.dtype == jnp.float32
   np.testing.assert_allclose(mean, encoded[0], atol=0.1)

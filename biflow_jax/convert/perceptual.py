@@ -266,14 +266,17 @@ def load_terms(perceptual_cfg) -> list[perceptual.PerceptualTerm]:
   """The perceptual terms with weight > 0, weights loaded from config.perceptual.
 
   Fields: lpips_weight, lpips_weights ('file' or 'trunk,heads'; see LPIPS_HOW_TO),
-  convnext_weight, convnext_weights, convnext_variant, convnext_resize. A term with
+  convnext_weight, convnext_weights, convnext_variant, convnext_resize, precision and
+  dtype (the nets' numerics, `perceptual.numerics`). A term with
   weight > 0 and no readable weights file raises FileNotFoundError naming the field.
   """
   terms = []
   lpips_weight, convnext_weight = perceptual.term_weights(perceptual_cfg)
+  precision, dtype = perceptual.numerics(perceptual_cfg)
   if lpips_weight > 0:
     paths = _existing_paths('lpips_weights', perceptual_cfg.get('lpips_weights'), LPIPS_HOW_TO)
-    terms.append(perceptual.lpips_term(lpips_weight, load_lpips_params(paths)))
+    terms.append(perceptual.lpips_term(lpips_weight, load_lpips_params(paths), precision,
+                                       dtype))
   if convnext_weight > 0:
     variant = str(perceptual_cfg.get('convnext_variant', 'base'))
     how_to = CONVNEXT_HOW_TO.format(variant=variant.removeprefix('convnextv2_'))
@@ -282,6 +285,7 @@ def load_terms(perceptual_cfg) -> list[perceptual.PerceptualTerm]:
       raise ValueError('config.perceptual.convnext_weights names one checkpoint file, got '
                        f'{len(paths)}: {[str(p) for p in paths]}')
     model, params = load_convnext_params(paths[0], variant)
+    model = model.clone(precision=precision, dtype=dtype)
     terms.append(perceptual.convnext_term(convnext_weight, model, params,
                                 int(perceptual_cfg.get('convnext_resize', 224))))
   return terms

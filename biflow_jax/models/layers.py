@@ -41,6 +41,23 @@ def resolve_dtype(name: str | Any) -> Any:
   return name
 
 
+#: config.perceptual.precision / config.vae.precision: matmul and conv precision of the
+#: frozen nets by name. 'highest' is true float32 on every backend; 'default' lets a GPU
+#: use TF32 / a TPU bf16 passes (fast, about 3 significant digits).
+PRECISIONS = {'highest': jax.lax.Precision.HIGHEST, 'high': jax.lax.Precision.HIGH,
+              'default': jax.lax.Precision.DEFAULT}
+
+
+def resolve_precision(name: str | Any) -> Any:
+  """Config string ('highest') or jax.lax.Precision -> jax.lax.Precision; unknown names
+  are a clear error."""
+  if isinstance(name, str):
+    if name not in PRECISIONS:
+      raise ValueError(f'unknown matmul precision {name!r}; use one of {sorted(PRECISIONS)}')
+    return PRECISIONS[name]
+  return name
+
+
 ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn', 'auto')
 
 
@@ -61,11 +78,14 @@ def _fused_impl(impl: str, dtype) -> str:
 
 
 def attend(q: Array, k: Array, v: Array, *, impl: str = 'einsum', causal: bool = False,
-           kv_length: Array | None = None, temperature=1.0, dtype: Dtype = jnp.float32) -> Array:
+           kv_length: Array | None = None, q_offset: Array | None = None, temperature=1.0,
+           dtype: Dtype = jnp.float32) -> Array:
   """Multi-head attention weights applied to v; (B, Tq, H, d) x (B, S, H, d)^2 -> (B, Tq, H, d).
 
   causal: query i sees keys <= i (Tq == S). kv_length: a scalar, only keys < kv_length
-  are seen (the KV-cache decode step). Logits are divided by sqrt(d) * temperature; the
+  are seen (the KV-cache decode step). q_offset: a scalar, the queries sit at positions
+  q_offset + i of the keys and each sees the keys at or before its position (a chunk of
+  tokens decoded against a KV cache). Logits are divided by sqrt(d) * temperature; the
   softmax runs in float32, the two matmuls in `dtype`. `impl` is one of ATTENTION_IMPLS.
   """
   check_attention_impl(impl)
@@ -79,6 +99,8 @@ def attend(q: Array, k: Array, v: Array, *, impl: str = 'einsum', causal: bool =
       mask = causal_mask(q.shape[1])
     elif kv_length is not None:
       mask = (jnp.arange(k.shape[1]) < kv_length)[None, None, None, :]
+    elif q_offset is not None:
+      mask = _chunk_mask(q.shape[1], k.shape[1], q_offset)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
@@ -88,14 +110,22 @@ def attend(q: Array, k: Array, v: Array, *, impl: str = 'einsum', causal: bool =
     scale /= float(temperature)  # a static scale: what cuDNN's kernel takes
   else:  # a traced temperature scales the queries instead
     q = (q / jnp.asarray(temperature, jnp.float32)).astype(dtype)
-  lengths = None
+  lengths, mask = None, None
   implementation = _fused_impl(impl, dtype)
   if kv_length is not None:
     lengths = jnp.full((q.shape[0],), kv_length, jnp.int32)
     implementation = 'xla'  # one query row: nothing for a fused kernel to fuse
-  return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
+  elif q_offset is not None:
+    mask = _chunk_mask(q.shape[1], k.shape[1], q_offset)
+    implementation = 'xla'  # an offset causal mask: XLA's path takes any mask
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=causal,
                                       key_value_seq_lengths=lengths,
                                       implementation=implementation)
+
+
+def _chunk_mask(num_queries: int, num_keys: int, offset: Array) -> Array:
+  """(1, 1, Tq, S) bool: query i (at position offset + i) sees keys at positions <= its own."""
+  return (jnp.arange(num_keys)[None, :] <= offset + jnp.arange(num_queries)[:, None])[None, None]
 
 
 def patchify(x: Array, patch_size: int) -> Array:
@@ -204,13 +234,18 @@ class Attention(nn.Module):
 
   def decode(self, x_t: Array, t: Array, cache: tuple[Array, Array],
              temperature=1.0) -> tuple[Array, tuple[Array, Array]]:
-    """One new token at position t (x_t: (B, 1, C)) against the cached keys/values."""
+    """New tokens at positions t, t+1, ... (x_t: (B, s, C)) against the cached keys/values
+    (written at those positions, causally masked); s = 1 is the serial decode step."""
     q, k, v = self._project_qkv(x_t)
     keys, values = cache
     keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), t, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), t, axis=1)
-    out = attend(q, keys, values, impl=self.attention, kv_length=t + 1,
-                 temperature=temperature, dtype=self.dtype)
+    if x_t.shape[1] == 1:
+      out = attend(q, keys, values, impl=self.attention, kv_length=t + 1,
+                   temperature=temperature, dtype=self.dtype)
+    else:
+      out = attend(q, keys, values, impl=self.attention, q_offset=t,
+                   temperature=temperature, dtype=self.dtype)
     return self._out(out), (keys, values)
 
 

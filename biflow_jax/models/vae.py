@@ -6,8 +6,9 @@ stride-2 conv, single-head mid-block attention, logvar clamped to [-30, 20]) and
 module names mirror its state-dict names (`down_blocks.0` -> `down_blocks_0`) so
 `biflow_jax.convert.vae` can map a checkpoint onto the params name by name.
 
-Numerics: params are float32; convs and matmuls run in `dtype`; GroupNorm statistics
-and the attention softmax are float32; `encode`/`decode` return float32.
+Numerics: params are float32; convs and matmuls run in `dtype` at `precision`
+(config.vae.dtype / config.vae.precision); GroupNorm statistics and the attention
+softmax are float32; `encode`/`decode` return float32.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from biflow_jax.models.layers import resolve_dtype
+from biflow_jax.models.layers import resolve_dtype, resolve_precision
 
 Array = jax.Array
 Dtype = Any
@@ -35,10 +36,10 @@ def _group_norm(groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
 
 
 def _conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1,
-          padding: Any = 'SAME') -> nn.Conv:
+          padding: Any = 'SAME', precision: Any = None) -> nn.Conv:
   pad = ((kernel // 2, kernel // 2),) * 2 if padding == 'SAME' else padding
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad,
-                 dtype=dtype, name=name)
+                 dtype=dtype, precision=precision, name=name)
 
 
 class ResnetBlock(nn.Module):
@@ -46,15 +47,16 @@ class ResnetBlock(nn.Module):
   out_channels: int
   groups: int
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     h = nn.silu(_group_norm(self.groups, self.dtype, 'norm1')(x))
-    h = _conv(self.out_channels, 3, self.dtype, 'conv1')(h)
+    h = _conv(self.out_channels, 3, self.dtype, 'conv1', precision=self.precision)(h)
     h = nn.silu(_group_norm(self.groups, self.dtype, 'norm2')(h))
-    h = _conv(self.out_channels, 3, self.dtype, 'conv2')(h)
+    h = _conv(self.out_channels, 3, self.dtype, 'conv2', precision=self.precision)(h)
     if x.shape[-1] != self.out_channels:
-      x = _conv(self.out_channels, 1, self.dtype, 'conv_shortcut')(x)
+      x = _conv(self.out_channels, 1, self.dtype, 'conv_shortcut', precision=self.precision)(x)
     return x + h
 
 
@@ -62,18 +64,20 @@ class Attention(nn.Module):
   """The VAE mid-block attention: GroupNorm, one head over all H*W positions, residual."""
   groups: int
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     b, hgt, wid, c = x.shape
     h = _group_norm(self.groups, self.dtype, 'group_norm')(x).reshape(b, hgt * wid, c)
-    q = nn.Dense(c, dtype=self.dtype, name='to_q')(h)
-    k = nn.Dense(c, dtype=self.dtype, name='to_k')(h)
-    v = nn.Dense(c, dtype=self.dtype, name='to_v')(h)
-    logits = jnp.einsum('bqc,bkc->bqk', q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(c))
+    q = nn.Dense(c, dtype=self.dtype, precision=self.precision, name='to_q')(h)
+    k = nn.Dense(c, dtype=self.dtype, precision=self.precision, name='to_k')(h)
+    v = nn.Dense(c, dtype=self.dtype, precision=self.precision, name='to_v')(h)
+    logits = jnp.einsum('bqc,bkc->bqk', q, k, precision=self.precision).astype(jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(c))
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    h = jnp.einsum('bqk,bkc->bqc', weights, v)
-    h = nn.Dense(c, dtype=self.dtype, name='to_out')(h)
+    h = jnp.einsum('bqk,bkc->bqc', weights, v, precision=self.precision)
+    h = nn.Dense(c, dtype=self.dtype, precision=self.precision, name='to_out')(h)
     return x + h.reshape(b, hgt, wid, c)
 
 
@@ -82,34 +86,39 @@ class MidBlock(nn.Module):
   channels: int
   groups: int
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = ResnetBlock(self.channels, self.groups, self.dtype, name='resnets_0')(x)
-    x = Attention(self.groups, self.dtype, name='attentions_0')(x)
-    return ResnetBlock(self.channels, self.groups, self.dtype, name='resnets_1')(x)
+    x = ResnetBlock(self.channels, self.groups, self.dtype, self.precision, name='resnets_0')(x)
+    x = Attention(self.groups, self.dtype, self.precision, name='attentions_0')(x)
+    return ResnetBlock(self.channels, self.groups, self.dtype, self.precision,
+                       name='resnets_1')(x)
 
 
 class Downsample(nn.Module):
   """Pad right/bottom by one, then a 3x3 stride-2 conv without padding (diffusers padding=0)."""
   channels: int
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    return _conv(self.channels, 3, self.dtype, 'conv', stride=2, padding='VALID')(x)
+    return _conv(self.channels, 3, self.dtype, 'conv', stride=2, padding='VALID',
+                 precision=self.precision)(x)
 
 
 class Upsample(nn.Module):
   """Nearest-neighbour 2x, then a 3x3 conv."""
   channels: int
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return _conv(self.channels, 3, self.dtype, 'conv')(x)
+    return _conv(self.channels, 3, self.dtype, 'conv', precision=self.precision)(x)
 
 
 class DownBlock(nn.Module):
@@ -118,13 +127,15 @@ class DownBlock(nn.Module):
   groups: int
   add_downsample: bool
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     for i in range(self.num_layers):
-      x = ResnetBlock(self.out_channels, self.groups, self.dtype, name=f'resnets_{i}')(x)
+      x = ResnetBlock(self.out_channels, self.groups, self.dtype, self.precision,
+                      name=f'resnets_{i}')(x)
     if self.add_downsample:
-      x = Downsample(self.out_channels, self.dtype, name='downsamplers_0')(x)
+      x = Downsample(self.out_channels, self.dtype, self.precision, name='downsamplers_0')(x)
     return x
 
 
@@ -134,13 +145,15 @@ class UpBlock(nn.Module):
   groups: int
   add_upsample: bool
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     for i in range(self.num_layers):
-      x = ResnetBlock(self.out_channels, self.groups, self.dtype, name=f'resnets_{i}')(x)
+      x = ResnetBlock(self.out_channels, self.groups, self.dtype, self.precision,
+                      name=f'resnets_{i}')(x)
     if self.add_upsample:
-      x = Upsample(self.out_channels, self.dtype, name='upsamplers_0')(x)
+      x = Upsample(self.out_channels, self.dtype, self.precision, name='upsamplers_0')(x)
     return x
 
 
@@ -151,17 +164,19 @@ class Encoder(nn.Module):
   layers_per_block: int
   groups: int
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     chans = tuple(self.block_out_channels)
-    x = _conv(chans[0], 3, self.dtype, 'conv_in')(x.astype(self.dtype))
+    x = _conv(chans[0], 3, self.dtype, 'conv_in', precision=self.precision)(x.astype(self.dtype))
     for i, c in enumerate(chans):
       x = DownBlock(c, self.layers_per_block, self.groups, i < len(chans) - 1, self.dtype,
-                    name=f'down_blocks_{i}')(x)
-    x = MidBlock(chans[-1], self.groups, self.dtype, name='mid_block')(x)
+                    self.precision, name=f'down_blocks_{i}')(x)
+    x = MidBlock(chans[-1], self.groups, self.dtype, self.precision, name='mid_block')(x)
     x = nn.silu(_group_norm(self.groups, self.dtype, 'conv_norm_out')(x))
-    return _conv(2 * self.latent_channels, 3, self.dtype, 'conv_out')(x)
+    return _conv(2 * self.latent_channels, 3, self.dtype, 'conv_out',
+                 precision=self.precision)(x)
 
 
 class Decoder(nn.Module):
@@ -171,17 +186,18 @@ class Decoder(nn.Module):
   layers_per_block: int
   groups: int
   dtype: Dtype = jnp.float32
+  precision: Any = None  # jax.lax.Precision of convs and matmuls; None = backend default
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
     chans = tuple(reversed(tuple(self.block_out_channels)))
-    x = _conv(chans[0], 3, self.dtype, 'conv_in')(z.astype(self.dtype))
-    x = MidBlock(chans[0], self.groups, self.dtype, name='mid_block')(x)
+    x = _conv(chans[0], 3, self.dtype, 'conv_in', precision=self.precision)(z.astype(self.dtype))
+    x = MidBlock(chans[0], self.groups, self.dtype, self.precision, name='mid_block')(x)
     for i, c in enumerate(chans):
       x = UpBlock(c, self.layers_per_block + 1, self.groups, i < len(chans) - 1, self.dtype,
-                  name=f'up_blocks_{i}')(x)
+                  self.precision, name=f'up_blocks_{i}')(x)
     x = nn.silu(_group_norm(self.groups, self.dtype, 'conv_norm_out')(x))
-    return _conv(self.out_channels, 3, self.dtype, 'conv_out')(x)
+    return _conv(self.out_channels, 3, self.dtype, 'conv_out', precision=self.precision)(x)
 
 
 class AutoencoderKL(nn.Module):
@@ -193,10 +209,11 @@ class AutoencoderKL(nn.Module):
   latent_channels: int = 4
   norm_num_groups: int = 32
   dtype: Any = jnp.float32  # compute dtype; params float32
+  precision: Any = None     # jax.lax.Precision of convs and matmuls; None = backend default
 
   @classmethod
   def from_config(cls, vae_cfg: Any) -> 'AutoencoderKL':
-    """Build from `config.vae` (in_channels, block_out_channels, ..., dtype)."""
+    """Build from `config.vae` (in_channels, block_out_channels, ..., dtype, precision)."""
     get = vae_cfg.get if hasattr(vae_cfg, 'get') else lambda k, d=None: getattr(vae_cfg, k, d)
     chans = tuple(int(c) for c in get('block_out_channels'))
     groups = int(get('norm_num_groups'))
@@ -208,16 +225,19 @@ class AutoencoderKL(nn.Module):
     return cls(in_channels=in_channels, out_channels=int(get('out_channels', in_channels)),
                block_out_channels=chans, layers_per_block=int(get('layers_per_block')),
                latent_channels=int(get('latent_channels')), norm_num_groups=groups,
-               dtype=resolve_dtype(get('dtype', 'float32')))
+               dtype=resolve_dtype(get('dtype', 'float32')),
+               precision=resolve_precision(get('precision', 'highest')))
 
   def setup(self):
     chans = tuple(self.block_out_channels)
     self.encoder = Encoder(self.latent_channels, chans, self.layers_per_block,
-                           self.norm_num_groups, self.dtype)
+                           self.norm_num_groups, self.dtype, self.precision)
     self.decoder = Decoder(self.out_channels, chans, self.layers_per_block,
-                           self.norm_num_groups, self.dtype)
-    self.quant_conv = _conv(2 * self.latent_channels, 1, self.dtype, None)
-    self.post_quant_conv = _conv(self.latent_channels, 1, self.dtype, None)
+                           self.norm_num_groups, self.dtype, self.precision)
+    self.quant_conv = _conv(2 * self.latent_channels, 1, self.dtype, None,
+                            precision=self.precision)
+    self.post_quant_conv = _conv(self.latent_channels, 1, self.dtype, None,
+                                 precision=self.precision)
 
   def encode(self, x: Array) -> tuple[Array, Array]:
     """NHWC image in [-1, 1] -> posterior (mean, logvar), each (B, H/f, W/f, latent) float32."""

@@ -13,7 +13,8 @@ identity, whose fixed-point inverse would stop after one sweep), so the iteratio
 counts of Gauss-Seidel-Jacobi are those of a random F, not of a trained one (stated
 in the output). Measured, in one run (median of --repeats after a compile call):
 - ms/image of G (1 NFE) and of the VAE decode at --batch;
-- ms/image of F's exact inverse, Gauss-Seidel-Jacobi and score denoising at
+- ms/image of F's exact inverse, Gauss-Seidel-Jacobi (with and without its KV
+  cache of solved groups) and score denoising at
   --serial_batch (the serial decoders at a smaller batch, stated);
 - both phases' train step at --batch: F (NLL of x + sigma eps, AdamW) and G (F frozen,
   its trajectory as targets of G's stage heads and output, MSE, AdamW). The perceptual
@@ -168,6 +169,12 @@ def run(size: str = 'B', batch: int = 0, serial_batch: int = 0, guidance: float 
   gsj = lambda v, z, y: flow.apply(v, z, y, method=ForwardFlow.inverse, mode='fixed_point',
                                    guidance=guidance, tol=tol, num_groups=groups)
   rows.append(_measure(f'F Gauss-Seidel-Jacobi ({groups} groups, tol {tol:g})', gsj,
+                       (f_vars, z_serial, y_serial), serial_batch, repeats, peak))
+  # The same sweeps without the KV cache of solved groups (each sweep recomputes the prefix).
+  gsj_uncached = lambda v, z, y: flow.apply(v, z, y, method=ForwardFlow.inverse,
+                                            mode='fixed_point', guidance=guidance, tol=tol,
+                                            num_groups=groups, kv_cache=False)
+  rows.append(_measure(f'F Gauss-Seidel-Jacobi, no KV cache ({groups} groups)', gsj_uncached,
                        (f_vars, z_serial, y_serial), serial_batch, repeats, peak))
   _, gsj_iters, gsj_residual = jax.jit(gsj)(f_vars, z_serial, y_serial)
   x_noisy = image[:serial_batch]

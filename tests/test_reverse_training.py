@@ -52,15 +52,21 @@ def test_frozen_forward_is_bit_identical_through_reverse_phase(two_stage_run):
   assert int(optim.group_steps(final.opt_state)['reverse']) == 400
 
 
+def heldout_through_forward(config, params, num=64):
+  """(models, x, x~, labels, z = F(x~)) for the first `num` held-out digits."""
+  models = build_models(config)
+  heldout = input_pipeline.load_heldout(config)
+  batch = {k: v[:num] for k, v in heldout.items()}
+  x, x_noisy, y = biflow.prepare_inputs(batch, jax.random.PRNGKey(0), config,
+                                        models.flow.num_classes, train=False)
+  z, _, _ = models.flow.apply({'params': params['forward']}, x_noisy, y)
+  return models, x, x_noisy, y, z
+
+
 def test_reverse_model_inverts_trained_forward(two_stage_run):
   """|| G(F(x~)) - x ||^2 < 10% of the data variance on held-out digits."""
   config, _, final, _ = two_stage_run
-  models = build_models(config)
-  heldout = input_pipeline.load_heldout(config)
-  batch = {k: v[:64] for k, v in heldout.items()}
-  x, x_noisy, y = biflow.prepare_inputs(batch, jax.random.PRNGKey(0), config,
-                                        models.flow.num_classes, train=False)
-  z, logdet, _ = models.flow.apply({'params': final.params['forward']}, x_noisy, y)
+  models, x, x_noisy, y, z = heldout_through_forward(config, final.params)
   # F really is not the identity after training.
   assert float(jnp.mean(jnp.abs(z - layers.patchify(x_noisy, 7)))) > 0.1
   out, projections = models.generator.apply({'params': final.params['reverse']}, z, y,
@@ -82,14 +88,8 @@ def test_reverse_model_reconstructions_keep_their_class(two_stage_run):
   t in 0.7..1.0), so they cannot be compared here; docs/experiments/mnist.md, round 3.
   """
   config, _, final, _ = two_stage_run
-  models = build_models(config)
-  heldout = input_pipeline.load_heldout(config)
-  batch = {k: v[:64] for k, v in heldout.items()}
-  x, x_noisy, y = biflow.prepare_inputs(batch, jax.random.PRNGKey(0), config,
-                                        models.flow.num_classes, train=False)
-  params = final.ema
-  z, _, _ = models.flow.apply({'params': params['forward']}, x_noisy, y)
-  tokens, _ = models.generator.apply({'params': params['reverse']}, z, y, jnp.zeros((64,)))
+  models, _, _, y, z = heldout_through_forward(config, final.ema)
+  tokens, _ = models.generator.apply({'params': final.ema['reverse']}, z, y, jnp.zeros((64,)))
   images = jnp.clip(layers.unpatchify(tokens, models.flow.image_shape, models.flow.patch_size),
                     -1.0, 1.0)
   module, variables, _ = classifier.load_classifier(None)

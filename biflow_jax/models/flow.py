@@ -203,6 +203,17 @@ def _exact_block_inverse(block: FlowBlock, variables, z: Array, y, guidance, tem
   return x
 
 
+def _guided_shift_params(block: FlowBlock, variables, x_prefix: Array, y, guidance, temperature,
+                         reverse=None) -> tuple[Array, Array]:
+  """(a, b) of every token of x_prefix (block order), guided by CFG when guidance != 0."""
+  a, b = block.apply(variables, x_prefix, y, 1.0, reverse, method=FlowBlock.shift_params)
+  if not _no_guidance(guidance):
+    a_u, b_u = block.apply(variables, x_prefix, None, temperature, reverse,
+                           method=FlowBlock.shift_params)
+    a, b = _guide(a, a_u, guidance), _guide(b, b_u, guidance)
+  return a, b
+
+
 def _fixed_point_block_inverse(block: FlowBlock, variables, z: Array, y, guidance, temperature,
                                tol, max_iters: int, num_groups: int, reverse=None):
   """Gauss-Seidel over groups (in order), Jacobi inside a group; num_groups=1 is Jacobi.
@@ -212,15 +223,9 @@ def _fixed_point_block_inverse(block: FlowBlock, variables, z: Array, y, guidanc
   """
   length = z.shape[1]
   size = math.ceil(length / num_groups)
-  guided = not _no_guidance(guidance)
 
   def shift_params(x_prefix):
-    a, b = block.apply(variables, x_prefix, y, 1.0, reverse, method=FlowBlock.shift_params)
-    if guided:
-      a_u, b_u = block.apply(variables, x_prefix, None, temperature, reverse,
-                             method=FlowBlock.shift_params)
-      a, b = _guide(a, a_u, guidance), _guide(b, b_u, guidance)
-    return a, b
+    return _guided_shift_params(block, variables, x_prefix, y, guidance, temperature, reverse)
 
   x = z
   total_iters = jnp.int32(0)
@@ -274,12 +279,7 @@ def _cached_fixed_point_block_inverse(block: FlowBlock, variables, z: Array, y, 
   guided = not _no_guidance(guidance)
 
   def prefix_params(x_prefix):
-    a, b = block.apply(variables, x_prefix, y, 1.0, reverse, method=FlowBlock.shift_params)
-    if guided:
-      a_u, b_u = block.apply(variables, x_prefix, None, temperature, reverse,
-                             method=FlowBlock.shift_params)
-      a, b = _guide(a, a_u, guidance), _guide(b, b_u, guidance)
-    return a, b
+    return _guided_shift_params(block, variables, x_prefix, y, guidance, temperature, reverse)
 
   def chunk_params(chunk, first, caches):
     """chunk: tokens first .. first+s-1 (block order); the caches hold the tokens before

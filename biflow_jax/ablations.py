@@ -265,13 +265,14 @@ def _validate(config: ml_collections.ConfigDict, what: str) -> None:
 
 # ----------------------------------------------------------------------------- results
 
+#: Config groups that do not change what a training computes.
+_NOT_TRAINING = ('sample', 'eval', 'bench', 'export', 'edit', 'likelihood')
+
+
 def training_key(config: ml_collections.ConfigDict) -> dict:
   """What a training depends on (the config without its sampling and evaluation groups),
   as plain JSON, to tell a finished run of this config from one of another."""
-  out = json.loads(config.to_json_best_effort())
-  for group in ('sample', 'eval', 'bench', 'export', 'edit', 'likelihood'):
-    out.pop(group, None)
-  return out
+  return training_key_of(json.loads(config.to_json_best_effort()))
 
 
 def config_key(config: ml_collections.ConfigDict) -> dict:
@@ -299,8 +300,7 @@ def ordering(measured: list[dict]) -> dict:
 
 def training_key_of(saved_config: dict) -> dict:
   """`training_key` of a config as a run's config.json stores it."""
-  return {k: v for k, v in saved_config.items()
-          if k not in ('sample', 'eval', 'bench', 'export', 'edit', 'likelihood')}
+  return {k: v for k, v in saved_config.items() if k not in _NOT_TRAINING}
 
 
 def _row_result(row: Row, evaluation: dict, training: dict | None) -> dict:

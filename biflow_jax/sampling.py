@@ -76,17 +76,16 @@ def make_decoder(config, decoder: str = 'exact', denoise: str = 'score'
   def decode(params: Any, z: jax.Array, labels: jax.Array, guidance=0.0) -> jax.Array:
     forward = {'params': params['forward']}
     y = labels if flow.num_classes else None
-    if decoder == 'reverse' and reverse_cfg == 'two_pass':
-      run = lambda labels: generator.apply({'params': params['reverse']}, z, labels,
-                                           jnp.zeros((z.shape[0],), jnp.float32))[0]
-      cond = run(y)
-      # As for F, a Python guidance of 0 (static) skips the unconditional pass.
-      unguided = y is None or (isinstance(guidance, (int, float)) and guidance == 0)
-      tokens = cond if unguided else cond + guidance * (cond - run(None))
-      x = layers.unpatchify(tokens, flow.image_shape, flow.patch_size)
-    elif decoder == 'reverse':
-      w = jnp.full((z.shape[0],), guidance, jnp.float32)
-      tokens, _ = generator.apply({'params': params['reverse']}, z, y, w)
+    if decoder == 'reverse':
+      run = lambda labels, w: generator.apply({'params': params['reverse']}, z, labels,
+                                              jnp.full((z.shape[0],), w, jnp.float32))[0]
+      if reverse_cfg == 'two_pass':
+        cond = run(y, 0.0)
+        # As for F, a Python guidance of 0 (static) skips the unconditional pass.
+        unguided = y is None or (isinstance(guidance, (int, float)) and guidance == 0)
+        tokens = cond if unguided else cond + guidance * (cond - run(None, 0.0))
+      else:
+        tokens = run(y, guidance)
       x = layers.unpatchify(tokens, flow.image_shape, flow.patch_size)
     elif decoder == 'exact':
       x = flow.apply(forward, z, y, method=ForwardFlow.inverse, guidance=guidance)

@@ -83,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       source='bundled_mnist',   # bundled_mnist | tfds | jpeg
+      name='',                  # the dataset, picking its shipped nets (assets.py: evaluation
+                                # classifier, G's feature net); '' = mnist for bundled_mnist,
+                                # the tfds name for tfds
       tfds_name='',             # e.g. 'cifar10', 'imagenet_resized/64x64'
       train_split='train',
       heldout_split='test',
@@ -124,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
       # A small feature net the project trains on the training split (pixel data such as
       # MNIST; feature_term.py), never the evaluation classifier.
       feature_weight=0.0,       # 0 = off
-      feature_net='',           # asset prefix (<prefix>.npz/.json); '' = the bundled MNIST one
+      feature_net='',           # asset prefix (<prefix>.npz/.json); '' = the dataset's shipped one
       # Numerics of these frozen nets (LPIPS, ConvNeXt, the feature net): conv/matmul precision
       # (highest | high | default) and compute dtype (params stay float32; norms and the
       # distances run in float32). highest/float32 reproduces the reference numbers; the
@@ -188,7 +191,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=1000,         # class-balanced samples per decoder
       batch=250,
       feature_net='classifier', # classifier (the dataset's own, bundled for MNIST) | inception
-      classifier_path='',       # '' = biflow_jax/data/mnist_classifier
+      classifier_path='',       # asset prefix; '' = the dataset's shipped one (assets.py)
       inception_weights='',     # pytorch-fid weights (.pth or .npz); '' = $BIFLOW_FID_WEIGHTS
       pr_k=3,                   # k of the k-NN manifolds for precision/recall
       is_splits=10,             # Inception Score parts (held-out protocol; the ADM suite uses parts of 5,000)

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from biflow_jax import feature_term, perceptual
+from biflow_jax import assets, feature_term, perceptual
 from biflow_jax.convert import perceptual as perceptual_convert
 from biflow_jax.convert import vae as vae_convert
 from biflow_jax.models.vae import AutoencoderKL
@@ -92,8 +92,9 @@ def load(config, with_perceptual: bool = True) -> tuple[FrozenNets | None, dict]
   if with_perceptual:
     terms = perceptual_convert.load_terms(config.perceptual)
     if float(config.perceptual.get('feature_weight', 0.0) or 0.0) > 0:
-      module, params, _ = feature_term.load(config.perceptual.feature_net,
-                                            decoded_image_shape(config))
+      module, params, _ = feature_term.load(
+          config.perceptual.feature_net or assets.shipped(config, 'feature_net'),
+          decoded_image_shape(config))
       terms.append(_feature_term(config, module, params))
   return _assemble(config, vae, vae_params, terms)
 

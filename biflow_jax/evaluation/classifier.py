@@ -30,21 +30,38 @@ REGENERATE_COMMAND = ('python -m biflow_jax.tools.train_classifier '
                       '--out=biflow_jax/data/mnist_classifier')
 
 
-class Classifier(nn.Module):
-  """Conv(3x3)+ReLU+maxpool per entry of `channels`, then dense features, then logits.
+#: Classifier.norm choices: none (the MNIST net) | group (GroupNorm after each conv: a
+#: stateless norm, so the asset is params only and eval needs no batch statistics).
+NORMS = ('none', 'group')
 
-  28x28 input -> 14 -> 7 -> 3 spatially with the default three stages.
+
+class Classifier(nn.Module):
+  """Per entry of `channels`: `convs_per_stage` x (Conv 3x3 [+ GroupNorm] + ReLU), then a
+  2x2 max-pool; then dense features, then logits.
+
+  28x28 input -> 14 -> 7 -> 3 spatially with the default three stages (the MNIST net);
+  the CIFAR-10 net is (32, 64, 128) x 2 convs with GroupNorm: 32 -> 16 -> 8 -> 4.
   """
   channels: Sequence[int] = (16, 32, 64)
   feature_dim: int = 128
   num_classes: int = 10
+  convs_per_stage: int = 1
+  norm: str = 'none'
+  norm_groups: int = 8
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: (B, H, W, C) in [-1, 1] -> (logits (B, num_classes), features (B, feature_dim))."""
+    if self.norm not in NORMS:
+      raise ValueError(f'Classifier.norm={self.norm!r}; use one of {NORMS}')
     for i, ch in enumerate(self.channels):
-      x = nn.Conv(ch, (3, 3), padding='SAME', name=f'conv{i}')(x)
-      x = nn.relu(x)
+      for j in range(self.convs_per_stage):
+        # The MNIST asset's names (conv0, conv1, ...) stay as they were for one conv a stage.
+        name = f'conv{i}' if self.convs_per_stage == 1 else f'conv{i}_{j}'
+        x = nn.Conv(ch, (3, 3), padding='SAME', name=name)(x)
+        if self.norm == 'group':
+          x = nn.GroupNorm(num_groups=min(self.norm_groups, ch), name=f'{name}_norm')(x)
+        x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
     x = x.reshape(x.shape[0], -1)
     features = nn.relu(nn.Dense(self.feature_dim, name='features')(x))
@@ -55,7 +72,18 @@ class Classifier(nn.Module):
 def architecture(module: Classifier) -> dict[str, Any]:
   """The JSON-able hyperparameters that rebuild `module`."""
   return {'channels': list(module.channels), 'feature_dim': module.feature_dim,
-          'num_classes': module.num_classes}
+          'num_classes': module.num_classes, 'convs_per_stage': module.convs_per_stage,
+          'norm': module.norm, 'norm_groups': module.norm_groups}
+
+
+def from_architecture(arch: dict[str, Any], feature_dim: int | None = None) -> Classifier:
+  """The module an asset's `architecture` record describes (older records: MNIST defaults)."""
+  return Classifier(channels=tuple(arch.get('channels', Classifier.channels)),
+                    feature_dim=int(arch.get('feature_dim', feature_dim or Classifier.feature_dim)),
+                    num_classes=int(arch.get('num_classes', 10)),
+                    convs_per_stage=int(arch.get('convs_per_stage', 1)),
+                    norm=str(arch.get('norm', 'none')),
+                    norm_groups=int(arch.get('norm_groups', Classifier.norm_groups)))
 
 
 # ------------------------------------------------------------------------------ files
@@ -114,15 +142,14 @@ def load_classifier(path: str | Path | None = None) -> tuple[Classifier, dict[st
         'the repository root.')
   info = json.loads(meta.read_text())
   arch = info.get('architecture', {})
-  module = Classifier(channels=tuple(arch.get('channels', Classifier.channels)),
-                      feature_dim=int(arch.get('feature_dim', info.get('feature_dim', 128))),
-                      num_classes=int(arch.get('num_classes', 10)))
+  module = from_architecture(arch, info.get('feature_dim'))
   with np.load(npz) as data:
     params = unflatten_params({k: jnp.asarray(data[k]) for k in data.files})
   variables = {'params': params}
   # Fail here, not at the first batch, if the file and the architecture disagree.
+  image_shape = tuple(info.get('image_shape', (28, 28, 1)))
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                            jnp.zeros((1, 28, 28, 1), jnp.float32))['params']
+                            jnp.zeros((1,) + image_shape, jnp.float32))['params']
   want = {k: v.shape for k, v in flatten_params(expected).items()}
   got = {k: v.shape for k, v in flatten_params(params).items()}
   if want != got:

@@ -1,14 +1,16 @@
 """Feature networks that evaluation scores samples with: the dataset's own classifier
-(shipped for bundled MNIST) or the FID InceptionV3 (pytorch-fid weights from a local file).
+(shipped for MNIST and CIFAR-10, `assets.py`) or the FID InceptionV3 (pytorch-fid weights from a local file).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biflow_jax import assets
 from biflow_jax.convert import inception as inception_convert
 from biflow_jax.evaluation import classifier, inception
 from biflow_jax.evaluation import fingerprint as fp
@@ -48,18 +50,37 @@ PREPROCESSING = {
 }
 
 
+def classifier_asset(config) -> Path:
+  """The classifier's asset prefix: eval.classifier_path, else the dataset's shipped one.
+
+  Raises FileNotFoundError when the dataset ships none, naming the tool that trains one.
+  """
+  if config.eval.classifier_path:
+    return Path(config.eval.classifier_path)
+  path = assets.shipped(config, 'classifier')
+  if not classifier.asset_paths(path)[0].is_file():
+    name = assets.dataset_name(config)
+    raise FileNotFoundError(
+        f'no evaluation classifier is shipped for dataset {name!r} (looked for {path}.npz; '
+        f'shipped: {", ".join(assets.available("classifier"))}). Train one with `python -m '
+        'biflow_jax.tools.train_classifier --dataset=... --out=PREFIX` and set '
+        '--config.eval.classifier_path=PREFIX, or use --config.eval.feature_net=inception')
+  return path
+
+
 def _build(config) -> tuple[str, FeatureFn, list]:
   """(name, fn, weight files) for the configured feature net."""
   net = config.eval.feature_net
   batch = int(config.eval.batch)
   if net == 'classifier':
-    module, variables, info = classifier.load_classifier(config.eval.classifier_path or None)
+    path = classifier_asset(config)
+    module, variables, info = classifier.load_classifier(path)
     shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
     expected = tuple(info.get('image_shape', (28, 28, 1)))
     if shape != expected:
-      raise ValueError(f'the classifier at {config.eval.classifier_path or "the bundled asset"} '
-                       f'reads {expected} images but the model makes {shape}; train one for '
-                       'this dataset (python -m biflow_jax.tools.train_classifier) or use '
+      raise ValueError(f'the classifier at {path} reads {expected} images but the model makes '
+                       f'{shape}; train one for this dataset (python -m '
+                       'biflow_jax.tools.train_classifier) or use '
                        '--config.eval.feature_net=inception')
 
     def classify(images):
@@ -67,7 +88,7 @@ def _build(config) -> tuple[str, FeatureFn, list]:
       return np.asarray(logits), np.asarray(features)
 
     return (f"classifier_{info.get('dataset', 'custom')}", classify,
-            list(classifier.asset_paths(config.eval.classifier_path or None)))
+            list(classifier.asset_paths(path)))
   if net == 'inception':
     path = inception_convert.resolve_path(config.eval.inception_weights or None)
     variables = inception_convert.load_fid_inception(path)

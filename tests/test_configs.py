@@ -29,7 +29,9 @@ def count_params(config):
 
 
 @pytest.mark.parametrize('name,args', [('tiny', ()), ('mnist', ()), ('mnist_long', ()), ('cifar10', ()),
-                                       ('cifar10', ('jpeg',)), ('imagenet64', ()),
+                                       ('cifar10', ('jpeg',)), ('cifar10', ('jpeg,forward_only',)),
+                                       ('cifar10_small', ()), ('imagenet64', ()),
+                                       ('imagenet64', ('forward_only',)),
                                        ('imagenet256', ()), ('imagenet256', ('S',)),
                                        ('imagenet256', ('XL',))])
 def test_config_builds(name, args):
@@ -49,6 +51,25 @@ def test_bad_config_variant_is_a_clear_error():
     load_config('imagenet256', 'XXL')
   with pytest.raises(ValueError, match=':jpeg'):
     load_config('cifar10', 'lmdb')
+  with pytest.raises(ValueError, match='forward_only'):
+    load_config('imagenet64', 'f_only')
+
+
+@pytest.mark.parametrize('name,arg', [('cifar10', 'tfds'), ('cifar10_small', None),
+                                      ('imagenet64', '')])
+def test_dataset_configs_are_biflow_experiments_with_an_f_only_override(name, arg):
+  # The issue: a user picking these gets F then G (two stages, learned denoising,
+  # training-time CFG), and F alone only when asking for it.
+  config = load_config(name, *(() if arg is None else (arg,)))
+  assert config.reverse.enabled and config.schedule.plan == 'two_stage'
+  assert config.schedule.forward_steps > 0 and config.schedule.reverse_steps > 0
+  assert config.objective.denoise == 'learned' and config.objective.cfg_w_max > 0
+  assert [p.name for p in optim.build_phase_plan(config)] == ['forward', 'reverse']
+  if arg is not None:
+    f_only = load_config(name, f'{arg},forward_only' if arg else 'forward_only')
+    assert not f_only.reverse.enabled and f_only.schedule.plan == 'forward_only'
+    assert [p.name for p in optim.build_phase_plan(f_only)] == ['forward']
+    assert f_only.model.to_dict() == config.model.to_dict()
 
 
 def test_each_decoder_samples_at_its_own_temperature():

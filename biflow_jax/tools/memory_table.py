@@ -94,8 +94,10 @@ CAPTION = (
     'temporaries; total = arguments + outputs + temporaries - donated). These are '
     "XLA:CPU's buffer assignment of the same sharded program (same mesh and shardings, "
     '--xla_force_host_platform_device_count devices): an estimate, not a device measurement; '
-    'a TPU or GPU compiler fuses and lays out bf16 differently. "Fits" holds every phase\'s '
-    "total against the chip's nominal memory, with no allowance for the runtime's own use.")
+    'a TPU or GPU compiler fuses and lays out bf16 differently. The chip columns hold each '
+    "phase's total against the chip's nominal memory in decimal GB (95 GB = 88.5 GiB, "
+    "141 GB = 131.3 GiB), with no allowance for the runtime's own use; a config fits a chip "
+    'when both of its phases do.')
 
 
 def markdown(rows: Sequence[dict]) -> str:
@@ -109,13 +111,12 @@ def markdown(rows: Sequence[dict]) -> str:
       lines.append('| ' + ' | '.join(cell + ['-', f"not measured: {row['not_measured']}"]
                                      + [''] * (len(head) - 5)) + ' |')
       continue
-    fit = fits(row) or {}
     for phase, memory in row['memory_bytes'].items():
       if memory is None:
-        values = ['n/a'] * 4
+        values, marks = ['n/a'] * 4, ['n/a'] * len(CHIPS)
       else:
         values = [f"{memory[k] / GIB:.2f}" for k in ('argument', 'output', 'temp', 'total')]
-      marks = ['yes' if fit.get(chip) else 'no' if chip in fit else 'n/a' for chip in CHIPS]
+        marks = ['yes' if memory['total'] <= capacity else 'no' for capacity in CHIPS.values()]
       lines.append('| ' + ' | '.join(cell + [phase] + values + marks
                                      + [f"{row['compile_s'][phase]:.0f}"]) + ' |')
   return '\n'.join([CAPTION, '', *lines])

@@ -20,10 +20,12 @@ def test_memory_table_cell_compiles_on_the_devices_it_was_given():
   assert forward['argument'] > 0 and forward['total'] > 0 and row['compile_s']['forward'] > 0
   assert memory_table.fits(row) == {chip: True for chip in memory_table.CHIPS}
   table = memory_table.markdown([row])
-  assert "XLA:CPU's buffer assignment" in table and '| configs/tiny.py | 2 | off | forward |' in table
+  assert "XLA:CPU's buffer assignment" in table
+  assert '| configs/tiny.py | 2 | off | forward |' in table and '| yes | yes |' in table
   # A cell too big for a chip says so; one that did not finish is a row saying why.
   huge = {**row, 'memory_bytes': {'forward': {**forward, 'total': int(100e9)}}}
   assert memory_table.fits(huge) == {'TPU v5p (95 GB)': False, 'H200 (141 GB)': True}
+  assert '| no | yes |' in memory_table.markdown([huge])
   late = memory_table.run_cell('configs/tiny.py', 1, True, None, timeout_s=0.01, cwd=str(ROOT))
   assert 'longer than' in late['not_measured'] and memory_table.fits(late) is None
   assert 'not measured: compile took longer' in memory_table.markdown([late])
@@ -49,6 +51,8 @@ def test_step_time_ab_times_each_phase_in_the_tree_it_was_given():
   other = {**result, 'tree': 'B'}
   summary = step_time_ab.summarise([result, other], [str(ROOT), 'B'])
   assert summary['phases']['forward']['ratio'] == 1.0
+  assert summary['phases']['forward']['cpu_ratio'] == 1.0
+  assert len(result['phases']['forward']['cpu_s']) == 2
   assert summary['phases']['forward']['median_step_ms'][str(ROOT)] == (
       1e3 * statistics.median(times))
   assert '| forward |' in step_time_ab.format_summary(summary)

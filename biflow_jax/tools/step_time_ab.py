@@ -9,7 +9,10 @@ The child builds the experiment of CONFIG (a file path: the same file for both t
 the config is identical), and for each phase of its plan compiles the jitted train step
 with one call, then times --steps calls (each to block_until_ready) on a fixed random
 batch. Per tree and phase: the median step time over every timed step of every round; the
-ratio is tree 2 / tree 1, with each round's paired ratio too. Under a shared, changing CPU
+ratio is tree 2 / tree 1, with each round's paired ratio too. Each step's process CPU
+time (all of XLA's threads) is recorded beside its wall time: it counts the work done, so
+it moves less than wall time when other jobs take the cores (not at all is too much to
+ask: caches and memory bandwidth are shared too). Under a shared, changing CPU
 load, alternating the trees within each round gives both the same load on average, which a
 run of one tree after the other would not; the 1-minute load average is recorded per child.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -75,13 +79,14 @@ def time_phases(config, steps: int) -> dict[str, Any]:
     state, metrics = exp.step(state, batch, exp.frozen_params, phase)  # compiles
     jax.block_until_ready((state, metrics))
     compile_s = time.perf_counter() - start
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       state, metrics = exp.step(state, batch, exp.frozen_params, phase)
       jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - start)
-    result['phases'][phase.name] = {'compile_s': compile_s, 'step_s': times}
+      cpu.append(time.process_time() - start_cpu)
+    result['phases'][phase.name] = {'compile_s': compile_s, 'step_s': times, 'cpu_s': cpu}
   return result
 
 
@@ -117,9 +122,14 @@ def summarise(runs: Sequence[dict], trees: Sequence[str]) -> dict[str, Any]:
         [t for r in by_tree[tree] for t in r['phases'][phase]['step_s']]) for tree in trees}
     rounds = [1e3 * statistics.median(r['phases'][phase]['step_s']) for r in by_tree[trees[1]]]
     base = [1e3 * statistics.median(r['phases'][phase]['step_s']) for r in by_tree[trees[0]]]
+    cpu = {tree: 1e3 * statistics.median(
+        [t for r in by_tree[tree] for t in r['phases'][phase].get('cpu_s', [math.nan])])
+           for tree in trees}
     out['phases'][phase] = {
         'median_step_ms': medians,
         'ratio': medians[trees[1]] / medians[trees[0]],
+        'median_step_cpu_ms': cpu,
+        'cpu_ratio': cpu[trees[1]] / cpu[trees[0]],
         'ratio_per_round': [b / a for a, b in zip(base, rounds)],
         'compile_s': {tree: [r['phases'][phase]['compile_s'] for r in by_tree[tree]]
                       for tree in trees}}
@@ -130,12 +140,14 @@ def summarise(runs: Sequence[dict], trees: Sequence[str]) -> dict[str, Any]:
 def format_summary(summary: dict) -> str:
   a, b = summary['trees']
   lines = [f'tree 1 (A): {a}', f'tree 2 (B): {b}',
-           '| phase | A median ms/step | B median ms/step | B/A | B/A per round |',
-           '|---|---|---|---|---|']
+           '| phase | A median ms/step | B median ms/step | B/A | B/A per round '
+           '| A median CPU ms/step | B median CPU ms/step | B/A (CPU) |',
+           '|---|---|---|---|---|---|---|---|']
   for phase, s in summary['phases'].items():
     per_round = ', '.join(f'{r:.3f}' for r in s['ratio_per_round'])
     lines.append(f"| {phase} | {s['median_step_ms'][a]:.1f} | {s['median_step_ms'][b]:.1f} "
-                 f"| {s['ratio']:.3f} | {per_round} |")
+                 f"| {s['ratio']:.3f} | {per_round} | {s['median_step_cpu_ms'][a]:.1f} "
+                 f"| {s['median_step_cpu_ms'][b]:.1f} | {s['cpu_ratio']:.3f} |")
   lines.append('1-min load average at each child start: '
                + ', '.join(f'{x:g}' for x in summary['load_1min_at_child_start']))
   return '\n'.join(lines)
@@ -172,6 +184,8 @@ def main(argv=None) -> None:
         print(f"round {r + 1}: {tree}: " + ', '.join(
             f"{p} {1e3 * statistics.median(v['step_s']):.1f} ms"
             for p, v in runs[-1]['phases'].items()), flush=True)
+        if f.out:  # after every child, so an interrupted run keeps what it measured
+          Path(f.out).write_text(json.dumps({'runs': runs}, indent=2))
     summary = summarise(runs, trees)
     print(format_summary(summary))
     if f.out:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,29 @@ def unrolled(config):
   return config
 
 
+def abstract_batch(config, mesh) -> dict:
+  """ShapeDtypeStructs of a global batch, rows split over the mesh as training lays them."""
+  rows = parallel.batch_sharding(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rows),
+                      example_batch(config))
+
+
+def step_memory(exp, timings: dict | None = None) -> dict[str, dict | None]:
+  """XLA's memory analysis per device (`benchmark.memory_of`, bytes) of each phase's
+  compiled train step: the experiment's own jitted, sharded step on its mesh, lowered from
+  abstract state and batch (nothing runs). Compiles each phase (minutes for a large config
+  on a CPU); timings, when given, receives each phase's lower + compile seconds."""
+  batch = abstract_batch(exp.config, exp.mesh)
+  out = {}
+  for phase in exp.plan:
+    start = time.perf_counter()
+    compiled = exp.step.lower(exp.abstract_state, batch, exp.frozen_params, phase).compile()
+    if timings is not None:
+      timings[phase.name] = time.perf_counter() - start
+    out[phase.name] = benchmark.memory_of(compiled)
+  return out
+
+
 def step_cost(config, memory: bool = False) -> dict:
   """Parameter counts per network and FLOPs per train step (each phase) and per sample.
 
@@ -67,9 +91,7 @@ def step_cost(config, memory: bool = False) -> dict:
   models, frozen_params, state = exp.models, exp.frozen_params, exp.abstract_state
   configured = build_experiment(config, abstract=True) if memory else None
   nets = models.frozen
-  rows = parallel.batch_sharding(exp.mesh)
-  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rows),
-                       example_batch(config))
+  batch = abstract_batch(config, exp.mesh)
   result: dict[str, Any] = {
       'batch_size': int(config.batch_size),
       'params_forward': count(state.params['forward']),
@@ -79,16 +101,12 @@ def step_cost(config, memory: bool = False) -> dict:
       'train_step_flops': {},
   }
   if memory:
-    result['train_step_memory_bytes'] = {}
     result['num_devices'] = int(exp.mesh.size)
   for phase in exp.plan:  # the jitted, sharded step that training runs
     lowered = exp.step.lower(state, batch, frozen_params, phase)
     result['train_step_flops'][phase.name] = _flops(lowered.cost_analysis())
   if memory:
-    for phase in configured.plan:
-      lowered = configured.step.lower(configured.abstract_state, batch,
-                                      configured.frozen_params, phase)
-      result['train_step_memory_bytes'][phase.name] = benchmark.memory_of(lowered.compile())
+    result['train_step_memory_bytes'] = step_memory(configured)
 
   flow, generator = models.flow, models.generator
   tokens = jax.ShapeDtypeStruct((1, flow.num_tokens, flow.token_dim), jnp.float32)

@@ -53,10 +53,11 @@ def get_config():
   c.optim.reverse.lr = 2e-3
   c.optim.reverse.warmup_steps = 100
   c.sample.num = 100                # 10 rows, one per class
-  c.sample.guidance = 1.0
-  c.sample.temperature = 0.9
-  c.sample.reverse_guidance = 1.0
-  c.sample.reverse_temperature = 1.0
+  # Each decoder at its best FD of the sweep on the README run (docs/experiments/cifar10.md):
+  c.sample.guidance = 4.0            # F's inverses: w in 0..5, t in 0.8..1.1
+  c.sample.temperature = 1.0
+  c.sample.reverse_guidance = 2.5    # G (1 NFE; trained on w < 3): w in 0..3, t in 0.8..1.1
+  c.sample.reverse_temperature = 0.9
   c.log_every = 100
   c.eval_every = 1000
   c.eval_batches = 16               # 1,024 of the 10,000 test images

@@ -344,7 +344,9 @@ def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
     return _array_source(images[idx], labels[idx], config, f'bundled_mnist[{part}]')
   if data.source == 'jpeg':
     if not data.path:
-      raise ValueError("config.data.source='jpeg' needs config.data.path")
+      raise ValueError("config.data.source='jpeg' needs config.data.path: a folder or "
+                       '.tar(.gz) laid out <split>/<class>/<file>.jpg, given as '
+                       '--config.data.path=...')
     images, labels, class_names = load_jpeg_images(
         data.path, split, channels=model.in_channels, image_size=model.image_size,
         resize=data.resize, skip_bad=data.skip_bad_images)

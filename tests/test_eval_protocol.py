@@ -35,8 +35,9 @@ def write_digit_folders(root, digits=(0, 1, 2), num_train=40, num_heldout=20):
 
 
 def jpeg_config(path, *overrides):
+  # MNIST digits as JPEG files: data.name makes evaluation use the shipped MNIST classifier.
   return parse_config('--config.data.source=jpeg', f'--config.data.path={path}',
-                      '--config.model.num_classes=3', '--config.batch_size=12',
+                      '--config.data.name=mnist', '--config.model.num_classes=3', '--config.batch_size=12',
                       '--config.eval_batches=2', '--config.schedule.forward_steps=2',
                       '--config.eval.num_samples=30', '--config.eval.batch=30',
                       '--config.eval.decoders=exact', '--config.eval.is_splits=1',

@@ -89,6 +89,24 @@ def cifar10_m11(data_path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np
   return splits[0], splits[1]
 
 
+def load_dataset(dataset: str, data_path: str = '') -> tuple[
+    tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+  """((train images, labels), (held-out images, labels), provenance) of a RECIPES dataset,
+  images in [-1, 1]; provenance (dataset, split, and for files their name and sha256) is
+  what an asset's JSON records of its data. Raises ValueError as `cifar10_m11` does."""
+  if dataset == 'mnist':
+    return (*bundled_mnist_m11(), {
+        'dataset': 'bundled_mnist',
+        'split': f'input_pipeline.bundled_mnist_split({NUM_TRAIN}, {NUM_HELDOUT})'})
+  train, heldout = cifar10_m11(data_path)
+  return train, heldout, {
+      'dataset': dataset,
+      'split': 'train/ (training) and test/ (held out) of the JPEG data',
+      'data_file': Path(data_path).name,
+      'data_sha256': (files.sha256(data_path) if Path(data_path).is_file()
+                      else 'a folder (not hashed)')}
+
+
 def random_shift(key: jax.Array, x: jax.Array, max_shift: int,
                  pad_mode: str = 'background') -> jax.Array:
   """Shifts each image by up to `max_shift` pixels each way (a random crop of the padded
@@ -193,17 +211,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   recipe = RECIPES[args.dataset]
-  if args.dataset == 'mnist':
-    (train_x, train_y), (heldout_x, heldout_y) = bundled_mnist_m11()
-    provenance = {'dataset': 'bundled_mnist',
-                  'split': f'input_pipeline.bundled_mnist_split({NUM_TRAIN}, {NUM_HELDOUT})'}
-  else:
-    (train_x, train_y), (heldout_x, heldout_y) = cifar10_m11(args.data_path)
-    provenance = {'dataset': args.dataset,
-                  'split': 'train/ (training) and test/ (held out) of the JPEG data',
-                  'data_file': Path(args.data_path).name,
-                  'data_sha256': files.sha256(args.data_path) if Path(args.data_path).is_file()
-                                 else 'a folder (not hashed)'}
+  (train_x, train_y), (heldout_x, heldout_y), provenance = load_dataset(args.dataset,
+                                                                        args.data_path)
   module = recipe.module
   t0 = time.perf_counter()
   variables, losses = train_classifier(

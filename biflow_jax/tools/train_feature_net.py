@@ -12,7 +12,7 @@ but with another architecture and another seed, so that the loss never optimises
 features that evaluation scores with. Its accuracy on the fixed 1,000 held-out digits is
 measured and recorded in <out>.json, with the command, seed, steps and date. About one
 minute on 2 CPU cores. cifar10: the same net on the 50,000 training images of the JPEG
-data (`tools.train_classifier.cifar10_m11`) with random 4-pixel crops and flips, scored
+data (`tools.train_classifier.load_dataset`) with random 4-pixel crops and flips, scored
 on the 10,000 test images.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import datetime
 import sys
 import time
-from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,16 +58,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   recipe = tc.RECIPES[args.dataset]
-  if args.dataset == 'mnist':
-    (train_x, train_y), (heldout_x, heldout_y) = tc.bundled_mnist_m11()
-    provenance = {'dataset': 'bundled_mnist',
-                  'split': f'input_pipeline.bundled_mnist_split({tc.NUM_TRAIN}, '
-                           f'{tc.NUM_HELDOUT}): trained on the train part only'}
-  else:
-    (train_x, train_y), (heldout_x, heldout_y) = tc.cifar10_m11(args.data_path)
-    provenance = {'dataset': args.dataset,
-                  'split': 'trained on train/ of the JPEG data only, scored on test/',
-                  'data_file': Path(args.data_path).name}
+  (train_x, train_y), (heldout_x, heldout_y), provenance = tc.load_dataset(args.dataset,
+                                                                           args.data_path)
+  provenance['split'] += ': trained on the train part only'
   module = feature_term.LossFeatureNet(num_classes=int(train_y.max()) + 1)
   t0 = time.perf_counter()
   variables, losses = tc.train_classifier(

@@ -10,9 +10,12 @@ import math
 
 import ml_collections
 
-from biflow_jax import biflow, image_files, input_pipeline, optim, parallel, sampling
+from biflow_jax.data import image_files, input_pipeline
 from biflow_jax.evaluation import features
+from biflow_jax.inference import decoders, sampling
 from biflow_jax.models import generator, layers
+from biflow_jax.objective import biflow, phases
+from biflow_jax.runtime import parallel
 
 
 def optimizer_group(lr: float = 3e-4, warmup_steps: int = 200) -> ml_collections.ConfigDict:
@@ -59,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
       # dict (.pth with torch, or .npz/.safetensors under PyTorch names), a biflow_jax workdir
       # (its latest checkpoint) or one checkpoint step directory (DIR/checkpoints/<step>). Its
       # architecture is checked against this group before anything runs. Only a fresh
-      # workdir uses it; a workdir with its own checkpoint resumes from that (init_from.py).
+      # workdir uses it; a workdir with its own checkpoint resumes from that (training/init_from.py).
       init_from='',
   ))
 
@@ -83,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       source='bundled_mnist',   # bundled_mnist | tfds | jpeg
-      name='',                  # the dataset, picking its shipped nets (assets.py: evaluation
+      name='',                  # the dataset, picking its shipped nets (assets/__init__.py: evaluation
                                 # classifier, G's feature net); '' = mnist for bundled_mnist,
                                 # the tfds name for tfds
       tfds_name='',             # e.g. 'cifar10', 'imagenet_resized/64x64'
@@ -119,13 +122,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Perceptual terms on G's decoded image (reverse loss), each adaptively weighted.
   c.perceptual = ml_collections.ConfigDict(dict(
       lpips_weight=0.0,         # 0 = off
-      lpips_weights='',         # LPIPS-VGG weights (see biflow_jax/perceptual.py for the files)
+      lpips_weights='',         # LPIPS-VGG weights (see biflow_jax/objective/perceptual.py for the files)
       convnext_weight=0.0,      # 0 = off
       convnext_weights='',      # timm ConvNeXt-V2 checkpoint (.safetensors / .bin / .npz)
       convnext_variant='base',  # atto | femto | pico | nano | tiny | base | large | huge
       convnext_resize=224,      # images are resized to this side before ConvNeXt
       # A small feature net the project trains on the training split (pixel data such as
-      # MNIST; feature_term.py), never the evaluation classifier.
+      # MNIST; objective/feature_term.py), never the evaluation classifier.
       feature_weight=0.0,       # 0 = off
       feature_net='',           # asset prefix (<prefix>.npz/.json); '' = the dataset's shipped one
       # Numerics of these frozen nets (LPIPS, ConvNeXt, the feature net): conv/matmul precision
@@ -157,7 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   # Phase plan: forward_only | two_stage | progressive | reverse_only (G alone from a trained
-  # F given by model.init_from) -- see optim.build_phase_plan.
+  # F given by model.init_from) -- see phases.build_phase_plan.
   c.schedule = ml_collections.ConfigDict(dict(
       plan='forward_only',
       forward_steps=2000,       # F alone
@@ -191,7 +194,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=1000,         # class-balanced samples per decoder
       batch=250,
       feature_net='classifier', # classifier (the dataset's own, bundled for MNIST) | inception
-      classifier_path='',       # asset prefix; '' = the dataset's shipped one (assets.py)
+      classifier_path='',       # asset prefix; '' = the dataset's shipped one (assets/__init__.py)
       inception_weights='',     # pytorch-fid weights (.pth or .npz); '' = $BIFLOW_FID_WEIGHTS
       pr_k=3,                   # k of the k-NN manifolds for precision/recall
       is_splits=10,             # Inception Score parts (held-out protocol; the ADM suite uses parts of 5,000)
@@ -203,7 +206,7 @@ def base_config() -> ml_collections.ConfigDict:
                                 # suite's format (arr_0 uint8 RGB, arr_1 labels)
   ))
 
-  # --mode=likelihood (likelihood_cli.py): bits/dim of a user's images under F's EMA weights.
+  # --mode=likelihood (modes/likelihood.py): bits/dim of a user's images under F's EMA weights.
   c.likelihood = ml_collections.ConfigDict(dict(
       input='',                 # a folder of .png/.jpg (sized per data.resize) or an .npz (arr_0 or
                                 # images: uint8 NHWC; labels from arr_1 or labels when present)
@@ -212,7 +215,7 @@ def base_config() -> ml_collections.ConfigDict:
       name='',                  # output DIR/likelihood/<name>.csv/.json; '' = the input's name
   ))
 
-  # --mode=edit (editing.py): noise-space editing with F and G.
+  # --mode=edit (modes/edit.py): noise-space editing with F and G.
   c.edit = ml_collections.ConfigDict(dict(
       task='inpaint',           # inpaint | interpolate | class_swap
       mask='left',              # inpaint: region regenerated: left | right | top | bottom | centre | a PNG
@@ -224,7 +227,7 @@ def base_config() -> ml_collections.ConfigDict:
       label=-1,                 # class of images without labels (and of noise interpolations)
   ))
 
-  # --mode=export (export.py): samplers as jax.export artifacts with their weights.
+  # --mode=export (modes/export.py): samplers as jax.export artifacts with their weights.
   c.export = ml_collections.ConfigDict(dict(
       decoders='',              # comma-separated subset of reverse,exact,fixed_point; '' = reverse
                                 # (when G exists) and exact
@@ -238,7 +241,7 @@ def base_config() -> ml_collections.ConfigDict:
       peak_tflops=0.0,          # chip peak for MFU; 0 = from the device kind (TPU/A100/H100/H200)
   ))
 
-  # Device mesh (biflow_jax/parallel.py): the batch is split over data x fsdp devices.
+  # Device mesh (biflow_jax/runtime/parallel.py): the batch is split over data x fsdp devices.
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1,                    # data-parallel size; -1 = every device not used by fsdp
       fsdp=1,                     # size of the axis that shards parameters (with param_sharding='fsdp')
@@ -261,7 +264,7 @@ def base_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     'data.source': input_pipeline.SOURCES,
     'data.resize': image_files.RESIZE_MODES,
-    'schedule.plan': optim.PLANS,
+    'schedule.plan': phases.PLANS,
     'objective.reverse_target': biflow.REVERSE_TARGETS,
     'objective.reverse_mode': biflow.REVERSE_MODES,
     'objective.denoise': biflow.DENOISE_MODES,
@@ -322,7 +325,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.objective.reverse_mode={mode!r} needs config.reverse.head_mode="
                      f"{'shared' if mode == 'hidden' else 'per_stage'!r} (hidden distillation "
                      'decodes every stage with the one output head; alignment learns one per stage)')
-  w_reverse = reverse_guidance(config)
+  w_reverse = decoders.reverse_guidance(config)
   two_pass = config.sample.reverse_cfg == 'two_pass'
   if config.reverse.enabled and two_pass and w_reverse != 0 and (
       not m.num_classes or config.objective.label_drop_prob <= 0):
@@ -354,15 +357,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           else ''))
   if config.sample.decoder == 'reverse' and not config.reverse.enabled:
     raise ValueError("config.sample.decoder='reverse' needs config.reverse.enabled=True")
-
-
-def reverse_temperature(config: ml_collections.ConfigDict) -> float:
-  """The temperature t of the noise N(0, t^2 I) the reverse model G samples from."""
-  t = config.sample.get('reverse_temperature', -1.0)
-  return float(config.sample.temperature if t < 0 else t)
-
-
-def reverse_guidance(config: ml_collections.ConfigDict) -> float:
-  """The guidance scale w the reverse model G samples with."""
-  w = config.sample.reverse_guidance
-  return float(config.sample.guidance if w < 0 else w)

@@ -5,22 +5,32 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from biflow_jax import (benchmark, cli, console, editing, export, inference, likelihood_cli,
-                        parallel, train, workdir_lock)
-from biflow_jax.evaluation import evaluate
+from biflow_jax.modes import bench, edit, evaluate, export, likelihood, sample
+from biflow_jax.runtime import cli, console, parallel
+from biflow_jax.training import train, workdir_lock
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-flags.DEFINE_enum('mode', 'train',
-                  ['train', 'sample', 'eval', 'bench', 'likelihood', 'export', 'edit'],
-                  'train (or resume); sample: a grid from the latest checkpoint; '
-                  'eval: bits/dim, FID, IS, precision/recall, class accuracy per decoder -> '
-                  'DIR/eval.json; bench: decoder and train-step timings, MFU -> DIR/bench.json; '
-                  'likelihood: bits/dim of config.likelihood.input per image -> DIR/likelihood/; '
-                  'export: G\'s and F\'s samplers as jax.export artifacts -> DIR/export/; '
-                  'edit: config.edit.task (inpaint, interpolate, class_swap) -> DIR/edit/.')
+
+# Every mode: name -> (what it writes, function(config, workdir)). The train mode's
+# function reads --stop_at; every other mode restores the run's latest checkpoint.
+MODES = {
+    'train': ("train (or resume) the config's phase plan",
+              lambda config, workdir: train.train_and_evaluate(config, workdir,
+                                                               stop_at=FLAGS.stop_at or None)),
+    'sample': ('a grid (and the raw samples) of sample.decoder -> DIR/samples/', sample.run),
+    'eval': ('bits/dim, FID/FD, IS, precision/recall, class accuracy per decoder -> '
+             'DIR/eval.json', evaluate.run),
+    'bench': ('decoder and train-step timings, MFU -> DIR/bench.json', bench.run),
+    'likelihood': ('bits/dim of config.likelihood.input per image -> DIR/likelihood/',
+                   likelihood.run),
+    'export': ("G's and F's samplers as jax.export artifacts -> DIR/export/", export.run),
+    'edit': ('config.edit.task (inpaint, interpolate, class_swap) -> DIR/edit/', edit.run),
+}
+flags.DEFINE_enum('mode', 'train', list(MODES),
+                  '; '.join(f'{name}: {what}' for name, (what, _) in MODES.items()))
 flags.DEFINE_integer('stop_at', 0, 'train: end this invocation after this global step, with a '
                      'checkpoint (a later run resumes); 0 = run the whole plan.')
 flags.DEFINE_string('coordinator_address', '',
@@ -54,20 +64,7 @@ def main(argv):
   logging.info('mode=%s workdir=%s%s', FLAGS.mode, FLAGS.workdir,
                f' (full log: {log_path})' if log_path else '')
   console.file_only('config:\n%s', config)
-  if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir, stop_at=FLAGS.stop_at or None)
-  elif FLAGS.mode == 'sample':
-    inference.sample_from_checkpoint(config, FLAGS.workdir)
-  elif FLAGS.mode == 'eval':
-    evaluate.evaluate(config, FLAGS.workdir)
-  elif FLAGS.mode == 'bench':
-    benchmark.run(config, FLAGS.workdir)
-  elif FLAGS.mode == 'likelihood':
-    likelihood_cli.run(config, FLAGS.workdir)
-  elif FLAGS.mode == 'export':
-    export.run(config, FLAGS.workdir)
-  elif FLAGS.mode == 'edit':
-    editing.run(config, FLAGS.workdir)
+  MODES[FLAGS.mode][1](config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

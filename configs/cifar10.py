@@ -20,7 +20,7 @@ F's width (512, 12 layers: at least one per mirror stage, B+1 = 9), learns from 
 trajectories with hidden alignment, learned denoising, training-time CFG (w ~ U[0, 3]) and
 a feature term. The paper (ImageNet) uses LPIPS + ConvNeXt-V2; offline, the feature term
 here is the CIFAR-10 feature net the project ships for G's loss
-(`biflow_jax/data/cifar10_feature_net.json`, never the evaluation classifier). With
+(`biflow_jax/assets/cifar10_feature_net.json`, never the evaluation classifier). With
 downloaded weights, `--config.perceptual.convnext_weight=1 --config.perceptual.convnext_weights=...`
 adds the paper's. 100k G steps (half of F's, ours: the paper states no CIFAR schedule).
 `--mode=eval` scores FD and class accuracy with the shipped CIFAR-10 classifier.
@@ -62,7 +62,7 @@ def get_config(arg: str = 'tfds'):
   c.model.attention = 'auto'
   c.model.scan = True
   c.model.remat = 'dots'
-  c.data.name = 'cifar10'            # its shipped classifier and feature net (assets.py)
+  c.data.name = 'cifar10'            # its shipped classifier and feature net (assets/__init__.py)
   if source == 'tfds':
     c.data.source = 'tfds'
     c.data.tfds_name = 'cifar10'

@@ -9,7 +9,7 @@ test/: 10,000 held out). The recipe is the one measured best on MNIST
 from F's trajectories with hidden alignment, learned denoising, training-time CFG and a
 feature term (the CIFAR-10 feature net shipped for G's loss, not the evaluation
 classifier). `--mode=eval` scores with the shipped CIFAR-10 classifier
-(`biflow_jax/data/cifar10_classifier.json`). Measured: README, "CIFAR-10".
+(`biflow_jax/assets/cifar10_classifier.json`). Measured: README, "CIFAR-10".
 
 Sizes: F has 64 tokens (8x8 patches of 4x4x3 = 48 dims), width 192, 4 blocks x 2 layers
 (3.6M params); G width 192, 5 layers (one per stage). TARFlow's CIFAR-10 noise
@@ -35,7 +35,7 @@ def get_config():
   c.reverse.depth = 5
   c.reverse.num_heads = 4
   c.data.source = 'jpeg'
-  c.data.name = 'cifar10'           # picks the shipped classifier and feature net (assets.py)
+  c.data.name = 'cifar10'           # picks the shipped classifier and feature net (assets/__init__.py)
   c.data.path = ''                  # required: --config.data.path=<folder or .tar.gz>
   c.data.train_split = 'train'
   c.data.heldout_split = 'test'

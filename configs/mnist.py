@@ -37,7 +37,7 @@ def get_config():
   # stay 1 NFE. It doubles G's cost per step, and was the largest gain measured for G
   # (docs/experiments/mnist.md, E3: FD 281 -> 149 at w = 3, t = 0.7).
   c.objective.cfg_w_max = 3.0
-  # A feature term on G's output (feature_term.py): the shipped net trained on the training
+  # A feature term on G's output (objective/feature_term.py): the shipped net trained on the training
   # split only, not the evaluation classifier (docs/experiments/mnist.md, G1-G5).
   c.perceptual.feature_weight = 1.0
   c.schedule.plan = 'two_stage'

@@ -7,9 +7,10 @@ from pathlib import Path
 import jax
 import pytest
 
-from biflow_jax import ablations, biflow, train
-from biflow_jax.evaluation import evaluate
-from biflow_jax.tools import ablate
+from biflow_jax.modes import evaluate
+from biflow_jax.objective import biflow
+from biflow_jax.tools import ablate, ablations
+from biflow_jax.training import train
 
 from subprocess_util import python
 from test_train import TINY, parse_config
@@ -94,7 +95,7 @@ def no_training(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('trained or evaluated after bad input')
   monkeypatch.setattr(train, 'train_and_evaluate', fail)
-  monkeypatch.setattr(evaluate, 'evaluate', fail)
+  monkeypatch.setattr(evaluate, 'run', fail)
 
 
 @pytest.mark.parametrize('overrides, study, match', [
@@ -151,7 +152,7 @@ class FakeJobs:
 def fake(monkeypatch):
   jobs = FakeJobs()
   monkeypatch.setattr(train, 'train_and_evaluate', jobs.train)
-  monkeypatch.setattr(evaluate, 'evaluate', jobs.evaluate)
+  monkeypatch.setattr(evaluate, 'run', jobs.evaluate)
   return jobs
 
 
@@ -253,7 +254,7 @@ def test_all_studies_end_to_end_then_a_rerun_redoes_nothing(tmp_path, monkeypatc
   def fail(*args, **kwargs):
     raise AssertionError('a finished job was redone')
   monkeypatch.setattr(train, 'train_and_evaluate', fail)
-  monkeypatch.setattr(evaluate, 'evaluate', fail)
+  monkeypatch.setattr(evaluate, 'run', fail)
   again = ablate.run(toy(), 'all', workdir, 'test', log=lines.append)
   assert again['jobs_run'] == [] and marker.stat().st_mtime_ns == stamp
   assert again['studies'] == on_disk['studies']

@@ -3,7 +3,12 @@
 - No import cycles between the package's modules.
 - No import inside a function, except a lazy import of an optional (or slow, rarely
   needed) third-party dependency with a comment saying why, on its line or the line above.
-- `models/` imports nothing from the training side (only jax/flax/numpy and models/).
+- The layers (each subpackage's `__init__.py` says what it may import): a module imports
+  only from its own layer and the layers below it (LAYERS, lowest first). In particular
+  `models/` imports nothing of ours but `models/`, `objective/` never imports training,
+  data, inference or modes, and nothing below `modes/` imports `modes/`.
+- Each subpackage's `__init__.py` has a docstring saying what it holds and may import.
+- The top level holds only `main.py` and the config schema (`config_lib.py`).
 - Code and docstrings cite the repository's own method notes, not an outside file.
 - The core (objective, step, state, samplers, models) imports without the data and
   logging stack, as on an accelerator image that has only jax, flax, optax and absl.
@@ -75,9 +80,9 @@ GRAPH = {m: all_package_imports(m) for m in MODULES}
 
 
 def test_the_parser_sees_the_package():
-  assert 'biflow_jax.biflow' in MODULES and 'biflow_jax.models.flow' in MODULES
-  assert 'biflow_jax.objectives' in GRAPH['biflow_jax.biflow']
-  assert 'biflow_jax.models.flow' in GRAPH['biflow_jax.objectives']
+  assert 'biflow_jax.objective.biflow' in MODULES and 'biflow_jax.models.flow' in MODULES
+  assert 'biflow_jax.objective.primitives' in GRAPH['biflow_jax.objective.biflow']
+  assert 'biflow_jax.models.flow' in GRAPH['biflow_jax.objective.primitives']
 
 
 def test_no_import_cycles():
@@ -118,11 +123,73 @@ def test_no_function_level_imports_but_commented_optional_ones():
   assert not problems, '\n'.join(problems)
 
 
-def test_models_import_nothing_from_the_training_side():
+# The layers, lowest first; a module may import its own layer and any layer below it.
+# Names are subpackages or top-level modules of biflow_jax.
+LAYERS = (
+    ('runtime', 'assets'),     # plumbing and shipped files: import nothing of ours
+    ('models',),               # F, G, layers, VAE, frozen nets' architectures
+    ('convert',),              # weight importers into models
+    ('objective', 'data'),     # the loss (pure); input pipelines
+    ('inference',),            # samplers, decoder policy, grids
+    ('evaluation',),           # metrics, feature nets, held-out likelihood
+    ('config_lib',),           # the schema: reads each field's choices from its owner
+    ('training',),             # loop, step, state, optimiser, checkpoints, restore
+    ('modes',),                # what a trained run is used for (--mode)
+    ('tools',),                # one-command research tools
+    ('main',),                 # the entry point
+)
+# Within a layer, these may not import each other either (siblings stay independent).
+SEPARATE = {('objective', 'data'), ('runtime', 'assets')}
+
+
+def layer_of(module: str) -> tuple[int, str]:
+  part = module.split('.')[1] if module != 'biflow_jax' else ''
+  for rank, names in enumerate(LAYERS):
+    if part in names:
+      return rank, part
+  raise AssertionError(f'{module} is in no layer: add its folder to LAYERS')
+
+
+def test_every_module_is_in_a_layer_and_imports_only_down():
+  problems = []
+  for module, imports in GRAPH.items():
+    if module == 'biflow_jax':
+      continue
+    rank, part = layer_of(module)
+    for other in imports:
+      other_rank, other_part = layer_of(other)
+      if other_rank > rank:
+        problems.append(f'{module} ({part}) imports {other} ({other_part}, a higher layer)')
+      elif other_rank == rank and part != other_part and (
+          tuple(sorted((part, other_part))) in {tuple(sorted(p)) for p in SEPARATE}):
+        problems.append(f'{module} ({part}) imports its sibling {other} ({other_part})')
+  assert not problems, '\n'.join(sorted(problems))
+
+
+def test_the_layer_rules_catch_an_upward_import():
+  assert layer_of('biflow_jax.models.flow')[0] < layer_of('biflow_jax.objective.biflow')[0]
+  assert layer_of('biflow_jax.objective.biflow')[0] < layer_of('biflow_jax.training.step')[0]
+  assert layer_of('biflow_jax.training.step')[0] < layer_of('biflow_jax.modes.edit')[0]
+  with pytest.raises(AssertionError, match='no layer'):
+    layer_of('biflow_jax.somewhere_new')
+
+
+def test_models_import_nothing_of_ours_but_models():
   for module, imports in GRAPH.items():
     if module.startswith('biflow_jax.models'):
       outside = sorted(m for m in imports if not m.startswith('biflow_jax.models'))
       assert not outside, f'{module} imports {outside}'
+
+
+def test_subpackages_say_what_they_hold_and_may_import():
+  for init in sorted(PACKAGE.glob('*/__init__.py')):
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ''
+    assert len(doc) > 80 and 'May import' in doc, f'{init}: say what it holds and may import'
+
+
+def test_top_level_holds_only_the_entry_point_and_the_config_schema():
+  top = sorted(p.name for p in PACKAGE.glob('*.py'))
+  assert top == ['__init__.py', 'config_lib.py', 'main.py'], top
 
 
 def test_method_notes_live_in_the_repository():
@@ -135,25 +202,30 @@ def test_method_notes_live_in_the_repository():
 # What a machine with only jax, flax, optax, numpy and absl must be able to import (an
 # accelerator image without the data and logging stack): the objective, the step, the
 # state, the samplers and the models.
-CORE = ('biflow_jax.biflow', 'biflow_jax.step', 'biflow_jax.train_state', 'biflow_jax.objectives',
-        'biflow_jax.optim', 'biflow_jax.sampling', 'biflow_jax.models.flow',
+CORE = ('biflow_jax.objective.biflow', 'biflow_jax.training.step',
+        'biflow_jax.training.train_state', 'biflow_jax.objective.primitives',
+        'biflow_jax.training.optim', 'biflow_jax.inference.sampling', 'biflow_jax.models.flow',
         'biflow_jax.models.generator')
 DATA_AND_LOGGING_STACK = ('grain', 'ml_collections', 'tensorflow', 'tensorflow_datasets', 'clu',
                           'orbax', 'PIL', 'etils', 'array_record')
 
 
-def test_core_imports_without_the_data_and_logging_stack():
-  script = f'''
+def on_a_bare_image(code: str) -> str:
+  """A Python program that runs `code` with the data and logging stack unimportable, as
+  on an accelerator image that has only jax, flax, optax, numpy and absl."""
+  return f'''
 import importlib, importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path, target=None):
     if name.split('.')[0] in {DATA_AND_LOGGING_STACK!r}:
       raise ImportError('not on this machine: ' + name)
 sys.meta_path.insert(0, Block())
-for module in {CORE!r}:
-  importlib.import_module(module)
-print('ok')
+{code}
 '''
+
+
+def test_core_imports_without_the_data_and_logging_stack():
+  script = on_a_bare_image(f"for module in {CORE!r}:\n  importlib.import_module(module)\nprint('ok')")
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                         timeout=120, cwd=ROOT)
   assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from biflow_jax import benchmark
+from biflow_jax.modes import bench
+from biflow_jax.runtime import timing
 from biflow_jax.tools import step_cost
 
 from test_train import parse_config
@@ -24,7 +25,7 @@ def test_bench_writes_every_key(tmp_path, capsys):
   config = parse_config('--config.reverse.enabled=True', '--config.bench.repeats=2',
                         '--config.bench.batch=4', '--config.bench.peak_tflops=1.0',
                         '--config.sample.fixed_point_groups=3')
-  result = benchmark.run(config, tmp_path)
+  result = bench.run(config, tmp_path)
   saved = json.loads((tmp_path / 'bench.json').read_text())
   for key in KEYS:
     assert key in saved, key
@@ -46,8 +47,8 @@ def test_bench_writes_every_key(tmp_path, capsys):
 @pytest.mark.parametrize('kind,expected', [('TPU v5p', 459.0), ('TPU v5 lite', 197.0),
                                            ('NVIDIA H200', 989.0), ('cpu', None)])
 def test_peak_table(kind, expected):
-  assert benchmark.peak_tflops(kind) == expected
-  assert benchmark.peak_tflops(kind, override=3.0) == 3.0
+  assert timing.peak_tflops(kind) == expected
+  assert timing.peak_tflops(kind, override=3.0) == 3.0
 
 
 def test_step_cost_reports_compiled_memory_per_phase():

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import assets, config_lib, feature_term
-from biflow_jax.evaluation import classifier as clf
-from biflow_jax.evaluation import features
-from biflow_jax.tools import train_classifier as tc
-from biflow_jax.tools import train_feature_net as tf
+from biflow_jax import assets, config_lib
+from biflow_jax.evaluation import classifier as clf, features
+from biflow_jax.objective import feature_term
+from biflow_jax.tools import train_classifier as tc, train_feature_net as tf
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = {kind: assets.DATA_DIR / f'cifar10_{kind}' for kind in assets.KINDS}
+SHIPPED = {kind: assets.ASSETS_DIR / f'cifar10_{kind}' for kind in assets.KINDS}
 CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
            'truck')
 #: Where the development machines keep the real tar (../shared/data); override with
@@ -52,7 +51,7 @@ def tiny_tar(tmp_path_factory):
 
 
 def mtimes():
-  return {p: p.stat().st_mtime_ns for p in assets.DATA_DIR.iterdir()}
+  return {p: p.stat().st_mtime_ns for p in assets.ASSETS_DIR.iterdir()}
 
 
 def test_classifier_tool_trains_from_a_jpeg_tar_and_writes_a_32x32_asset(tiny_tar, tmp_path):
@@ -140,15 +139,15 @@ def test_each_dataset_picks_its_own_shipped_nets():
   cifar = config_for('jpeg', name='cifar10')
   cifar.model.image_size, cifar.model.in_channels = 32, 3
   assert features.classifier_asset(cifar) == SHIPPED['classifier']
-  assert features.classifier_asset(config_for()) == assets.DATA_DIR / 'mnist_classifier'
+  assert features.classifier_asset(config_for()) == assets.ASSETS_DIR / 'mnist_classifier'
   assert assets.shipped(cifar, 'feature_net') == SHIPPED['feature_net']
   net = features.make_feature_net(cifar)
   assert net.name == 'classifier_cifar10'
   logits, feats = net.fn(np.zeros((2, 32, 32, 3), np.float32))
   assert logits.shape == (2, 10) and feats.shape == (2, 256)
   # An explicit path still wins.
-  cifar.eval.classifier_path = str(assets.DATA_DIR / 'mnist_classifier')
-  assert features.classifier_asset(cifar) == assets.DATA_DIR / 'mnist_classifier'
+  cifar.eval.classifier_path = str(assets.ASSETS_DIR / 'mnist_classifier')
+  assert features.classifier_asset(cifar) == assets.ASSETS_DIR / 'mnist_classifier'
   with pytest.raises(ValueError, match=r'reads \(28, 28, 1\) images but the model makes'):
     features.make_feature_net(cifar)
 

@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax.evaluation import classifier as clf
-from biflow_jax.evaluation import metrics
+from biflow_jax.evaluation import classifier as clf, metrics
 from biflow_jax.tools import train_classifier as tc
 
-SHIPPED = [clf.DATA_DIR / 'mnist_classifier.npz', clf.DATA_DIR / 'mnist_classifier.json']
+SHIPPED = [*clf.asset_paths(None)]
 
 
 @pytest.fixture(scope='module')

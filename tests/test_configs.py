@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import optim
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.objective import phases
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 
@@ -36,8 +36,8 @@ def count_params(config):
                                        ('imagenet256', ('XL',))])
 def test_config_builds(name, args):
   config = load_config(name, *args)
-  plan = optim.build_phase_plan(config)
-  assert optim.total_steps(plan) > 0
+  plan = phases.build_phase_plan(config)
+  assert phases.total_steps(plan) > 0
   assert count_params(config) > 0
 
 
@@ -64,22 +64,23 @@ def test_dataset_configs_are_biflow_experiments_with_an_f_only_override(name, ar
   assert config.reverse.enabled and config.schedule.plan == 'two_stage'
   assert config.schedule.forward_steps > 0 and config.schedule.reverse_steps > 0
   assert config.objective.denoise == 'learned' and config.objective.cfg_w_max > 0
-  assert [p.name for p in optim.build_phase_plan(config)] == ['forward', 'reverse']
+  assert [p.name for p in phases.build_phase_plan(config)] == ['forward', 'reverse']
   if arg is not None:
     f_only = load_config(name, f'{arg},forward_only' if arg else 'forward_only')
     assert not f_only.reverse.enabled and f_only.schedule.plan == 'forward_only'
-    assert [p.name for p in optim.build_phase_plan(f_only)] == ['forward']
+    assert [p.name for p in phases.build_phase_plan(f_only)] == ['forward']
     assert f_only.model.to_dict() == config.model.to_dict()
 
 
 def test_each_decoder_samples_at_its_own_temperature():
-  from biflow_jax import config_lib, inference
+  from biflow_jax import config_lib
+  from biflow_jax.inference import decoders
   config = config_lib.base_config()
   config.sample.temperature, config.sample.reverse_temperature = 0.85, -1.0
-  assert inference.decoder_temperature(config, 'reverse') == 0.85  # -1: the shared one
+  assert decoders.decoder_temperature(config, 'reverse') == 0.85  # -1: the shared one
   config.sample.reverse_temperature = 1.15
-  assert inference.decoder_temperature(config, 'reverse') == 1.15
-  assert inference.decoder_temperature(config, 'exact') == 0.85
+  assert decoders.decoder_temperature(config, 'reverse') == 1.15
+  assert decoders.decoder_temperature(config, 'exact') == 0.85
   config_lib.validate(config)
   for name, bad in (('reverse_temperature', 0.0), ('temperature', -1.0),
                     ('reverse_temperature', float('nan'))):

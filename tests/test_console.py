@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from biflow_jax import console
+from biflow_jax.runtime import console
 from subprocess_util import python
 
 TINY = Path(__file__).resolve().parents[1] / 'configs' / 'tiny.py'

@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import config_lib, optim
+from biflow_jax import config_lib
 from biflow_jax.convert import tarflow
-from biflow_jax.experiment import build_models
 from biflow_jax.models.flow import ForwardFlow, gaussian_nll
+from biflow_jax.objective import phases
+from biflow_jax.training.experiment import build_models
 from test_configs import load_config
 
 DATA = Path(__file__).parent / 'testdata'
@@ -234,7 +235,7 @@ def test_public_checkpoint_configs_build_with_their_parameter_counts(name, args)
   config = load_config(name, *args)
   config.model.init_from = 'checkpoint.pth'  # required by reverse_only; nothing is read
   config_lib.validate(config)
-  assert [p.name for p in optim.build_phase_plan(config)] == ['reverse']
+  assert [p.name for p in phases.build_phase_plan(config)] == ['reverse']
   m = config.model
   assert (m.patch_size, m.channels, m.num_blocks, m.layers_per_block) == (
       patch, width, blocks, layers)

@@ -4,24 +4,17 @@ import json
 
 import pytest
 
-from biflow_jax.experiment import build_models
 from biflow_jax.tools import device_bench
+from biflow_jax.training.experiment import build_models
 from subprocess_util import python
-from test_architecture import DATA_AND_LOGGING_STACK
+from test_architecture import on_a_bare_image
 from test_configs import load_config
 
 # Run the tool as `python -m` with the data and config stack made unimportable, as on the
 # accelerator image (which has only jax, flax, optax, numpy and absl).
-BLOCKED_RUN = f'''
-import importlib.abc, runpy, sys
-class Block(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path, target=None):
-    if name.split('.')[0] in {DATA_AND_LOGGING_STACK!r}:
-      raise ImportError('not on this machine: ' + name)
-sys.meta_path.insert(0, Block())
+BLOCKED_RUN = on_a_bare_image("""import runpy
 sys.argv = ['device_bench'] + sys.argv[1:]
-runpy.run_module('biflow_jax.tools.device_bench', run_name='__main__')
-'''
+runpy.run_module('biflow_jax.tools.device_bench', run_name='__main__')""")
 
 PROGRAMS = ('G sample (1 NFE)', 'VAE decode', 'F exact inverse (KV cache)', 'F score denoising',
             'train step, F phase (NLL)', 'train step, G phase (alignment, no perceptual)')

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import editing, input_pipeline, train
+from biflow_jax.data import input_pipeline
+from biflow_jax.modes import edit
+from biflow_jax.training import train
 from subprocess_util import python
 from tiny_run import flags_of, two_stage_config
 
@@ -23,11 +25,11 @@ def run(tmp_path_factory):
 
 
 def test_masks():
-  assert editing.region_mask('left', 4).tolist() == [[1, 1, 0, 0]] * 4
-  assert editing.region_mask('bottom', 4)[:, 0].tolist() == [0, 0, 1, 1]
-  assert editing.region_mask('centre', 8).sum() == 16
+  assert edit.region_mask('left', 4).tolist() == [[1, 1, 0, 0]] * 4
+  assert edit.region_mask('bottom', 4)[:, 0].tolist() == [0, 0, 1, 1]
+  assert edit.region_mask('centre', 8).sum() == 16
   with pytest.raises(ValueError, match="mask='diagonal' is neither"):
-    editing.region_mask('diagonal', 8)
+    edit.region_mask('diagonal', 8)
 
 
 def test_inpaint_keeps_nothing_of_the_region_and_writes_grid(run, tmp_path):
@@ -36,10 +38,10 @@ def test_inpaint_keeps_nothing_of_the_region_and_writes_grid(run, tmp_path):
   mask[:, 28:] = 255  # right half, at another size
   Image.fromarray(mask).save(tmp_path / 'm.png')
   config.edit.update(task='inpaint', mask=str(tmp_path / 'm.png'), num=4)
-  path = editing.run(config, workdir)
+  path = edit.run(config, workdir)
   saved = np.load(workdir / 'edit' / 'inpaint.npz')
   assert saved['images'].shape == (4, 3, 28, 28, 1) and path.exists()
-  np.testing.assert_array_equal(saved['mask'], editing.region_mask('right', 28))
+  np.testing.assert_array_equal(saved['mask'], edit.region_mask('right', 28))
   heldout = input_pipeline.load_heldout(config, 4)['image'][:4]
   np.testing.assert_array_equal(saved['images'][:, 2], heldout)          # the originals
   assert (saved['images'][:, 0, :, 14:] == 128).all()                    # region greyed
@@ -49,7 +51,7 @@ def test_inpaint_keeps_nothing_of_the_region_and_writes_grid(run, tmp_path):
 def test_interpolate(run, between):
   config, workdir = run
   config.edit.update(task='interpolate', between=between, num=4, steps=5)
-  editing.run(config, workdir)
+  edit.run(config, workdir)
   frames = np.load(workdir / 'edit' / 'interpolate.npz')['images']
   assert frames.shape == ((2 if between == 'images' else 4), 5, 28, 28, 1)
   assert not np.array_equal(frames[:, 0], frames[:, -1])
@@ -69,4 +71,4 @@ def test_bad_task_fails_before_restoring(tmp_path):
   config = two_stage_config()
   config.edit.task = 'colourise'
   with pytest.raises(ValueError, match="edit.task='colourise'"):
-    editing.run(config, tmp_path / 'none')
+    edit.run(config, tmp_path / 'none')

@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 
-from biflow_jax import input_pipeline as ip
-from biflow_jax.evaluation import cache, classifier, evaluate, features, metrics
-from biflow_jax.evaluation import fingerprint as fp
+from biflow_jax.data import input_pipeline as ip
+from biflow_jax.evaluation import cache, classifier, features, fingerprint as fp, metrics
+from biflow_jax.modes import evaluate
 
 from test_train import parse_config
 

@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from biflow_jax import train
-from biflow_jax.evaluation import evaluate, shares
+from biflow_jax.evaluation import shares
+from biflow_jax.modes import evaluate
+from biflow_jax.training import train
 from subprocess_util import launch
 from test_train import TINY, parse_config
 
@@ -145,7 +146,7 @@ def test_two_processes_write_the_eval_json_of_one(tmp_path):
   shutil.copytree(trained, one)
   shutil.copytree(trained, two)
 
-  evaluate.evaluate(config, one)
+  evaluate.run(config, one)
   launch('local_multiprocess.sh', 2, 1, f'--config={TINY}', *OVERRIDES, '--mode=eval',
          f'--workdir={two}', timeout=300, logs=[two / 'logs' / 'process_*.log'])
 

@@ -12,8 +12,8 @@ import pytest
 from etils import epath
 from etils.epath import gpath, testing
 
-from biflow_jax import files
 from biflow_jax.evaluation import cache, npz_stream
+from biflow_jax.runtime import files
 
 
 @pytest.fixture

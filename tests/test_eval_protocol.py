@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import input_pipeline as ip
-from biflow_jax import train
-from biflow_jax.evaluation import adm, evaluate, likelihood, npz_stream
-from biflow_jax.evaluation import reference as reference_lib
+from biflow_jax.data import input_pipeline as ip
+from biflow_jax.evaluation import adm, likelihood, npz_stream, reference as reference_lib
+from biflow_jax.modes import evaluate
+from biflow_jax.training import train
 
 from test_eval_cache import perturbed_classifier
 from test_train import parse_config
@@ -50,7 +50,7 @@ def run(tmp_path_factory):
   config = jpeg_config(write_digit_folders(root / 'digits'))
   workdir = root / 'run'
   train.train_and_evaluate(config, workdir)
-  return config, workdir, evaluate.evaluate(config, workdir)
+  return config, workdir, evaluate.run(config, workdir)
 
 
 def test_floor_row_is_class_balanced(run):
@@ -86,7 +86,7 @@ def test_another_classifier_in_the_same_workdir_recomputes(run, tmp_path):
   assert first['protocol']['cache']['recomputed']
   other = jpeg_config(config.data.path,
                       f'--config.eval.classifier_path={perturbed_classifier(tmp_path)}')
-  second = evaluate.evaluate(other, workdir)
+  second = evaluate.run(other, workdir)
   cache = second['protocol']['cache']
   assert cache['recomputed'] and 'feature_net.weights_sha256' in cache['reason']
   assert cache['key'] != first['protocol']['cache']['key']
@@ -124,7 +124,7 @@ def test_fid_against_an_adm_reference_batch(run, tmp_path, monkeypatch, caplog):
                       '--config.eval.num_samples=12', '--config.eval.batch=5',
                       '--config.eval.save_samples=True')
   with caplog.at_level(logging.INFO):
-    result = evaluate.evaluate(suite, workdir)
+    result = evaluate.run(suite, workdir)
   assert 'eval exact: 12/12 (100%)' in caplog.text and 'ETA' in caplog.text
   keys = {'fid', 'sfid', 'inception_score', 'precision', 'recall', 'num_samples'}
   entry, floor = result['decoders']['exact'], result['real_train_images']
@@ -144,7 +144,7 @@ def test_fid_against_an_adm_reference_batch(run, tmp_path, monkeypatch, caplog):
   for rows in npz_stream.iter_rows(entry['samples_npz'], 'arr_0', 5):
     acc.update(net.fn(rows))
   assert adm.suite_scores(acc, ref)['fid'] == pytest.approx(entry['fid'], rel=1e-9)
-  again = evaluate.evaluate(suite, workdir)
+  again = evaluate.run(suite, workdir)
   assert not again['protocol']['cache']['recomputed']
   assert again['decoders']['exact']['fid'] == entry['fid']
 
@@ -156,8 +156,8 @@ def test_a_bad_reference_fails_before_sampling(run, tmp_path, monkeypatch):
   def no_restore(*args, **kwargs):
     raise AssertionError('the reference must be checked before the model is restored')
 
-  monkeypatch.setattr(evaluate.inference, 'restore', no_restore)
+  monkeypatch.setattr(evaluate.restore, 'restore_run', no_restore)
   np.savez(tmp_path / 'ref256.npz', np.zeros((8, 256, 256, 3), np.uint8))
   bad = jpeg_config(config.data.path, f'--config.eval.reference={tmp_path / "ref256.npz"}')
   with pytest.raises(ValueError, match=r'ref256.npz.*256x256 but the model makes 28x28'):
-    evaluate.evaluate(bad, workdir)
+    evaluate.run(bad, workdir)

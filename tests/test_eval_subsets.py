@@ -3,7 +3,7 @@ permutation, never the first examples of ordered storage; bundled MNIST keeps it
 import numpy as np
 import pytest
 
-from biflow_jax import input_pipeline as ip
+from biflow_jax.data import input_pipeline as ip
 
 from test_train import parse_config
 

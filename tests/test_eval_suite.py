@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from biflow_jax.evaluation import adm, inception, metrics, npz_stream, progress
-from biflow_jax.evaluation import reference as reference_lib
+from biflow_jax.evaluation import adm, metrics, npz_stream, progress, reference as reference_lib
 from biflow_jax.evaluation.moments import RunningMoments
+from biflow_jax.models import inception
 
 
 # ------------------------------------------ the suite's formulas, re-implemented here

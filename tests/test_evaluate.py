@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from biflow_jax import train
-from biflow_jax.evaluation import evaluate
+from biflow_jax.modes import evaluate
+from biflow_jax.training import train
 
 from test_train import parse_config
 
@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
 
 def test_eval_writes_every_metric_for_every_decoder(trained):
   config, workdir = trained
-  result = evaluate.evaluate(config, workdir)
+  result = evaluate.run(config, workdir)
   saved = json.loads((workdir / 'eval.json').read_text())
   assert saved['step'] == 8 and np.isfinite(saved['heldout_bits_per_dim_ema'])
   assert set(saved['decoders']) == {'reverse', 'exact', 'fixed_point'}
@@ -59,4 +59,4 @@ def test_inception_feature_net_without_weights_is_a_clear_error(trained, tmp_pat
   config = parse_config('--config.eval.feature_net=inception',
                         f'--config.eval.inception_weights={tmp_path / "missing.npz"}')
   with pytest.raises(FileNotFoundError, match='pt_inception'):
-    evaluate.evaluate(config, workdir)
+    evaluate.run(config, workdir)

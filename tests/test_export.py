@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from biflow_jax import export, inference, sampling, train
+from biflow_jax.inference import decoders, sampling
+from biflow_jax.modes import export
 from biflow_jax.tools import run_exported
+from biflow_jax.training import train
 from subprocess_util import python
 from tiny_run import flags_of, two_stage_config
 
@@ -39,9 +41,9 @@ def test_exported_sampler_equals_the_in_process_one(exported, decoder):
     labels = np.arange(num, dtype=np.int32) % 10
     labels[0] = -1
     decode = jax.jit(sampling.make_decoder(config, decoder,
-                                           inference.default_denoise(config, decoder)),
+                                           decoders.default_denoise(config, decoder)),
                      static_argnames=('guidance',))
-    expected = decode(state.ema, noise, labels, guidance=inference.decoder_guidance(config, decoder))
+    expected = decode(state.ema, noise, labels, guidance=decoders.decoder_guidance(config, decoder))
     got = run_exported.sample(folder, noise, labels)
     assert got.shape == (num, 28, 28, 1)
     np.testing.assert_allclose(got, np.asarray(expected), atol=1e-5)

@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import checkpoints, files, inference, input_pipeline, optim, step as step_lib, train, train_state
-from biflow_jax.experiment import build_models
+from biflow_jax.data import input_pipeline
+from biflow_jax.modes import sample
+from biflow_jax.objective import phases
+from biflow_jax.runtime import files
+from biflow_jax.training import checkpoints, optim, restore, step as step_lib, train, train_state
+from biflow_jax.training.experiment import build_models
 
 from subprocess_util import ROOT, Child, launch, python
 from test_train import TINY, parse_config
@@ -24,7 +28,7 @@ from test_train import TINY, parse_config
 
 def test_non_finite_step_is_skipped_and_counted():
   config = parse_config('--config.optim.forward.warmup_steps=0')  # lr > 0 from the first update
-  plan = optim.build_phase_plan(config)
+  plan = phases.build_phase_plan(config)
   models = build_models(config)
   tx = optim.make_optimizer(config, plan)
   state = train_state.init_state(config, models, tx)
@@ -55,7 +59,7 @@ def test_consecutive_non_finite_steps_stop_the_job(tmp_path):
     train.train_and_evaluate(config, tmp_path)
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps and steps[-1] < 30
-  _, state, restored = inference.restore(config, tmp_path)
+  _, state, restored = restore.restore_run(config, tmp_path)
   assert restored == steps[-1] and int(state.skips) == 0
   assert all(np.all(np.isfinite(np.asarray(l))) for l in jax.tree.leaves(state.params))
 
@@ -68,7 +72,7 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
   for path in newest.rglob('*'):
     if path.is_file():
       path.write_bytes(b'\x00garbage')
-  _, state, step = inference.restore(config, tmp_path)
+  _, state, step = restore.restore_run(config, tmp_path)
   assert step == 4 and int(state.step) == 4
   assert 'unreadable' in caplog.text
   state = train.train_and_evaluate(config, tmp_path)  # resumes from 4 and trains on
@@ -88,7 +92,7 @@ def test_checkpoint_of_another_model_is_a_clear_error_and_touches_nothing(tmp_pa
   with pytest.raises(ValueError, match='different model.*channels|different model'):
     train.train_and_evaluate(other, tmp_path)
   with pytest.raises(ValueError, match='different model'):
-    inference.sample_from_checkpoint(other, tmp_path)
+    sample.run(other, tmp_path)
   assert run_files() == before
 
 
@@ -110,7 +114,7 @@ def test_bad_config_values_fail_before_anything_is_written(tmp_path, override, m
 
 def _final_params(workdir):
   config = parse_config(*FAULT_FLAGS)
-  _, state, step = inference.restore(config, workdir)
+  _, state, step = restore.restore_run(config, workdir)
   return step, state.params
 
 
@@ -155,7 +159,7 @@ def test_killed_and_restarted_job_equals_uninterrupted_run(tmp_path):
 
 def test_same_config_and_seed_give_identical_losses_step_for_step():
   config = parse_config()
-  plan = optim.build_phase_plan(config)
+  plan = phases.build_phase_plan(config)
   models = build_models(config)
   tx = optim.make_optimizer(config, plan)
 
@@ -336,7 +340,7 @@ def test_seeded_kills_over_both_phases_equal_an_uninterrupted_run_bit_for_bit(tm
     proc.finish(expect=0, timeout=400)
   config = parse_config(*TWO_STAGE_FLAGS)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
-  _, resumed, step = inference.restore(config, workdir)
+  _, resumed, step = restore.restore_run(config, workdir)
   assert step == END
   _assert_same_state(straight, resumed)
   shutil.rmtree(tmp_path)
@@ -383,7 +387,7 @@ def test_lost_process_stops_the_other_promptly_and_a_restart_resumes_exactly(tmp
            *LOST_FLAGS, timeout=400, logs=[tmp_path / name / 'logs' / 'process_*.log'])
   assert f'Resumed from step {last}' in (workdir / 'logs' / 'process_0.log').read_text()
   config = parse_config(*LOST_FLAGS)
-  _, resumed, step = inference.restore(config, workdir)
-  _, straight, _ = inference.restore(config, tmp_path / 'straight')
+  _, resumed, step = restore.restore_run(config, workdir)
+  _, straight, _ = restore.restore_run(config, tmp_path / 'straight')
   assert step == 14
   _assert_same_state(straight, resumed)

@@ -8,10 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from biflow_jax import biflow, feature_term, frozen
+from biflow_jax import assets
 from biflow_jax.evaluation import classifier
-from biflow_jax.experiment import build_experiment
+from biflow_jax.objective import biflow, feature_term, frozen
 from biflow_jax.tools import train_classifier as tc
+from biflow_jax.training.experiment import build_experiment
 
 from test_reverse_training import biflow_config
 
@@ -35,8 +36,8 @@ def test_shipped_asset_is_trained_on_the_train_split_and_is_not_the_eval_classif
   assert 'train part only' in info['split'] and info['image_shape'] == list(SHAPE)
   assert 'train_feature_net' in info['command'] and info['date']
   _, eval_vars, eval_info = classifier.load_classifier(None)
-  ours = {k: v.shape for k, v in classifier.flatten_params(params).items()}
-  theirs = {k: v.shape for k, v in classifier.flatten_params(eval_vars['params']).items()}
+  ours = {k: v.shape for k, v in assets.flatten_params(params).items()}
+  theirs = {k: v.shape for k, v in assets.flatten_params(eval_vars['params']).items()}
   convs = lambda shapes: {v for k, v in shapes.items() if k.startswith('conv') and 'kernel' in k}
   assert not convs(ours) & convs(theirs)  # no conv kernel of the same shape
   assert info['seed'] != eval_info['seed']

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import objectives
 from biflow_jax.models import layers
 from biflow_jax.models.flow import FlowBlock, ForwardFlow, score_denoise
+from biflow_jax.objective import primitives
 
 
 def make_flow(clip=None, image_shape=(4, 4, 2), patch_size=2, num_classes=3, dtype=jnp.float32):
@@ -154,9 +154,9 @@ def test_score_denoise_of_identity_flow_is_gaussian_tweedie():
 
 def test_nll_and_bits_per_dim_of_standard_normal():
   z = jnp.zeros((3, 10))
-  nll = objectives.gaussian_nll(z, jnp.zeros(3))
+  nll = primitives.gaussian_nll(z, jnp.zeros(3))
   np.testing.assert_allclose(nll, 5 * np.log(2 * np.pi), rtol=1e-6)
-  bpd = objectives.bits_per_dim(nll, 10)
+  bpd = primitives.bits_per_dim(nll, 10)
   np.testing.assert_allclose(bpd, (0.5 * np.log(2 * np.pi) + np.log(127.5)) / np.log(2), rtol=1e-6)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.extend import core as jcore
 
-from biflow_jax import biflow, config_lib, frozen
+from biflow_jax import config_lib
+from biflow_jax.objective import biflow, frozen
 from biflow_jax.tools import train_classifier as tc
 
 from test_configs import load_config

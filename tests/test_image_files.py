@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import config_lib, image_files
-from biflow_jax import input_pipeline as ip
+from biflow_jax import config_lib
+from biflow_jax.data import image_files, input_pipeline as ip
 
 
 def encode(image: Image.Image, fmt: str = 'PNG') -> bytes:

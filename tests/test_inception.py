@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from biflow_jax.convert import inception as convert
-from biflow_jax.evaluation import adm
-from biflow_jax.evaluation import fingerprint as fp
-from biflow_jax.evaluation import inception
+from biflow_jax.evaluation import adm, fingerprint as fp
+from biflow_jax.models import inception
 import reference_vectors
 
 REF_NPZ = reference_vectors.DATA / 'fid_inception_reference.npz'

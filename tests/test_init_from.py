@@ -18,16 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import inference, init_from, optim, sampling, train
 from biflow_jax.convert import tarflow
-from biflow_jax.experiment import build_experiment
+from biflow_jax.inference import decoders, sampling
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.training import init_from, optim, train
+from biflow_jax.training.experiment import build_experiment
 from subprocess_util import python
 from test_train import parse_config
 
 DATA = Path(__file__).parent / 'testdata'
 REF = DATA / 'tarflow_reference.npz'
-CLASSIFIER = Path(__file__).resolve().parents[1] / 'biflow_jax' / 'data' / 'mnist_classifier.npz'
+CLASSIFIER = Path(__file__).resolve().parents[1] / 'biflow_jax' / 'assets' / 'mnist_classifier.npz'
 
 
 def leaves(tree) -> list[np.ndarray]:
@@ -147,14 +148,14 @@ def test_reverse_only_from_the_export_trains_g_with_f_bit_identical(exported, tm
   assert max_abs_diff(state.params['reverse'], g_step1) > 1e-4
   assert max_abs_diff(init_from.read_params(workdir / 'checkpoints' / '1', 'params'), f_source) == 0
   # G samples: one pass from noise, finite images in [-1, 1].
-  sampler = inference.make_samplers(config, ('reverse',))['reverse']
+  sampler = decoders.make_samplers(config, ('reverse',))['reverse']
   images = np.asarray(sampler(state.ema, jax.random.PRNGKey(0),
                               sampling.class_rows(10, 10), guidance=0.0, temperature=1.0))
   assert images.shape == (10, 28, 28, 1) and np.all(np.isfinite(images))
   assert np.all(np.abs(images) <= 1) and images.std() > 0.05
 
   # The workdir now has its own checkpoint: a resumed run ignores init_from (even one that
-  # no longer exists) and says so; train.py then restores the checkpoint as for any run.
+  # no longer exists) and says so; training/train.py then restores the checkpoint as for any run.
   config.model.init_from = str(tmp_path / 'gone.npz')
   with caplog.at_level(logging.INFO):
     assert init_from.prepare(build_experiment(config), workdir) is None

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from biflow_jax import config_lib
-from biflow_jax import input_pipeline as ip
+from biflow_jax.data import input_pipeline as ip
 
 MNIST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -77,11 +77,11 @@ def test_bundled_split_too_large(config):
 
 
 def test_corrupt_idx_is_reported(tmp_path, monkeypatch):
-  (tmp_path / ip.MNIST_LABELS).write_bytes((ip.DATA_DIR / ip.MNIST_LABELS).read_bytes())
-  data = bytearray(gzip.decompress((ip.DATA_DIR / ip.MNIST_IMAGES).read_bytes()))
+  (tmp_path / ip.MNIST_LABELS).write_bytes((ip.MNIST_DIR / ip.MNIST_LABELS).read_bytes())
+  data = bytearray(gzip.decompress((ip.MNIST_DIR / ip.MNIST_IMAGES).read_bytes()))
   data[3] = 0x01  # magic 2051 -> 2049
   (tmp_path / ip.MNIST_IMAGES).write_bytes(gzip.compress(bytes(data), compresslevel=1))
-  monkeypatch.setattr(ip, 'DATA_DIR', tmp_path)
+  monkeypatch.setattr(ip, 'MNIST_DIR', tmp_path)
   with pytest.raises(ValueError, match='corrupt.*magic 2049'):
     ip.load_bundled_mnist()
   (tmp_path / ip.MNIST_IMAGES).write_bytes(b'not gzip')

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import biflow, frozen, inference, input_pipeline, latents, optim, train
-from biflow_jax.experiment import build_experiment
 from biflow_jax.convert import vae as vae_convert
+from biflow_jax.data import input_pipeline, latents
+from biflow_jax.modes import sample
+from biflow_jax.objective import biflow, frozen, phases
+from biflow_jax.training import train
+from biflow_jax.training.experiment import build_experiment
 from test_perceptual import lpips_standin_state
 from test_train import parse_config
 
@@ -94,7 +97,7 @@ def test_lpips_gradient_reaches_G_through_the_frozen_decoder(cache, lpips_file):
   plan, models, frozen_params = exp.plan, exp.models, exp.frozen_params
   assert set(frozen_params['vae']) == set(frozen.VAE_DECODER_PARTS)  # no encoder in the step
   batch = next(input_pipeline.create_train_iterator(config))
-  reverse_phase = optim.phase_at(plan, 3)
+  reverse_phase = phases.phase_at(plan, 3)
   assert reverse_phase.trains('reverse') and not reverse_phase.trains('forward')
 
   def reverse_grads(weight):
@@ -138,7 +141,7 @@ def test_latent_run_end_to_end(trained_run):
   # Three decoders side by side, each a grid of VAE-decoded 32x32 RGB images.
   assert grid.mode == 'RGB' and min(grid.size) > 32
   # --mode=sample decodes the latents too: 32x32 RGB images, not 8x8x4 latents.
-  path = inference.sample_from_checkpoint(config, workdir, name='check')
+  path = sample.run(config, workdir, name='check')
   with np.load(path.with_suffix('.npz')) as saved:
     assert saved['images'].shape == (10, 32, 32, 3) and saved['images'].dtype == np.uint8
 
@@ -146,7 +149,7 @@ def test_latent_run_end_to_end(trained_run):
 def test_latent_eval_scores_decoded_images(trained_run, tmp_path):
   """--mode=eval on a latent run: samples and held-out latents are decoded to pixels
   and scored by the FID InceptionV3 (stand-in weights); NLL per latent dimension."""
-  from biflow_jax.evaluation import evaluate
+  from biflow_jax.modes import evaluate
   from test_inception import stand_in_state_dict
   config, workdir, _ = trained_run
   config = config.copy_and_resolve_references()
@@ -155,7 +158,7 @@ def test_latent_eval_scores_decoded_images(trained_run, tmp_path):
   config.eval.feature_net, config.eval.inception_weights = 'inception', str(weights)
   config.eval.decoders, config.eval.num_samples, config.eval.batch = 'reverse', 8, 8
   config.eval.is_splits, config.eval.pr_k = 1, 2
-  result = evaluate.evaluate(config, workdir)
+  result = evaluate.run(config, workdir)
   assert np.isfinite(result['heldout_nll_per_dim_ema']) and 'heldout_bits_per_dim_ema' not in result
   entry = result['decoders']['reverse']
   assert np.isfinite(entry['frechet_distance']) and entry['frechet_distance'] > 0

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import biflow, input_pipeline, latents
+from biflow_jax.data import input_pipeline, latents
 from biflow_jax.models.vae import AutoencoderKL
+from biflow_jax.objective import biflow
 from subprocess_util import python
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biflow_jax import input_pipeline, likelihood_cli, train
+from biflow_jax.data import input_pipeline
 from biflow_jax.evaluation import likelihood
-from biflow_jax.experiment import build_models
+from biflow_jax.modes import likelihood
+from biflow_jax.training import train
+from biflow_jax.training.experiment import build_models
 from subprocess_util import python
 from tiny_run import flags_of, two_stage_config
 
@@ -34,7 +36,7 @@ def test_npz_scores_equal_the_heldout_metric_and_rank_noise_last(run, tmp_path):
   np.savez(tmp_path / 'digits.npz', arr_0=digits, arr_1=labels)
   config.likelihood.input = str(tmp_path / 'digits.npz')
   config.likelihood.batch = n
-  result = likelihood_cli.run(config, workdir)
+  result = likelihood.run(config, workdir)
   # Same images, labels, noise draw and weights as the held-out metric over one batch.
   config.eval_batches = 1
   flow = build_models(config).flow
@@ -50,7 +52,7 @@ def test_npz_scores_equal_the_heldout_metric_and_rank_noise_last(run, tmp_path):
   noise = np.random.default_rng(0).integers(0, 256, digits.shape, dtype=np.uint8)
   np.savez(tmp_path / 'noise.npz', images=noise)
   config.likelihood.input = str(tmp_path / 'noise.npz')
-  noisy = likelihood_cli.run(config, workdir)['summary']
+  noisy = likelihood.run(config, workdir)['summary']
   assert noisy['mean'] > result['summary']['mean'] + 0.05, (noisy, result['summary'])
 
 
@@ -67,11 +69,11 @@ def test_folder_of_other_sizes_and_modes_scores_as_the_same_digits(run, tmp_path
   config.likelihood.batch = 8
   config.likelihood.input = str(folder)
   with pytest.raises(ValueError, match=r"0.png.*56x56.*data.resize='centre_crop'"):
-    likelihood_cli.run(config, workdir)
+    likelihood.run(config, workdir)
   config.data.resize = 'centre_crop'
-  from_folder = likelihood_cli.run(config, workdir)
+  from_folder = likelihood.run(config, workdir)
   config.likelihood.input = str(tmp_path / 'same.npz')
-  from_npz = likelihood_cli.run(config, workdir)
+  from_npz = likelihood.run(config, workdir)
   assert [r['name'] for r in from_folder['images']] == [f'{i}.png' for i in range(5)]
   np.testing.assert_allclose([r['bits_per_dim'] for r in from_folder['images']],
                              [r['bits_per_dim'] for r in from_npz['images']], rtol=1e-6)
@@ -81,11 +83,11 @@ def test_bad_input_fails_before_restoring(tmp_path, run):
   config, _, _ = run
   config.likelihood.input = ''
   with pytest.raises(ValueError, match='needs --config.likelihood.input'):
-    likelihood_cli.run(config, tmp_path / 'nothing')
+    likelihood.run(config, tmp_path / 'nothing')
   np.savez(tmp_path / 'wrong.npz', arr_0=np.zeros((2, 32, 32, 3), np.uint8))
   config.likelihood.input = str(tmp_path / 'wrong.npz')
   with pytest.raises(ValueError, match=r'wrong.npz:arr_0 is uint8 \(2, 32, 32, 3\).*\(N, 28, 28, 1\)'):
-    likelihood_cli.run(config, tmp_path / 'nothing')
+    likelihood.run(config, tmp_path / 'nothing')
   assert not (tmp_path / 'nothing').exists()
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import biflow, objectives
+from biflow_jax.objective import biflow, primitives
 
 BATCH, T, D, B = 3, 4, 5, 3
 
@@ -91,12 +91,12 @@ def test_naive_ignores_projections_align_uses_all():
 def test_adaptive_weight_value_and_gradient():
   d = jnp.array([0.01, 0.5, 2.0, 30.0], jnp.float32)
   for p in (0.0, 0.5, 1.0):
-    np.testing.assert_allclose(objectives.adaptive_weight(d, p, eps=1e-7), d ** (1 - p),
+    np.testing.assert_allclose(primitives.adaptive_weight(d, p, eps=1e-7), d ** (1 - p),
                                rtol=1e-4)
-    grad = jax.grad(lambda x: jnp.sum(objectives.adaptive_weight(x, p, eps=1e-3)))(d)
+    grad = jax.grad(lambda x: jnp.sum(primitives.adaptive_weight(x, p, eps=1e-3)))(d)
     np.testing.assert_allclose(grad, (d + 1e-3) ** (-p), rtol=1e-5)
   # p = 0 is plain MSE, exactly.
-  np.testing.assert_array_equal(objectives.adaptive_weight(d, 0.0), d)
+  np.testing.assert_array_equal(primitives.adaptive_weight(d, 0.0), d)
 
 
 def test_adaptive_weight_is_per_sample_in_loss():
@@ -104,7 +104,7 @@ def test_adaptive_weight_is_per_sample_in_loss():
   p, eps = 0.5, 1e-3
   loss, _ = biflow.reverse_loss(output, projections, clean, trajectory, mode='naive',
                                     adaptive_p=p, eps=eps, norm_control=False)
-  d = np.asarray(objectives.mse(output, clean))
+  d = np.asarray(primitives.mse(output, clean))
   np.testing.assert_allclose(float(loss), np.mean(d * (d + eps) ** -p), rtol=1e-5)
 
 
@@ -127,9 +127,9 @@ def test_norm_control_scale(j):
 def test_normalize_state_uses_reference_norm():
   x = jax.random.normal(jax.random.PRNGKey(1), (2, T, D))
   ref = jnp.stack([jnp.full((T, D), 2.0), jnp.full((T, D), -4.0)])
-  out = objectives.normalize_state(x, ref, eps=0.0)
+  out = primitives.normalize_state(x, ref, eps=0.0)
   np.testing.assert_allclose(out, x / jnp.array([2.0, 4.0])[:, None, None], rtol=1e-6)
-  g = jax.grad(lambda r: jnp.sum(objectives.normalize_state(x, r)))(ref)
+  g = jax.grad(lambda r: jnp.sum(primitives.normalize_state(x, r)))(ref)
   assert float(jnp.max(jnp.abs(g))) == 0.0
 
 
@@ -186,20 +186,20 @@ def test_token_weighting():
   target = jnp.zeros((2, T, D))
   pred = jax.random.normal(jax.random.PRNGKey(2), (2, T, D)) * 0.1
   pred = pred.at[:, 2].add(3.0)  # token 2 is much harder to reconstruct
-  w = objectives.token_weights(pred, target)
+  w = primitives.token_weights(pred, target)
   assert w.shape == (2, T)
   np.testing.assert_allclose(np.mean(np.asarray(w), axis=1), 1.0, rtol=1e-6)
   assert np.all(np.argmax(np.asarray(w), axis=1) == 2)
   assert np.all(np.asarray(w)[:, 2] > 1.0)
   # Weights are detached: the gradient is w_t * d(e_t).
-  g = jax.grad(lambda p: jnp.sum(objectives.token_weighted_mse(p, target)))(pred)
+  g = jax.grad(lambda p: jnp.sum(primitives.token_weighted_mse(p, target)))(pred)
   expected = np.asarray(w)[:, :, None] * 2.0 * np.asarray(pred) / (T * D)
   np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-9)
   # Zero error everywhere: weights are 1.
-  np.testing.assert_allclose(objectives.token_weights(target, target), 1.0)
+  np.testing.assert_allclose(primitives.token_weights(target, target), 1.0)
   # Token weighting changes the loss, and upweights the hard token relative to MSE.
-  assert float(jnp.mean(objectives.token_weighted_mse(pred, target))) > \
-      float(jnp.mean(objectives.mse(pred, target)))
+  assert float(jnp.mean(primitives.token_weighted_mse(pred, target))) > \
+      float(jnp.mean(primitives.mse(pred, target)))
 
 
 def test_cfg_combine():
@@ -207,39 +207,39 @@ def test_cfg_combine():
   cond = rng.normal(size=(4, T, D)).astype(np.float32)
   uncond = rng.normal(size=(4, T, D)).astype(np.float32)
   w = rng.uniform(0, 3, size=(4,)).astype(np.float32)
-  out = objectives.cfg_combine(jnp.asarray(cond), jnp.asarray(uncond), jnp.asarray(w))
+  out = primitives.cfg_combine(jnp.asarray(cond), jnp.asarray(uncond), jnp.asarray(w))
   expected = (cond + w[:, None, None] * uncond) / (1 + w[:, None, None])
   np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
-  out0 = objectives.cfg_combine(jnp.asarray(cond), jnp.asarray(uncond), jnp.zeros((4,)))
+  out0 = primitives.cfg_combine(jnp.asarray(cond), jnp.asarray(uncond), jnp.zeros((4,)))
   np.testing.assert_array_equal(np.asarray(out0), cond)
 
 
 def test_sample_guidance_scale():
   rng = jax.random.PRNGKey(3)
   n, w_max, zero_prob = 20000, 4.0, 0.2
-  w = objectives.sample_guidance_scale(rng, n, w_max, zero_prob)
+  w = primitives.sample_guidance_scale(rng, n, w_max, zero_prob)
   assert w.shape == (n,) and w.dtype == jnp.float32
   w = np.asarray(w)
   assert w.min() >= 0.0 and w.max() <= w_max
   assert abs(np.mean(w == 0.0) - zero_prob) < 0.02
   nz = w[w > 0]
   assert abs(nz.mean() - w_max / 2) < 0.1
-  np.testing.assert_array_equal(w, objectives.sample_guidance_scale(rng, n, w_max, zero_prob))
-  assert not np.array_equal(w, objectives.sample_guidance_scale(jax.random.PRNGKey(4), n,
+  np.testing.assert_array_equal(w, primitives.sample_guidance_scale(rng, n, w_max, zero_prob))
+  assert not np.array_equal(w, primitives.sample_guidance_scale(jax.random.PRNGKey(4), n,
                                                                 w_max, zero_prob))
-  assert np.all(np.asarray(objectives.sample_guidance_scale(rng, 64, w_max, 1.0)) == 0.0)
-  assert np.all(np.asarray(objectives.sample_guidance_scale(rng, 64, w_max, 0.0)) > 0.0)
+  assert np.all(np.asarray(primitives.sample_guidance_scale(rng, 64, w_max, 1.0)) == 0.0)
+  assert np.all(np.asarray(primitives.sample_guidance_scale(rng, 64, w_max, 0.0)) > 0.0)
 
 
 def test_inverse_matching_loss():
   pred = jax.random.normal(jax.random.PRNGKey(5), (2, T, D))
   target = jax.random.normal(jax.random.PRNGKey(6), (2, T, D))
-  loss, m = objectives.inverse_matching_loss(pred, pred)
+  loss, m = primitives.inverse_matching_loss(pred, pred)
   assert float(loss) == 0.0 and loss.dtype == jnp.float32
-  loss, m = objectives.inverse_matching_loss(pred, target)
+  loss, m = primitives.inverse_matching_loss(pred, target)
   np.testing.assert_allclose(float(loss), float(jnp.mean((pred - target) ** 2)), rtol=1e-6)
   assert float(m['inverse/mse']) == float(loss)
-  g_t = jax.grad(lambda t: objectives.inverse_matching_loss(pred, t)[0])(target)
+  g_t = jax.grad(lambda t: primitives.inverse_matching_loss(pred, t)[0])(target)
   assert float(jnp.max(jnp.abs(g_t))) == 0.0
-  g_p = jax.grad(lambda p: objectives.inverse_matching_loss(p, target)[0])(pred)
+  g_p = jax.grad(lambda p: primitives.inverse_matching_loss(p, target)[0])(pred)
   np.testing.assert_allclose(g_p, 2 * (pred - target) / pred.size, rtol=1e-5)

@@ -10,7 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from biflow_jax import config_lib, optim
+from biflow_jax import config_lib
+from biflow_jax.objective import phases
+from biflow_jax.training import optim
 
 
 # --------------------------------------------------------------------------
@@ -115,56 +117,56 @@ def test_decay_mask_only_kernels():
 def test_plan_forward_only():
   c = make_config('forward_only', forward_steps=30, reverse_steps=0, reverse_enabled=False)
   c.objective.nll_weight = 2.0
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   assert len(plan) == 1
   (p,) = plan
   assert (p.name, p.start, p.end, p.trainable) == ('forward', 0, 30, ('forward',))
   assert p.weights == {'nll': 2.0, 'reverse': 0.0}
-  assert optim.total_steps(plan) == 30
-  assert optim.group_train_steps(plan, 'forward') == 30
-  assert optim.group_train_steps(plan, 'reverse') == 0
+  assert phases.total_steps(plan) == 30
+  assert phases.group_train_steps(plan, 'forward') == 30
+  assert phases.group_train_steps(plan, 'reverse') == 0
 
 
 def test_plan_two_stage():
   c = make_config('two_stage', forward_steps=10, reverse_steps=7)
   c.objective.reverse_weight = 0.5
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   assert [(p.name, p.start, p.end, p.trainable) for p in plan] == [
       ('forward', 0, 10, ('forward',)), ('reverse', 10, 17, ('reverse',))]
   assert plan[0].weights == {'nll': 1.0, 'reverse': 0.0}
   assert plan[1].weights == {'nll': 0.0, 'reverse': 0.5}
-  assert optim.group_train_steps(plan, 'forward') == 10
-  assert optim.group_train_steps(plan, 'reverse') == 7
+  assert phases.group_train_steps(plan, 'forward') == 10
+  assert phases.group_train_steps(plan, 'reverse') == 7
 
 
 def test_plan_progressive():
   c = make_config('progressive', forward_steps=10, joint_steps=5, reverse_steps=3)
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   assert [(p.name, p.start, p.end, p.trainable) for p in plan] == [
       ('forward', 0, 10, ('forward',)),
       ('joint', 10, 15, ('forward', 'reverse')),
       ('reverse', 15, 18, ('reverse',))]
   assert plan[1].weights == {'nll': 1.0, 'reverse': 1.0}
-  assert optim.group_train_steps(plan, 'forward') == 15
-  assert optim.group_train_steps(plan, 'reverse') == 8
-  assert [optim.phase_index_at(plan, s) for s in (0, 9, 10, 14, 15, 17, 18, 1000)] == [
+  assert phases.group_train_steps(plan, 'forward') == 15
+  assert phases.group_train_steps(plan, 'reverse') == 8
+  assert [phases.phase_index_at(plan, s) for s in (0, 9, 10, 14, 15, 17, 18, 1000)] == [
       0, 0, 1, 1, 2, 2, 2, 2]
-  assert optim.phase_at(plan, 12).name == 'joint'
+  assert phases.phase_at(plan, 12).name == 'joint'
   with pytest.raises(ValueError):
-    optim.phase_index_at(plan, -1)
+    phases.phase_index_at(plan, -1)
 
 
 def test_plan_drops_zero_step_phases():
-  plan = optim.build_phase_plan(
+  plan = phases.build_phase_plan(
       make_config('progressive', forward_steps=0, joint_steps=5, reverse_steps=3))
   assert [(p.name, p.start, p.end) for p in plan] == [('joint', 0, 5), ('reverse', 5, 8)]
-  plan = optim.build_phase_plan(make_config('two_stage', forward_steps=4, reverse_steps=0))
+  plan = phases.build_phase_plan(make_config('two_stage', forward_steps=4, reverse_steps=0))
   assert [p.name for p in plan] == ['forward']
 
 
 def test_phase_is_hashable_and_static():
-  plan = optim.build_phase_plan(make_config())
-  assert len({*plan, *optim.build_phase_plan(make_config())}) == 2
+  plan = phases.build_phase_plan(make_config())
+  assert len({*plan, *phases.build_phase_plan(make_config())}) == 2
   with pytest.raises(dataclasses.FrozenInstanceError):
     plan[0].start = 3
 
@@ -184,7 +186,7 @@ def test_plan_bad_configs(overrides, field):
   kwargs = dict(plan='two_stage', forward_steps=10, joint_steps=0, reverse_steps=10)
   kwargs.update(overrides)
   with pytest.raises(ValueError, match=field.replace('.', r'\.')) as info:
-    optim.build_phase_plan(make_config(**kwargs))
+    phases.build_phase_plan(make_config(**kwargs))
   if field == 'reverse.enabled':
     assert 'forward_only' in str(info.value)
     assert 'enable the reverse model' in str(info.value)
@@ -194,11 +196,11 @@ def test_plan_bad_weights():
   c = make_config()
   c.objective.reverse_weight = 0.0
   with pytest.raises(ValueError, match='reverse_weight'):
-    optim.build_phase_plan(c)
+    phases.build_phase_plan(c)
   c = make_config()
   c.objective.nll_weight = -1.0
   with pytest.raises(ValueError, match='nll_weight'):
-    optim.build_phase_plan(c)
+    phases.build_phase_plan(c)
 
 
 # --------------------------------------------------------------------------
@@ -238,7 +240,7 @@ def test_lr_of_a_group_that_never_trains_is_zero():
 def make_train_step(tx, config, plan, trace_counter: list | None = None):
   """A train step like the real one: jitted, phase static, EMA with warm-up."""
   @functools.partial(jax.jit, static_argnums=4)
-  def step(params, opt_state, ema, targets, phase: optim.Phase):
+  def step(params, opt_state, ema, targets, phase: phases.Phase):
     if trace_counter is not None:
       trace_counter.append(phase.name)   # runs only while tracing
     grads = jax.grad(toy_loss)(params, targets)
@@ -251,7 +253,7 @@ def make_train_step(tx, config, plan, trace_counter: list | None = None):
 
 def test_frozen_group_is_bit_identical_then_trains():
   c = make_config('two_stage', forward_steps=6, reverse_steps=4)
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   tx = optim.make_optimizer(c, plan)
   params = toy_params()
   targets = toy_targets(params)
@@ -265,7 +267,7 @@ def test_frozen_group_is_bit_identical_then_trains():
   lrs = None
   for s in range(plan[0].start, plan[0].end):
     params, opt_state, ema, lrs = step(params, opt_state, ema, targets,
-                                       optim.phase_at(plan, s))
+                                       phases.phase_at(plan, s))
   # F moved; G, its optimizer state and its EMA did not move at all.
   assert not tree_equal(params['forward'], init_params['forward'])
   assert not tree_equal(ema['forward'], init_ema['forward'])
@@ -284,7 +286,7 @@ def test_frozen_group_is_bit_identical_then_trains():
   r_before = params['reverse']
   for s in range(plan[1].start, plan[1].end):
     params, opt_state, ema, lrs = step(params, opt_state, ema, targets,
-                                       optim.phase_at(plan, s))
+                                       phases.phase_at(plan, s))
   assert tree_equal(params['forward'], f_params)
   assert tree_equal(opt_state.inner_states['forward'], f_state)
   assert tree_equal(ema['forward'], f_ema)
@@ -301,15 +303,15 @@ def test_frozen_group_is_bit_identical_then_trains():
 
 def test_compiles_once_per_phase_progressive():
   c = make_config('progressive', forward_steps=3, joint_steps=3, reverse_steps=3)
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   tx = optim.make_optimizer(c, plan)
   params = toy_params()
   targets = toy_targets(params)
   opt_state, ema = tx.init(params), optim.init_ema(params)
   traces: list = []
   step = make_train_step(tx, c, plan, traces)
-  for s in range(optim.total_steps(plan) + 2):   # over-run stays in the last phase
-    params, opt_state, ema, _ = step(params, opt_state, ema, targets, optim.phase_at(plan, s))
+  for s in range(phases.total_steps(plan) + 2):   # over-run stays in the last phase
+    params, opt_state, ema, _ = step(params, opt_state, ema, targets, phases.phase_at(plan, s))
   assert traces == ['forward', 'joint', 'reverse']
   counts = optim.group_steps(opt_state)
   assert int(counts['forward']) == 6 and int(counts['reverse']) == 8
@@ -317,7 +319,7 @@ def test_compiles_once_per_phase_progressive():
 
 def test_learning_rates_read_from_opt_state():
   c = make_config('two_stage', forward_steps=20, reverse_steps=10)
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   tx = optim.make_optimizer(c, plan)
   params = toy_params()
   grads = jax.tree.map(jnp.ones_like, params)
@@ -343,7 +345,7 @@ def test_learning_rates_read_from_opt_state():
 
 def test_absent_reverse_group():
   c = make_config('forward_only', forward_steps=5, reverse_steps=0, reverse_enabled=False)
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   tx = optim.make_optimizer(c, plan)
   params = toy_params(with_reverse=False)
   opt_state = tx.init(params)
@@ -368,7 +370,7 @@ def test_clipping_is_per_group():
   c = make_config()
   c.optim.forward.grad_clip = 1.0
   c.optim.reverse.grad_clip = 1.0
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   tx = optim.make_optimizer(c, plan)
   params = toy_params()
   opt_state = tx.init(params)
@@ -389,7 +391,7 @@ def test_weight_decay_skips_biases_scales_embeddings():
   c = make_config('forward_only', forward_steps=10, reverse_steps=0, reverse_enabled=False)
   c.optim.forward.warmup_steps = 0
   c.optim.forward.weight_decay = 0.5
-  plan = optim.build_phase_plan(c)
+  plan = phases.build_phase_plan(c)
   tx = optim.make_optimizer(c, plan)
   params = toy_params()
   opt_state = tx.init(params)

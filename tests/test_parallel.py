@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from biflow_jax import inference, input_pipeline, parallel
+from biflow_jax.data import input_pipeline
+from biflow_jax.runtime import parallel
+from biflow_jax.training import restore
 from subprocess_util import broken_python_on_path, launch, python
 from test_train import TINY, parse_config
 
@@ -21,8 +23,8 @@ TOL = 1e-5
 
 def restore_both(config, workdir_a, workdir_b, step):
   """The latest train states of two runs, both at `step`, restored onto this process."""
-  _, a, step_a = inference.restore(config, workdir_a)
-  _, b, step_b = inference.restore(config, workdir_b)
+  _, a, step_a = restore.restore_run(config, workdir_a)
+  _, b, step_b = restore.restore_run(config, workdir_b)
   assert step_a == step_b == step
   return a, b
 

@@ -12,8 +12,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from biflow_jax import perceptual
 from biflow_jax.convert import perceptual as convert
+from biflow_jax.models import perceptual_nets
+from biflow_jax.objective import perceptual
 from reference_vectors import recipe as _recipe
 from reference_vectors import reference as _reference
 from reference_vectors import state_dict_order as _order
@@ -48,8 +49,8 @@ def lpips_standin_state(lpips_ref=None):
       state[name] = make(name, tuple(shape), k)
     elif name.startswith('lin'):
       state[name] = lpips_ref[f'lin/{name}']
-  state['scaling_layer.shift'] = np.array(perceptual.LPIPS_SHIFT, np.float32).reshape(1, 3, 1, 1)
-  state['scaling_layer.scale'] = np.array(perceptual.LPIPS_SCALE, np.float32).reshape(1, 3, 1, 1)
+  state['scaling_layer.shift'] = np.array(perceptual_nets.LPIPS_SHIFT, np.float32).reshape(1, 3, 1, 1)
+  state['scaling_layer.scale'] = np.array(perceptual_nets.LPIPS_SCALE, np.float32).reshape(1, 3, 1, 1)
   return state
 
 
@@ -72,7 +73,7 @@ def lpips_params(lpips_file):
 
 def test_lpips_parity(lpips_params, lpips_ref):
   dist = jax.jit(perceptual.lpips_distance, static_argnums=0)
-  got = np.asarray(dist(perceptual.LPIPS(precision=HIGHEST, dtype=F32), lpips_params, _nhwc(lpips_ref['x0']),
+  got = np.asarray(dist(perceptual_nets.LPIPS(precision=HIGHEST, dtype=F32), lpips_params, _nhwc(lpips_ref['x0']),
                         _nhwc(lpips_ref['x1'])))
   want = lpips_ref['distance']
   err = np.max(np.abs(got - want))
@@ -138,8 +139,8 @@ def test_convnext_parity(convnext, convnext_ref):
   @jax.jit
   def run(params, x):
     v = {'params': params}
-    return (model.apply(v, x, method=perceptual.ConvNeXtV2.forward_features),
-            model.apply(v, x, method=perceptual.ConvNeXtV2.pre_logits),
+    return (model.apply(v, x, method=perceptual_nets.ConvNeXtV2.forward_features),
+            model.apply(v, x, method=perceptual_nets.ConvNeXtV2.pre_logits),
             model.apply(v, x))
 
   features, pre_logits, logits = jax.tree.map(np.asarray, run(params, x))
@@ -185,7 +186,7 @@ def _image_pair(size, batch=2):
 @pytest.mark.parametrize('which', ['lpips', 'convnext'])
 def test_distance_zero_positive_and_gradient(which, lpips_params, convnext):
   if which == 'lpips':
-    fn = jax.tree_util.Partial(perceptual.lpips_distance, perceptual.LPIPS())
+    fn = jax.tree_util.Partial(perceptual.lpips_distance, perceptual_nets.LPIPS())
     params, size = lpips_params, 32
   else:
     model, params = convnext
@@ -214,8 +215,8 @@ def _cfg(**overrides):
 
 
 def test_load_terms_off():
-  assert convert.load_terms(_cfg()) == []
-  assert convert.load_terms(_cfg(lpips_weights='/nowhere.npz')) == []  # weight 0: not read
+  assert perceptual.load_terms(_cfg()) == []
+  assert perceptual.load_terms(_cfg(lpips_weights='/nowhere.npz')) == []  # weight 0: not read
 
 
 @pytest.mark.parametrize('field, value, match', [
@@ -228,11 +229,11 @@ def test_load_terms_off():
 def test_load_terms_missing_file(field, value, match):
   cfg = _cfg(**{f'{field}_weight': 0.5, f'{field}_weights': value})
   with pytest.raises(FileNotFoundError, match=match):
-    convert.load_terms(cfg)
+    perceptual.load_terms(cfg)
 
 
 def test_load_terms_loads(lpips_file, convnext_file, lpips_params):
-  terms = convert.load_terms(_cfg(lpips_weight=0.5, lpips_weights=str(lpips_file),
+  terms = perceptual.load_terms(_cfg(lpips_weight=0.5, lpips_weights=str(lpips_file),
                                      convnext_weight=0.25, convnext_weights=str(convnext_file),
                                      convnext_variant='atto', convnext_resize=32))
   assert [(t.name, t.weight) for t in terms] == [('lpips', 0.5), ('convnext', 0.25)]

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import config_lib, sampling
+from biflow_jax import config_lib
+from biflow_jax.inference import sampling
 from biflow_jax.models import layers
 from biflow_jax.models.generator import ReverseModel
 

@@ -4,11 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biflow_jax import biflow, inference, input_pipeline, optim, sampling, train
+from biflow_jax.data import input_pipeline
 from biflow_jax.evaluation import classifier
-from biflow_jax.experiment import build_models
+from biflow_jax.inference import decoders, sampling
 from biflow_jax.models import layers
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.objective import biflow
+from biflow_jax.training import optim, train
+from biflow_jax.training.experiment import build_models
 
 from test_train import parse_config
 
@@ -101,8 +104,8 @@ def test_training_writes_decoders_side_by_side(two_stage_run):
   config, _, final, workdir = two_stage_run
   grid = workdir / 'samples' / 'step_600.png'
   assert grid.exists()
-  samplers = inference.make_samplers(config, ('reverse', 'exact', 'fixed_point'))
-  _, outputs = inference.write_sample_grid(config, samplers, final.ema, workdir / 'check.png', num=10)
+  samplers = decoders.make_samplers(config, ('reverse', 'exact', 'fixed_point'))
+  _, outputs = decoders.write_sample_grid(config, samplers, final.ema, workdir / 'check.png', num=10)
   assert set(outputs) == {'reverse', 'exact', 'fixed_point'}
   for images in outputs.values():
     assert images.shape == (10, 28, 28, 1) and np.all(np.abs(images) <= 1.0)

@@ -10,9 +10,12 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from biflow_jax import inference, input_pipeline, optim, train, train_state
+from biflow_jax.data import input_pipeline
 from biflow_jax.evaluation import likelihood
-from biflow_jax.experiment import build_models
+from biflow_jax.modes import sample
+from biflow_jax.objective import phases
+from biflow_jax.training import optim, train, train_state
+from biflow_jax.training.experiment import build_models
 from subprocess_util import Child, python
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +61,7 @@ def test_tiny_config_trains_and_nll_falls(tmp_path):
   config = tiny_config()
   models = build_models(config)
   flow = models.flow
-  plan = optim.build_phase_plan(config)
+  plan = phases.build_phase_plan(config)
   heldout = input_pipeline.load_heldout(config)
   initial = train_state.init_state(config, models, optim.make_optimizer(config, plan))
   before = likelihood.heldout_bits_per_dim(flow, initial.params['forward'], heldout, config)
@@ -92,11 +95,11 @@ def test_sample_mode_from_checkpoint(tmp_path):
   config.sample_every = 1000
   config.eval_every = 1000
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    inference.sample_from_checkpoint(config, tmp_path)
+    sample.run(config, tmp_path)
   assert not any(tmp_path.iterdir())  # the failed call wrote nothing
   train.train_and_evaluate(config, tmp_path)
   config.sample.decoder = 'fixed_point'
-  path = inference.sample_from_checkpoint(config, tmp_path, name='grid')
+  path = sample.run(config, tmp_path, name='grid')
   saved = np.load(tmp_path / 'samples' / 'grid.npz')
   assert path.exists() and saved['images'].shape == (20, 28, 28, 1)
   assert saved['images'].dtype == np.uint8 and saved['labels'].shape == (20,)

@@ -14,8 +14,7 @@ from flax import traverse_util
 from biflow_jax import config_lib
 from biflow_jax.convert import vae as convert_vae
 from biflow_jax.convert.state_dict import read_state_dict
-from biflow_jax.models.vae import (AutoencoderKL, downsample_factor, scale_latents,
-                                   unscale_latents)
+from biflow_jax.models.vae import AutoencoderKL, downsample_factor, scale_latents, unscale_latents
 
 DATA = Path(__file__).parent / 'testdata'
 REF = DATA / 'sd_vae_reference.npz'

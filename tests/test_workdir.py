@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from biflow_jax import inference, train, workdir_lock
+from biflow_jax.training import restore, train, workdir_lock
 from subprocess_util import Child, run
 from test_train import TINY, parse_config
 
@@ -131,10 +131,10 @@ cp -a {workdir} {out_dir}/resumed
   assert 'No space left on device' in out
   assert 'The newest complete checkpoint is step 5, untouched' in out
   config = parse_config(*QUICK)
-  _, at_failure, step = inference.restore(config, out_dir / 'after_failure')
+  _, at_failure, step = restore.restore_run(config, out_dir / 'after_failure')
   assert step == 5 and int(at_failure.step) == 5
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
-  _, resumed, step = inference.restore(config, out_dir / 'resumed')
+  _, resumed, step = restore.restore_run(config, out_dir / 'resumed')
   assert step == 10
   for name in ('params', 'ema', 'opt_state'):
     for a, b in zip(jax.tree.leaves(getattr(straight, name)),

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from biflow_jax.convert.state_dict import read_state_dict
-from biflow_jax.evaluation import inception
+from biflow_jax.models import inception
 
 ENV_VAR = 'BIFLOW_FID_WEIGHTS'
 WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'

@@ -1,4 +1,4 @@
-"""Import PyTorch LPIPS-VGG and timm ConvNeXt-V2 weights into `biflow_jax.perceptual`.
+"""Import PyTorch LPIPS-VGG and timm ConvNeXt-V2 weights into `models/perceptual_nets.py`.
 
 Nothing is downloaded; see `LPIPS_HOW_TO` / `CONVNEXT_HOW_TO` below for
 where the files come from. Files are read with `read_state_dict` (.npz, .safetensors,
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biflow_jax import perceptual
 from biflow_jax.convert.state_dict import read_state_dict
+from biflow_jax.models import perceptual_nets as perceptual
 
 PathLike = str | os.PathLike
 
@@ -69,7 +69,7 @@ def split_paths(value: str | Sequence[str] | None) -> list[str]:
   return [str(p).strip() for p in parts if str(p).strip()]
 
 
-def _existing_paths(field: str, value, how_to: str) -> list[Path]:
+def existing_paths(field: str, value, how_to: str) -> list[Path]:
   """The files named by config.perceptual.<field>; FileNotFoundError naming the field."""
   paths = split_paths(value)
   if not paths:
@@ -258,34 +258,3 @@ def convert_convnext_state_dict(state: Mapping[str, np.ndarray],
 def load_convnext_params(path: PathLike, variant: str) -> tuple[perceptual.ConvNeXtV2, dict]:
   """(ConvNeXtV2, params) from a timm convnextv2_<variant> checkpoint file."""
   return convert_convnext_state_dict(read_state_dict(path), variant)
-
-
-# ----------------------------------------------------------------------------- terms
-
-def load_terms(perceptual_cfg) -> list[perceptual.PerceptualTerm]:
-  """The perceptual terms with weight > 0, weights loaded from config.perceptual.
-
-  Fields: lpips_weight, lpips_weights ('file' or 'trunk,heads'; see LPIPS_HOW_TO),
-  convnext_weight, convnext_weights, convnext_variant, convnext_resize, precision and
-  dtype (the nets' numerics, `perceptual.numerics`). A term with
-  weight > 0 and no readable weights file raises FileNotFoundError naming the field.
-  """
-  terms = []
-  lpips_weight, convnext_weight = perceptual.term_weights(perceptual_cfg)
-  precision, dtype = perceptual.numerics(perceptual_cfg)
-  if lpips_weight > 0:
-    paths = _existing_paths('lpips_weights', perceptual_cfg.get('lpips_weights'), LPIPS_HOW_TO)
-    terms.append(perceptual.lpips_term(lpips_weight, load_lpips_params(paths), precision,
-                                       dtype))
-  if convnext_weight > 0:
-    variant = str(perceptual_cfg.get('convnext_variant', 'base'))
-    how_to = CONVNEXT_HOW_TO.format(variant=variant.removeprefix('convnextv2_'))
-    paths = _existing_paths('convnext_weights', perceptual_cfg.get('convnext_weights'), how_to)
-    if len(paths) != 1:
-      raise ValueError('config.perceptual.convnext_weights names one checkpoint file, got '
-                       f'{len(paths)}: {[str(p) for p in paths]}')
-    model, params = load_convnext_params(paths[0], variant)
-    model = model.clone(precision=precision, dtype=dtype)
-    terms.append(perceptual.convnext_term(convnext_weight, model, params,
-                                int(perceptual_cfg.get('convnext_resize', 224))))
-  return terms

@@ -26,9 +26,9 @@ import jax
 import numpy as np
 
 from biflow_jax.convert import inception as inception_convert
-from biflow_jax.evaluation import fingerprint as fp
-from biflow_jax.evaluation import inception, metrics
+from biflow_jax.evaluation import fingerprint as fp, metrics
 from biflow_jax.evaluation.moments import RunningMoments
+from biflow_jax.models import inception
 
 #: Rows per Inception Score part, and k of the k-NN manifolds, in the suite.
 IS_PART_SIZE = 5000

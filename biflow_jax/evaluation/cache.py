@@ -20,8 +20,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from biflow_jax import files
 from biflow_jax.evaluation import fingerprint as fp
+from biflow_jax.runtime import files
 
 
 def load_or_compute(directory: epath.PathLike, kind: str, fingerprint: dict[str, Any],

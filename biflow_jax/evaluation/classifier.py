@@ -3,7 +3,7 @@
 Inception-v3 needs downloaded weights and sees 299x299 RGB; for 28x28 digits the field
 uses a dataset classifier instead. This one is trained on the bundled MNIST train split
 by `python -m biflow_jax.tools.train_classifier` and shipped as
-`biflow_jax/data/mnist_classifier.{npz,json}` (params, and the held-out accuracy measured
+`biflow_jax/assets/mnist_classifier.{npz,json}` (params, and the held-out accuracy measured
 on the fixed 1,000 held-out digits). Its logits give Inception-Score-style numbers and its
 penultimate activations (`feature_dim` wide, post-ReLU) give FID-style Frechet distances
 and precision/recall; see `evaluation.metrics`.
@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parent.parent / 'data'
+from biflow_jax import assets
+
 DEFAULT_NAME = 'mnist_classifier'
 REGENERATE_COMMAND = ('python -m biflow_jax.tools.train_classifier '
-                      '--out=biflow_jax/data/mnist_classifier')
+                      '--out=biflow_jax/assets/mnist_classifier')
 
 
 #: Classifier.norm choices: none (the MNIST net) | group (GroupNorm after each conv: a
@@ -89,46 +90,14 @@ def from_architecture(arch: dict[str, Any], feature_dim: int | None = None) -> C
 # ------------------------------------------------------------------------------ files
 
 
-def flatten_params(tree: Any, prefix: str = '') -> dict[str, np.ndarray]:
-  """Nested dict -> {'a/b/c': leaf} (leaves as they are)."""
-  flat = {}
-  for key, value in tree.items():
-    name = f'{prefix}/{key}' if prefix else str(key)
-    if hasattr(value, 'items'):
-      flat.update(flatten_params(value, name))
-    else:
-      flat[name] = value
-  return flat
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-  """{'a/b/c': array} -> nested dict."""
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split('/')
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
-
-
 def asset_paths(path: str | Path | None) -> tuple[Path, Path]:
   """(<path>.npz, <path>.json) of a classifier asset; the shipped MNIST one for None."""
-  base = Path(path) if path is not None else DATA_DIR / DEFAULT_NAME
-  if base.suffix in ('.npz', '.json'):
-    base = base.with_suffix('')
-  return base.with_name(base.name + '.npz'), base.with_name(base.name + '.json')
+  return assets.prefix_paths(path, DEFAULT_NAME)
 
 
 def save_classifier(path: str | Path, variables: Any, info: dict[str, Any]) -> tuple[Path, Path]:
   """Writes <path>.npz (float32 params, '/'-joined keys) and <path>.json (info)."""
-  npz, meta = asset_paths(path)
-  npz.parent.mkdir(parents=True, exist_ok=True)
-  flat = {k: np.asarray(v, np.float32) for k, v in flatten_params(variables['params']).items()}
-  np.savez_compressed(npz, **flat)
-  meta.write_text(json.dumps(info, indent=2, sort_keys=True) + '\n')
-  return npz, meta
+  return assets.save_params(*asset_paths(path), variables['params'], info)
 
 
 def load_classifier(path: str | Path | None = None) -> tuple[Classifier, dict[str, Any], dict[str, Any]]:
@@ -144,14 +113,14 @@ def load_classifier(path: str | Path | None = None) -> tuple[Classifier, dict[st
   arch = info.get('architecture', {})
   module = from_architecture(arch, info.get('feature_dim'))
   with np.load(npz) as data:
-    params = unflatten_params({k: jnp.asarray(data[k]) for k in data.files})
+    params = assets.unflatten_params({k: jnp.asarray(data[k]) for k in data.files})
   variables = {'params': params}
   # Fail here, not at the first batch, if the file and the architecture disagree.
   image_shape = tuple(info.get('image_shape', (28, 28, 1)))
   expected = jax.eval_shape(module.init, jax.random.PRNGKey(0),
                             jnp.zeros((1,) + image_shape, jnp.float32))['params']
-  want = {k: v.shape for k, v in flatten_params(expected).items()}
-  got = {k: v.shape for k, v in flatten_params(params).items()}
+  want = {k: v.shape for k, v in assets.flatten_params(expected).items()}
+  got = {k: v.shape for k, v in assets.flatten_params(params).items()}
   if want != got:
     raise ValueError(f'{npz}: parameters {got} do not match the architecture {arch} '
                      f'(expected {want}); regenerate with `{REGENERATE_COMMAND}`')

@@ -1,5 +1,5 @@
 """Feature networks that evaluation scores samples with: the dataset's own classifier
-(shipped for MNIST and CIFAR-10, `assets.py`) or the FID InceptionV3 (pytorch-fid weights from a local file).
+(shipped for MNIST and CIFAR-10, `assets/__init__.py`) or the FID InceptionV3 (pytorch-fid weights from a local file).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 
 from biflow_jax import assets
 from biflow_jax.convert import inception as inception_convert
-from biflow_jax.evaluation import classifier, inception
-from biflow_jax.evaluation import fingerprint as fp
+from biflow_jax.evaluation import classifier, fingerprint as fp
+from biflow_jax.models import inception
 
 #: config.eval.feature_net
 FEATURE_NETS = ('classifier', 'inception')

@@ -17,7 +17,8 @@ from typing import Any
 
 import ml_collections
 
-from biflow_jax import files, input_pipeline, latents
+from biflow_jax.data import input_pipeline, latents
+from biflow_jax.runtime import files
 
 # (resolved path, size, mtime_ns) -> SHA-256, so one process hashes each file once.
 _SHA256_MEMO: dict[tuple[str, int, int], str] = {}
@@ -115,7 +116,7 @@ def data_fingerprint(config: ml_collections.ConfigDict, part: str) -> dict[str, 
     record['split'] = {'num_train': int(data.num_train), 'num_heldout': int(data.num_heldout),
                        'seed': input_pipeline.BUNDLED_SPLIT_SEED}
     record['files_sha256'] = [
-        file_sha256(input_pipeline.DATA_DIR / name)
+        file_sha256(input_pipeline.MNIST_DIR / name)
         for name in (input_pipeline.MNIST_IMAGES, input_pipeline.MNIST_LABELS)]
   elif data.source == 'jpeg':
     record['split'] = split

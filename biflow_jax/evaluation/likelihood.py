@@ -1,7 +1,7 @@
 """Held-out likelihood of F: NLL per dimension (nats) and bits/dim of x~ = x + sigma * eps.
 
 Fixed noise (EVAL_NOISE_SEED) and true labels, so numbers are comparable across steps
-and runs with the same sigma; see `objectives.py` for what bits/dim means at sigma > 0.
+and runs with the same sigma; see `primitives.py` for what bits/dim means at sigma > 0.
 """
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import functools
 import jax
 import numpy as np
 
-from biflow_jax import biflow, frozen, input_pipeline, objectives, parallel
+from biflow_jax.data import input_pipeline
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.objective import biflow, frozen, primitives
+from biflow_jax.runtime import parallel
 
 EVAL_NOISE_SEED = 1234
 
@@ -22,7 +24,7 @@ def _heldout_nll(params, batch, rng, *, flow: ForwardFlow, sigma: float,
   """Per-example NLL of x~; module-level so periodic evaluations reuse one compilation."""
   _, x_noisy, y = biflow.noisy_inputs(batch, rng, sigma, 0.0, flow.num_classes, scaling_factor)
   z, logdet, _ = flow.apply({'params': params}, x_noisy, y)
-  return objectives.gaussian_nll(z, logdet)
+  return primitives.gaussian_nll(z, logdet)
 
 
 def examples_used(num_heldout: int, config) -> int:
@@ -67,7 +69,7 @@ def heldout_metrics(flow: ForwardFlow, forward_params, heldout: dict, config, me
   nll = heldout_nll_per_dim(flow, forward_params, heldout, config, mesh)
   metrics = {'heldout/nll_per_dim': nll}
   if not frozen.uses_latents(config):
-    metrics['heldout/bits_per_dim'] = float(objectives.bits_per_dim(nll * flow.num_dims,
+    metrics['heldout/bits_per_dim'] = float(primitives.bits_per_dim(nll * flow.num_dims,
                                                                     flow.num_dims))
   return metrics
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from biflow_jax.evaluation import adm, cache, inception, npz_stream
-from biflow_jax.evaluation import fingerprint as fp
+from biflow_jax.evaluation import adm, cache, fingerprint as fp, npz_stream
 from biflow_jax.evaluation.moments import RunningMoments
+from biflow_jax.models import inception
 
 IMAGES = 'arr_0'
 STAT_SHAPES = {'mu': (inception.POOL3_DIM,),

@@ -76,42 +76,43 @@ def unstack(params: Params, prefix: str) -> dict:
   return out
 
 
-def flow_is_scanned(params: Params) -> bool:
-  """True for F's stacked layout (`blocks`), False for per-layer (`blocks_0`, ...)."""
+def is_scanned(params: Params, model: str = 'F') -> bool:
+  """True for the stacked layout (`blocks`), False for per-layer (`blocks_0`, ...).
+
+  model names whose params these are ('F' or 'G') in the error for neither layout.
+  """
   if 'blocks' in params:
     return True
   if 'blocks_0' in params:
     return False
-  raise ValueError(f"not F's params: neither blocks nor blocks_0 in {sorted(params)[:6]}")
+  raise ValueError(f"not {model}'s params: neither blocks nor blocks_0 in {sorted(params)[:6]}")
+
+
+def _each_block(params: Params, convert) -> dict:
+  """params with convert(subtree) applied to every numbered `blocks_<i>` subtree."""
+  return {k: convert(v) if re.fullmatch(r'blocks_\d+', k) else v for k, v in params.items()}
+
+
+def _to_layout(params: Params, scan: bool, model: str, inner: str | None) -> dict:
+  """The stacked (scan) or per-layer layout of one model's params. Its `blocks_<i>` are
+  stacked into `blocks`; when `inner` is given (F), each block's `<inner>_<j>` first."""
+  params = dict(params)
+  if is_scanned(params, model) == scan:
+    return params
+  if scan:
+    if inner:
+      params = _each_block(params, lambda block: stack(block, inner))
+    return stack(params, 'blocks')
+  out = unstack(params, 'blocks')
+  return _each_block(out, lambda block: unstack(block, inner)) if inner else out
 
 
 def to_flow_layout(params: Params, scan: bool) -> dict:
-  """F's params (either layout) in the stacked layout (scan=True) or per-layer (False)."""
-  params = dict(params)
-  if flow_is_scanned(params) == scan:
-    return params
-  if scan:
-    blocks = [stack(params[f'blocks_{i}'], 'layers') for i in _numbered(params, 'blocks')]
-    rest = {k: v for k, v in params.items() if not re.fullmatch(r'blocks_\d+', k)}
-    return {**rest, 'blocks': _tree_stack(blocks)}
-  out = unstack(params, 'blocks')
-  for i in _numbered(out, 'blocks'):
-    out[f'blocks_{i}'] = unstack(out[f'blocks_{i}'], 'layers')
-  return out
-
-
-def generator_is_scanned(params: Params) -> bool:
-  """True for G's stacked layout (`blocks`), False for per-layer (`blocks_0`, ...)."""
-  if 'blocks' in params:
-    return True
-  if 'blocks_0' in params:
-    return False
-  raise ValueError(f"not G's params: neither blocks nor blocks_0 in {sorted(params)[:6]}")
+  """F's params (either layout) in the stacked layout (scan=True) or per-layer (False):
+  blocks and, inside each block, its layers."""
+  return _to_layout(params, scan, 'F', inner='layers')
 
 
 def to_generator_layout(params: Params, scan: bool) -> dict:
   """G's params (either layout) in the stacked layout (scan=True) or per-layer (False)."""
-  params = dict(params)
-  if generator_is_scanned(params) == scan:
-    return params
-  return stack(params, 'blocks') if scan else unstack(params, 'blocks')
+  return _to_layout(params, scan, 'G', inner=None)

@@ -3,7 +3,7 @@
     python -m biflow_jax.tools.ablate --config=configs/mnist.py --study=all --workdir=DIR
 
 Studies (`ablations.STUDIES`, or `all`): supervision, denoising, norm_control, distance,
-guidance; what each row is lives in `biflow_jax/ablations.py`. Every F setting is trained
+guidance; what each row is lives in `biflow_jax/tools/ablations.py`. Every F setting is trained
 once into DIR/forward/<name>/ (the default one is config.model.init_from when that is set),
 every G training once into DIR/reverse/<name>/ (plan reverse_only from that F, the config's
 reverse_steps, seed and data order), and every evaluation once (`evaluation.evaluate` with
@@ -29,8 +29,10 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from biflow_jax import ablations, cli, files, train
-from biflow_jax.evaluation import evaluate
+from biflow_jax.modes import evaluate
+from biflow_jax.runtime import cli, files
+from biflow_jax.tools import ablations
+from biflow_jax.training import train
 
 DONE = 'ablate_done.json'
 
@@ -96,7 +98,7 @@ def run_job(job: Job) -> dict:
   """Trains or evaluates; returns the record written (last, atomically)."""
   t0 = time.perf_counter()
   if job.kind == 'eval':
-    result = evaluate.evaluate(job.config, job.workdir)
+    result = evaluate.run(job.config, job.workdir)
     record = {'entry': result['decoders'][job.row.decoder], 'step': result['step'],
               'eval': result}
   else:

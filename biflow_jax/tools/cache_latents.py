@@ -12,7 +12,7 @@ one-off the user does with the ImageNet archives:
 (--manual_dir here only fills in that command when the dataset is missing.) Each image is
 centre-cropped to config.vae.image_size the ADM way, then it and its mirror are encoded
 by the VAE at config.vae.weights; the posterior (mean, std) goes to
-DIR/<split>/latents-*.array_record (format: biflow_jax/latents.py). Point
+DIR/<split>/latents-*.array_record (format: biflow_jax/data/latents.py). Point
 config.data.path at DIR to train on it.
 
 Resumable: rerun the same command after an interruption; finished shards are skipped.
@@ -27,9 +27,10 @@ from ml_collections import config_flags
 
 import jax
 
-from biflow_jax import cli, input_pipeline, latents, parallel
 from biflow_jax.convert import vae as vae_convert
+from biflow_jax.data import input_pipeline, latents
 from biflow_jax.models.vae import downsample_factor
+from biflow_jax.runtime import cli, parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',

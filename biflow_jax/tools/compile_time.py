@@ -9,9 +9,7 @@ and flax.
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -19,6 +17,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from biflow_jax.models.flow import ForwardFlow, gaussian_nll
+from biflow_jax.runtime import tables
 
 
 def _nll_grad(flow: ForwardFlow):
@@ -61,10 +60,10 @@ def table(depths: Sequence[tuple[int, int]], width: int, remat: str = 'none') ->
 
 def format_table(result: dict) -> str:
   lines = [f"F NLL gradient compile time (width {result['width']}, {result['backend']}; "
-           f"scanned with remat={result['remat']})",
-           'blocks x layers | unrolled (s) | scanned (s)']
-  for name, row in result['rows'].items():
-    lines.append(f"{name:>15} | {row['unrolled_s']:12.2f} | {row['scanned_s']:11.2f}")
+           f"scanned with remat={result['remat']})"]
+  lines += tables.aligned([('blocks x layers', 'unrolled (s)', 'scanned (s)')] + [
+      (name, f"{row['unrolled_s']:.2f}", f"{row['scanned_s']:.2f}")
+      for name, row in result['rows'].items()])
   ratio = result['ratio_deepest_to_shallowest']
   lines.append(f"deepest / shallowest: unrolled {ratio['unrolled']:.2f}x, "
                f"scanned {ratio['scanned']:.2f}x")
@@ -91,10 +90,7 @@ def main(argv=None) -> None:
 
   def run(_):
     f = flags.FLAGS
-    result = table(parse_depths(f.depths), f.width, f.remat)
-    print(format_table(result))
-    if f.out:
-      Path(f.out).write_text(json.dumps(result, indent=2))
+    tables.report(table(parse_depths(f.depths), f.width, f.remat), format_table, f.out)
 
   app.run(run, argv=argv)
 

@@ -28,8 +28,6 @@ Writes a JSON file (--out) and prints a table.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -38,11 +36,11 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from biflow_jax import timing
 from biflow_jax.models import layers
 from biflow_jax.models.flow import ForwardFlow, gaussian_nll, score_denoise
 from biflow_jax.models.generator import SIZES, ReverseModel
 from biflow_jax.models.vae import AutoencoderKL
+from biflow_jax.runtime import tables, timing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,9 +234,7 @@ def format_table(result: dict) -> str:
                  '' if r['achieved_tflops_per_sec'] is None else f"{r['achieved_tflops_per_sec']:.2f}",
                  '' if r['mfu'] is None else f"{100 * r['mfu']:.1f}%",
                  '' if mem is None else f"{mem['total'] / 2**20:.1f}"))
-  widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-  lines = [' | '.join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-  lines.insert(1, '-+-'.join('-' * w for w in widths))
+  lines = tables.aligned(rows)
   peak = result['peak_memory_bytes']
   lines.append(f"{result['device']} x{result['num_devices']} ({result['backend']}), size "
                f"{result['size']}, {result['dtype']}, switches {result['switches']}; peak "
@@ -267,9 +263,7 @@ def main(argv=None) -> None:
     f = flags.FLAGS
     result = run(f.size, f.batch, f.serial_batch, f.guidance, f.groups, repeats=f.repeats,
                  peak_tflops=f.peak_tflops, attention=f.attention, scan=f.scan, remat=f.remat)
-    print(format_table(result))
-    if f.out:
-      Path(f.out).write_text(json.dumps(result, indent=2))
+    tables.report(result, format_table, f.out)
 
   app.run(main_, argv=argv)
 

@@ -35,9 +35,10 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
-from biflow_jax import cli, init_from
 from biflow_jax.convert import tarflow
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.runtime import cli
+from biflow_jax.training import init_from
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The biflow_jax run whose F to export.')

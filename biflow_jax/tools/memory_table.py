@@ -28,9 +28,9 @@ from typing import Any, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from biflow_jax import cli
-from biflow_jax.experiment import build_experiment
+from biflow_jax.runtime import cli
 from biflow_jax.tools import step_cost
+from biflow_jax.training.experiment import build_experiment
 
 # Nominal memory per chip in bytes (decimal GB, as the vendors state it); a cell 'fits'
 # when every phase's live total is at most this (no allowance for the runtime's own use).

@@ -22,8 +22,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from biflow_jax import cli, input_pipeline
-from biflow_jax.experiment import build_experiment
+from biflow_jax.data import input_pipeline
+from biflow_jax.runtime import cli
+from biflow_jax.training.experiment import build_experiment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=False)

@@ -20,10 +20,11 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from biflow_jax import benchmark, cli, frozen, parallel
-from biflow_jax.experiment import build_experiment, example_batch
+from biflow_jax.objective import frozen
+from biflow_jax.runtime import cli, parallel, timing
+from biflow_jax.training.experiment import build_experiment, example_batch
 
-# Chips the estimate is printed for (dense bf16 peak TFLOP/s, as in benchmark.PEAK_TFLOPS).
+# Chips the estimate is printed for (dense bf16 peak TFLOP/s, as in timing.PEAK_TFLOPS).
 ESTIMATE_CHIPS = ('TPU v5p', 'NVIDIA H200')
 ESTIMATE_MFU = 0.4
 
@@ -62,7 +63,7 @@ def abstract_batch(config, mesh) -> dict:
 
 
 def step_memory(exp, timings: dict | None = None) -> dict[str, dict | None]:
-  """XLA's memory analysis per device (`benchmark.memory_of`, bytes) of each phase's
+  """XLA's memory analysis per device (`timing.memory_of`, bytes) of each phase's
   compiled train step: the experiment's own jitted, sharded step on its mesh, lowered from
   abstract state and batch (nothing runs). Compiles each phase (minutes for a large config
   on a CPU); timings, when given, receives each phase's lower + compile seconds."""
@@ -73,7 +74,7 @@ def step_memory(exp, timings: dict | None = None) -> dict[str, dict | None]:
     compiled = exp.step.lower(exp.abstract_state, batch, exp.frozen_params, phase).compile()
     if timings is not None:
       timings[phase.name] = time.perf_counter() - start
-    out[phase.name] = benchmark.memory_of(compiled)
+    out[phase.name] = timing.memory_of(compiled)
   return out
 
 
@@ -81,7 +82,7 @@ def step_cost(config, memory: bool = False) -> dict:
   """Parameter counts per network and FLOPs per train step (each phase) and per sample.
 
   memory: also compile each phase's step (minutes for a large config on a CPU) and report
-  XLA's memory analysis per device (`benchmark.memory_of`: arguments, outputs,
+  XLA's memory analysis per device (`timing.memory_of`: arguments, outputs,
   temporaries, aliased, total) for this config's mesh over the visible devices.
   """
   # XLA's cost analysis counts a loop body once, so FLOPs are counted on the unrolled
@@ -131,7 +132,7 @@ def estimates(result: dict) -> dict:
   """Arithmetic times at ESTIMATE_MFU of each chip's dense bf16 peak (not measurements)."""
   out = {}
   for chip in ESTIMATE_CHIPS:
-    rate = ESTIMATE_MFU * benchmark.PEAK_TFLOPS[chip] * 1e12
+    rate = ESTIMATE_MFU * timing.PEAK_TFLOPS[chip] * 1e12
     chip_out = {f'train_step_s/{name}': flops / rate
                 for name, flops in result['train_step_flops'].items()}
     if 'sample_flops_G' in result:

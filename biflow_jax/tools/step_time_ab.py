@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from biflow_jax import experiment
+from biflow_jax.training import experiment
 
 _MARK = 'STEP_TIME_AB '  # prefixes the child's one line of JSON in its stdout
 

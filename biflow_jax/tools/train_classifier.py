@@ -1,8 +1,8 @@
 """Trains a dataset's evaluation classifier (the offline feature net) and writes its asset.
 
-    python -m biflow_jax.tools.train_classifier --out=biflow_jax/data/mnist_classifier
+    python -m biflow_jax.tools.train_classifier --out=biflow_jax/assets/mnist_classifier
     python -m biflow_jax.tools.train_classifier --dataset=cifar10 \
-        --data_path=/path/cifar10-jpeg.tar.gz --out=biflow_jax/data/cifar10_classifier
+        --data_path=/path/cifar10-jpeg.tar.gz --out=biflow_jax/assets/cifar10_classifier
 
 mnist: `evaluation.classifier.Classifier` on the bundled MNIST train split (9,000 digits,
 `input_pipeline.bundled_mnist_split(9000, 1000)`) with random shifts of up to 2 pixels,
@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from biflow_jax import files, input_pipeline
+from biflow_jax.data import input_pipeline
 from biflow_jax.evaluation import classifier as clf
+from biflow_jax.runtime import files
 
 NUM_TRAIN = 9000
 NUM_HELDOUT = 1000
@@ -181,56 +182,75 @@ def train_classifier(
   return {'params': params}, np.asarray(jax.device_get(losses), np.float64)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m biflow_jax.tools.train_classifier', description=__doc__.split('\n')[0])
+def tool_parser(tool: str, kind: str, description: str,
+                defaults: dict[str, Any]) -> argparse.ArgumentParser:
+  """The flags both training tools share (this one and train_feature_net): the dataset,
+  where to write `<out>.npz/.json` (default biflow_jax/assets/<dataset>_<kind>) and the
+  optimisation. `defaults` gives steps, batch_size, learning_rate, weight_decay,
+  max_shift and seed (None = the dataset's recipe)."""
+  parser = argparse.ArgumentParser(prog=f'python -m biflow_jax.tools.{tool}',
+                                   description=description)
   parser.add_argument('--dataset', default='mnist', choices=sorted(RECIPES))
   parser.add_argument('--data_path', default='',
                       help='cifar10: a JPEG folder or .tar(.gz) with train/ and test/ class folders')
   parser.add_argument('--out', default='',
                       help='output prefix: writes <out>.npz and <out>.json '
-                           '(default biflow_jax/data/<dataset>_classifier)')
-  parser.add_argument('--steps', type=int, default=None)
-  parser.add_argument('--batch_size', type=int, default=None)
-  parser.add_argument('--learning_rate', type=float, default=None)
-  parser.add_argument('--weight_decay', type=float, default=None)
-  parser.add_argument('--max_shift', type=int, default=None)
-  parser.add_argument('--seed', type=int, default=0)
+                           f'(default biflow_jax/assets/<dataset>_{kind})')
+  for field, kind_of in (('steps', int), ('batch_size', int), ('learning_rate', float),
+                         ('weight_decay', float), ('max_shift', int), ('seed', int)):
+    parser.add_argument(f'--{field}', type=kind_of, default=defaults[field])
   parser.add_argument('--log_every', type=int, default=100)
-  args = parser.parse_args(list(argv))
+  parser.set_defaults(kind=kind)
+  return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  args = tool_parser('train_classifier', 'classifier', __doc__.split('\n')[0], dict(
+      steps=None, batch_size=None, learning_rate=None, weight_decay=None, max_shift=None,
+      seed=0)).parse_args(list(argv))
   recipe = RECIPES[args.dataset]
   for field in ('steps', 'batch_size', 'learning_rate', 'weight_decay', 'max_shift'):
     if getattr(args, field) is None:
       setattr(args, field, getattr(recipe, field))
+  return with_default_out(args)
+
+
+def with_default_out(args: argparse.Namespace) -> argparse.Namespace:
   if not args.out:
-    args.out = f'biflow_jax/data/{args.dataset}_classifier'
+    args.out = f'biflow_jax/assets/{args.dataset}_{args.kind}'
   return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  argv = sys.argv[1:] if argv is None else list(argv)
-  args = parse_args(argv)
+def fit(args: argparse.Namespace, module, train_x: np.ndarray, train_y: np.ndarray
+        ) -> tuple[Any, np.ndarray, float]:
+  """(float32 params, per-step losses, seconds) of `module` trained as `args` says, with
+  the dataset's augmentation recipe."""
   recipe = RECIPES[args.dataset]
-  (train_x, train_y), (heldout_x, heldout_y), provenance = load_dataset(args.dataset,
-                                                                        args.data_path)
-  module = recipe.module
   t0 = time.perf_counter()
   variables, losses = train_classifier(
       train_x, train_y, module=module, steps=args.steps, batch_size=args.batch_size,
       learning_rate=args.learning_rate, weight_decay=args.weight_decay,
       max_shift=args.max_shift, flip=recipe.flip, pad_mode=recipe.pad_mode, seed=args.seed,
       log_every=args.log_every)
-  train_seconds = time.perf_counter() - t0
-  # Measure with the float32 params exactly as they are written.
-  variables = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float32)), variables)
-  acc = clf.accuracy(module, variables, heldout_x, heldout_y)
-  info = {
+  seconds = time.perf_counter() - t0
+  # Measured with the float32 params exactly as they are written.
+  params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float32)), variables['params'])
+  return params, losses, seconds
+
+
+def provenance_record(args: argparse.Namespace, argv: Sequence[str], tool: str,
+                      provenance: dict[str, Any], image_shape: Sequence[int],
+                      train_examples: int, heldout_examples: int, accuracy: float,
+                      losses: np.ndarray, seconds: float) -> dict[str, Any]:
+  """What the <out>.json of both training tools records: data, recipe, result, command."""
+  recipe = RECIPES[args.dataset]
+  return {
       **provenance,
       'input_range': '[-1, 1] (x = uint8 / 127.5 - 1)',
-      'image_shape': list(train_x.shape[1:]),
-      'heldout_accuracy': acc,
-      'train_examples': int(len(train_y)),
-      'heldout_examples': int(len(heldout_y)),
+      'image_shape': list(image_shape),
+      'heldout_accuracy': accuracy,
+      'train_examples': int(train_examples),
+      'heldout_examples': int(heldout_examples),
       'seed': args.seed,
       'steps': args.steps,
       'batch_size': args.batch_size,
@@ -240,20 +260,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'flip': recipe.flip,
       'pad_mode': recipe.pad_mode,
       'final_train_loss': float(losses[-min(100, len(losses)):].mean()),
-      'train_seconds': round(train_seconds, 1),
+      'train_seconds': round(seconds, 1),
       'backend': jax.default_backend(),
       'jax_version': jax.__version__,
-      'command': ' '.join(['python -m biflow_jax.tools.train_classifier'] + argv),
+      'command': ' '.join([f'python -m biflow_jax.tools.{tool}'] + list(argv)),
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d'),
-      'feature_dim': module.feature_dim,
-      'architecture': clf.architecture(module),
   }
-  npz, meta = clf.save_classifier(args.out, variables, info)
-  print(f'held-out accuracy {acc:.4f} on {len(heldout_y)} images after {args.steps} steps '
-        f'({train_seconds:.1f} s); wrote {npz} ({npz.stat().st_size / 1e6:.2f} MB) and {meta}',
-        flush=True)
-  return info
 
+
+def report(accuracy: float, heldout: int, steps: int, seconds: float, npz, meta) -> None:
+  print(f'held-out accuracy {accuracy:.4f} on {heldout} images after {steps} steps '
+        f'({seconds:.1f} s); wrote {npz} ({npz.stat().st_size / 1e6:.2f} MB) and {meta}',
+        flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parse_args(argv)
+  (train_x, train_y), (heldout_x, heldout_y), provenance = load_dataset(args.dataset,
+                                                                        args.data_path)
+  module = RECIPES[args.dataset].module
+  params, losses, seconds = fit(args, module, train_x, train_y)
+  variables = {'params': params}
+  acc = clf.accuracy(module, variables, heldout_x, heldout_y)
+  info = provenance_record(args, argv, 'train_classifier', provenance, train_x.shape[1:],
+                           len(train_y), len(heldout_y), acc, losses, seconds)
+  info.update(feature_dim=module.feature_dim, architecture=clf.architecture(module))
+  npz, meta = clf.save_classifier(args.out, variables, info)
+  report(acc, len(heldout_y), args.steps, seconds, npz, meta)
+  return info
 
 if __name__ == '__main__':
   main()

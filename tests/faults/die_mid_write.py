@@ -48,7 +48,8 @@ io.open = builtins.open = _open_that_dies
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from biflow_jax import cli, main  # pylint: disable=g-import-not-at-top,wrong-import-position
+from biflow_jax import main
+from biflow_jax.runtime import cli
 
 if __name__ == '__main__':
   app.run(main.main, flags_parser=cli.parse_flags)

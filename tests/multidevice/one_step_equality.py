@@ -13,8 +13,10 @@ os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from biflow_jax import input_pipeline, optim, parallel  # pylint: disable=g-import-not-at-top
-from biflow_jax.experiment import build_experiment  # pylint: disable=g-import-not-at-top
+from biflow_jax.data import input_pipeline
+from biflow_jax.objective import phases
+from biflow_jax.runtime import parallel
+from biflow_jax.training.experiment import build_experiment  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 
@@ -38,7 +40,7 @@ def one_step(config, devices, data, fsdp, mode):
   it = input_pipeline.create_train_iterator(config, rows=exp.process_rows())
   for step in range(STEPS):
     batch = exp.global_batch(next(it))
-    state, metrics = exp.step(state, batch, exp.frozen_params, optim.phase_at(exp.plan, step))
+    state, metrics = exp.step(state, batch, exp.frozen_params, phases.phase_at(exp.plan, step))
   split = sum(1 for s in jax.tree.leaves(shardings) if not s.is_fully_replicated)
   return jax.device_get(state), jax.device_get(metrics), split, len(jax.tree.leaves(shardings))
 

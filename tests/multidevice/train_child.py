@@ -10,7 +10,7 @@ os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={int(sys.argv
 from absl import flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from biflow_jax import train  # pylint: disable=g-import-not-at-top
+from biflow_jax.training import train  # pylint: disable=g-import-not-at-top
 
 
 def main():

@@ -1,0 +1,160 @@
+"""`--mode=edit`: inpainting, interpolation and class swap with a trained F and G.
+
+    --config.edit.task=inpaint      --config.edit.mask=left|right|top|bottom|centre|MASK.png
+    --config.edit.task=interpolate  --config.edit.between=images|noise
+    --config.edit.task=class_swap
+
+Images are the first config.edit.num held-out images, or config.edit.input (a folder
+of images, sized per data.resize, or an .npz as `image_files.read_user_images` reads).
+Every task works in noise space (docs/method.md §6) and decodes with G in one pass:
+- inpaint: z = M * F(x~) + (1 - M) * eps, x = G(z); the mask names the region that is
+  regenerated (a PNG mask: white = regenerate), the rest is kept. Rows: input with the
+  region grey, result, original.
+- interpolate: spherical interpolation between F(x~) of image pairs (0, 1), (2, 3), ...
+  or between two fresh noises, config.edit.steps frames per row.
+- class_swap: z = F(x~, y) with the image's class y (edit.label when it has none), then
+  G(z, c) for every class c: one row per image, one column per class.
+Writes DIR/edit/<task>.png (a grid) and DIR/edit/<task>.npz (uint8 images, and inputs).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+from PIL import Image
+
+from biflow_jax.data import image_files, input_pipeline
+from biflow_jax.inference import decoders, sampling
+from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.runtime import images
+from biflow_jax.training import restore
+
+TASKS = ('inpaint', 'interpolate', 'class_swap')
+MASKS = ('left', 'right', 'top', 'bottom', 'centre')
+EDIT_SEED = 2718
+
+
+def region_mask(mask: str, image_size: int) -> np.ndarray:
+  """(S, S) float32, 1 where the image is regenerated: a named half, the centre box (the
+  middle half of each side), or a PNG file (white = regenerate, resized nearest)."""
+  s = image_size
+  m = np.zeros((s, s), np.float32)
+  if mask == 'left':
+    m[:, :s // 2] = 1
+  elif mask == 'right':
+    m[:, s // 2:] = 1
+  elif mask == 'top':
+    m[:s // 2] = 1
+  elif mask == 'bottom':
+    m[s // 2:] = 1
+  elif mask == 'centre':
+    m[s // 4:s - s // 4, s // 4:s - s // 4] = 1
+  else:
+    path = Path(mask)
+    if not path.is_file():
+      raise ValueError(f'config.edit.mask={mask!r} is neither one of {MASKS} nor a PNG file')
+    with Image.open(io.BytesIO(path.read_bytes())) as im:
+      grey = im.convert('L').resize((s, s), Image.NEAREST)
+    m = (np.asarray(grey) >= 128).astype(np.float32)
+  return m
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """What fails before the checkpoint is read."""
+  e = config.edit
+  if e.task not in TASKS:
+    raise ValueError(f'config.edit.task={e.task!r} is not one of {TASKS}')
+  if not config.reverse.enabled:
+    raise ValueError('--mode=edit decodes with G: this run has none (config.reverse.enabled=False)')
+  if e.task == 'inpaint':
+    region_mask(e.mask, config.model.image_size)
+  if e.task == 'interpolate' and e.between not in ('images', 'noise'):
+    raise ValueError(f"config.edit.between={e.between!r} is not 'images' or 'noise'")
+  if e.task == 'class_swap' and not config.model.num_classes:
+    raise ValueError('class_swap needs a class-conditional model (config.model.num_classes > 0)')
+  if e.num <= 0 or e.steps < 2:
+    raise ValueError('config.edit.num must be positive and config.edit.steps at least 2')
+
+
+def _inputs(config) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 NHWC images, int32 labels) to edit: held-out or config.edit.input."""
+  e, m = config.edit, config.model
+  if e.input:
+    x, labels, _, _ = image_files.read_user_images(e.input, m.image_size, m.in_channels,
+                                                   config.data.resize, config.data.skip_bad_images)
+    if labels is None:
+      labels = np.full((len(x),), int(e.label), np.int32)
+    return x[:e.num], labels[:e.num]
+  heldout = input_pipeline.load_heldout(config, e.num)
+  return heldout['image'][:e.num], heldout['label'][:e.num]
+
+
+def _encode(config, flow: ForwardFlow, forward_params, x: np.ndarray, labels: np.ndarray, rng):
+  """z = F(x~), x~ = x + sigma * eps (the input distribution F was trained on)."""
+  xf = jnp.asarray(x, jnp.float32) / 127.5 - 1.0
+  x_noisy = xf + float(config.objective.noise_sigma) * jax.random.normal(rng, xf.shape)
+  y = jnp.asarray(labels) if flow.num_classes else None
+  z, _, _ = flow.apply({'params': forward_params}, x_noisy, y)
+  return z
+
+
+def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
+  """Runs config.edit.task on the latest checkpoint; returns the PNG written."""
+  check(config)
+  e = config.edit
+  x, labels = _inputs(config)
+  exp, state, step = restore.restore_run(config, workdir)
+  params, flow = state.ema, exp.models.flow
+  guidance = decoders.decoder_guidance(config, 'reverse')
+  denoise = decoders.default_denoise(config, 'reverse')
+  rng = jax.random.PRNGKey(EDIT_SEED)
+  rows, extra = [], {}
+  if e.task == 'inpaint':
+    region = region_mask(e.mask, config.model.image_size)
+    keep = np.broadcast_to(1.0 - region, x.shape[:3]).astype(np.float32)
+    out = sampling.make_inpainter(config, guidance, denoise)(
+        params, rng, jnp.asarray(x, jnp.float32) / 127.5 - 1.0, keep, labels)
+    shown = np.where(region[None, :, :, None] > 0, 128, x).astype(np.uint8)
+    rows = [shown, images.to_uint8(np.asarray(out)), x]
+    extra = dict(inputs=x, mask=region)
+  elif e.task == 'interpolate':
+    interpolate = sampling.make_interpolator(config, guidance, denoise)
+    if e.between == 'images':
+      if len(x) < 2:
+        raise ValueError('interpolate between images needs at least 2 images')
+      z = _encode(config, flow, params['forward'], x, labels, rng)
+      pairs = [(z[i], z[i + 1], labels[i]) for i in range(0, len(x) - 1, 2)]
+    else:
+      z = sampling.sample_noise(config, rng, 2 * e.num, config.sample.temperature)
+      label = int(e.label) if config.model.num_classes else -1
+      pairs = [(z[2 * i], z[2 * i + 1], label) for i in range(e.num)]
+    for z0, z1, label in pairs:
+      rows.append(images.to_uint8(np.asarray(interpolate(params, z0, z1, int(label), e.steps))))
+    rows = [np.stack(col) for col in zip(*rows)]  # grid columns = frames
+    extra = dict(inputs=x) if e.between == 'images' else {}
+  else:  # class_swap
+    z = _encode(config, flow, params['forward'], x, labels, rng)
+    decode = jax.jit(sampling.make_decoder(config, 'reverse', denoise),
+                     static_argnames=('guidance',))
+    for c in range(config.model.num_classes):
+      out = decode(params, z, jnp.full((len(x),), c, jnp.int32), guidance=guidance)
+      rows.append(images.to_uint8(np.asarray(out)))
+    rows = [x] + rows
+    extra = dict(inputs=x, labels=labels)
+  # rows: list of (N, H, W, C) arrays -> a grid with one column per list entry
+  stacked = np.stack(rows, axis=1)  # (N, columns, H, W, C)
+  n, cols = stacked.shape[:2]
+  grid = images.make_grid(stacked.reshape((n * cols,) + stacked.shape[2:]), rows=n)
+  out_dir = epath.Path(workdir) / 'edit'
+  path = images.save_png(grid, out_dir / f'{e.task}.png')
+  with (out_dir / f'{e.task}.npz').open('wb') as f:
+    np.savez(f, images=stacked, **extra)
+  logging.info('edit %s at step %d: %d rows x %d columns -> %s (+ .npz)', e.task, step, n, cols,
+               path)
+  return Path(str(path))

@@ -1,0 +1,166 @@
+"""Orbax checkpoints of the whole run: train state (params, optimiser, EMA, step, rng)
+and the grain data iterator, so a restarted job continues where it stopped.
+
+Orbax commits a step atomically (written to a temporary directory, then renamed), so
+a job killed mid-save leaves the previous complete checkpoint as the latest one. A save
+that fails (no space left, a read-only or broken store) is reported as
+`CheckpointSaveError` by `save` or `wait`, whichever runs next: saves are asynchronous.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from biflow_jax.data import input_pipeline
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written; the complete ones before it are untouched."""
+
+
+def make_manager(workdir: str | epath.PathLike, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(epath.Path(workdir).absolute() / 'checkpoints', options=options,
+                               item_names=('state', 'data'))
+
+
+def complete_steps(directory: str | epath.PathLike) -> list[int]:
+  """Steps committed in `directory`, oldest first (unfinished `*.orbax-checkpoint-tmp*`
+  directories and set-aside `damaged_*` ones are not steps)."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _save_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointSaveError:
+  steps = complete_steps(manager.directory)
+  newest = (f'The newest complete checkpoint is step {steps[-1]}, untouched' if steps
+            else 'No complete checkpoint was written yet')
+  return CheckpointSaveError(
+      f'writing a checkpoint in {manager.directory} failed, so the job stops: {error}. '
+      f'{newest} (an unfinished step is left as a *.orbax-checkpoint-tmp '
+      'directory, which restore ignores and the next save of that step replaces). Free space '
+      'or fix the storage, then rerun the same command to resume.')
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None) -> None:
+  """Starts an (async) save of `state` and, when given, the data iterator position.
+
+  Raises CheckpointSaveError when this save, or the one still in flight before it, fails.
+  """
+  items = {'state': ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    items['data'] = input_pipeline.iterator_save_arg(data_iter)
+  try:
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises ValueError, OSError, ...)
+    raise _save_failed(manager, e) from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Blocks until the saves in flight are committed; CheckpointSaveError if one failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises ValueError, OSError, ...)
+    raise _save_failed(manager, e) from e
+
+
+def _saved_state_tree(step_dir: epath.Path) -> dict:
+  metadata = ocp.StandardCheckpointer().metadata(step_dir / 'state').item_metadata
+  return getattr(metadata, 'tree', metadata)
+
+
+def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
+  flat = jax.tree_util.tree_leaves_with_path(tree)
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): shape_of(leaf) for path, leaf in flat}
+
+
+def check_compatible(step_dir: epath.Path, abstract_state: Any) -> None:
+  """A checkpoint of a different model is a config error: say which parameter differs."""
+  tree = _saved_state_tree(step_dir)
+  fields = {f.name for f in dataclasses.fields(abstract_state)}
+  if set(tree) != fields:
+    raise ValueError(
+        f'the checkpoint {step_dir} holds train-state fields {sorted(tree)} but this code '
+        f'expects {sorted(fields)}: it was written by another version of biflow_jax. '
+        'Resume it with that version, or start a fresh --workdir.')
+  saved = _shapes(tree['params'], lambda leaf: tuple(leaf.shape))
+  wanted = _shapes(abstract_state.params, lambda leaf: tuple(leaf.shape))
+  if saved == wanted:
+    return
+  for name in sorted(set(saved) | set(wanted)):
+    if saved.get(name) != wanted.get(name):
+      raise ValueError(
+          f'the checkpoint {step_dir} was written by a different model: parameter {name} is '
+          f'{saved.get(name, "absent")} there and {wanted.get(name, "absent")} in this config. '
+          'Use the config the run was trained with, or a fresh --workdir.')
+
+
+def _has_iterator_state(step_dir: epath.Path) -> bool:
+  """Whether the step holds a data-iterator file for this process and process count."""
+  name = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+  return (step_dir / 'data' / name).exists()
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
+            step: int | None = None, set_aside_unreadable: bool = False) -> tuple[Any, int]:
+  """(state, step) from `step` (default: the newest readable one); moves `data_iter` in place.
+
+  Orbax commits steps atomically, so a kill mid-save leaves no partial step behind; a
+  step that is there but unreadable (damaged storage) is skipped for the one before
+  it, and the log says so. A checkpoint of another model shape is an error, not a skip.
+  `set_aside_unreadable` (for a run that will train on) renames skipped steps to
+  `damaged_<step>` so new saves can take their numbers; nothing is deleted.
+  """
+  steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise FileNotFoundError(f'no checkpoint in {manager.directory}: train first '
+                            '(--mode=train) or point --workdir at a run that has one')
+  errors = []
+  for candidate in steps:
+    step_dir = epath.Path(manager.directory) / str(candidate)
+    try:
+      check_compatible(step_dir, abstract_state)
+    except ValueError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (unreadable metadata)
+      errors.append((candidate, e))
+      logging.warning('checkpoint step %d in %s is unreadable (%s); trying the one before it.',
+                      candidate, manager.directory, e)
+      continue
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    same_hosts = data_iter is not None and _has_iterator_state(step_dir)
+    if same_hosts:
+      items['data'] = input_pipeline.iterator_restore_arg(data_iter)
+    try:
+      restored = manager.restore(candidate, args=ocp.args.Composite(**items))
+      if data_iter is not None and not same_hosts:
+        # Saved by another number of processes: the stream position is the number of
+        # global batches taken, which is the step.
+        logging.info('checkpoint %d was written by another process count; data iterator '
+                     'positioned at global batch %d', candidate, candidate)
+        input_pipeline.skip_to(data_iter, candidate)
+    except Exception as e:  # pylint: disable=broad-except  (damaged array files)
+      errors.append((candidate, e))
+      logging.warning('checkpoint step %d in %s is unreadable (%s); trying the one before it.',
+                      candidate, manager.directory, e)
+      continue
+    if errors:
+      logging.warning('restored step %d; newer unreadable steps: %s', candidate,
+                      [s for s, _ in errors])
+      if set_aside_unreadable:
+        for bad, _ in errors:
+          bad_dir = epath.Path(manager.directory) / str(bad)
+          bad_dir.rename(bad_dir.with_name(f'damaged_{bad}_{int(time.time())}'))
+        manager.reload()
+    return restored['state'], candidate
+  raise RuntimeError(f'no readable checkpoint in {manager.directory}: '
+                     + '; '.join(f'step {s}: {e}' for s, e in errors))

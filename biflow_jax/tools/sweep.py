@@ -1,0 +1,268 @@
+"""A fair search over guidance w and temperature t for one decoder, scored like --mode=eval.
+
+    python -m biflow_jax.tools.sweep --config=configs/mnist.py --workdir=workdir/mnist \
+        --decoder=reverse --cells=16 [--w=0,0.5,1] [--t=0.85,1,1.15] [--out=DIR]
+
+Every cell is scored exactly as `--mode=eval` scores a decoder (`modes/evaluate.py`:
+`eval.num_samples` class-balanced samples from the same seeds, the same feature net,
+the same cached real held-out statistics), so a cell and `--mode=eval` at that w and t
+give the same numbers.
+
+The search, with a budget of `--cells` cells per decoder (give both decoders the same):
+1. Score the starting grid (--w x --t).
+2. Extend: while a lattice neighbour (one step in w or t, the grid's own spacing) of the
+   best cell by Frechet distance is unscored and inside the limits, score it. This stops
+   when the best cell's neighbours are all scored, i.e. when FD no longer improves at
+   the grid's edges ('converged'), or when the budget is spent ('budget').
+3. Refine: with budget left, halve both spacings around the best cell and extend again,
+   until the budget is spent.
+Limits: w >= 0; t > 0; for G guided through its input (training-time CFG,
+sample.reverse_cfg='input') w <= objective.cfg_w_max, the range it was trained on.
+
+Writes <out>/sweep_<decoder>.json (every cell, the best, whether the search converged,
+the commands) and .md (a w x t table of FD / class accuracy / precision / recall).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+from biflow_jax import config_lib
+from biflow_jax.evaluation import features
+from biflow_jax.inference import decoders, sampling
+from biflow_jax.modes import evaluate
+from biflow_jax.runtime import cli, console, files, parallel
+from biflow_jax.training import restore
+
+Cell = tuple[float, float]  # (w, t)
+Scorer = Callable[[float, float], dict[str, Any]]
+
+DEFAULT_GRIDS = {'reverse': ((0.0, 0.5, 1.0), (0.85, 1.0, 1.15)),
+                 'exact': ((0.0, 0.5, 1.0), (0.7, 0.85, 1.0)),
+                 'fixed_point': ((0.0, 0.5, 1.0), (0.7, 0.85, 1.0))}
+
+
+def _key(w: float, t: float) -> Cell:
+  return (round(float(w), 6), round(float(t), 6))
+
+
+def _spacing(values: Sequence[float], fallback: float) -> float:
+  values = sorted(set(values))
+  return min(b - a for a, b in zip(values, values[1:])) if len(values) > 1 else fallback
+
+
+class Search:
+  """The lattice search of the module docstring over a `score(w, t) -> metrics` function.
+
+  w_max: the largest w allowed (None = no limit). `cells` holds every scored cell's
+  metrics by (w, t), in scoring order.
+  """
+
+  def __init__(self, score: Scorer, budget: int, w_max: float | None = None,
+               metric: str = 'frechet_distance'):
+    if budget < 1:
+      raise ValueError(f'--cells={budget}: the budget must be at least one cell')
+    self.score, self.budget, self.w_max, self.metric = score, int(budget), w_max, metric
+    self.cells: dict[Cell, dict[str, Any]] = {}
+    self.stopped = ''
+
+  def allowed(self, w: float, t: float) -> bool:
+    return w >= -1e-9 and t > 1e-9 and (self.w_max is None or w <= self.w_max + 1e-9)
+
+  def _score(self, w: float, t: float) -> bool:
+    """Scores a cell unless it is known, outside the limits or over budget; True if it did."""
+    key = _key(w, t)
+    if key in self.cells or not self.allowed(*key) or len(self.cells) >= self.budget:
+      return False
+    self.cells[key] = self.score(*key)
+    logging.info('sweep cell %d/%d w=%g t=%g: %s %.3f', len(self.cells), self.budget, *key,
+                 self.metric, self.cells[key][self.metric])
+    return True
+
+  def best(self) -> Cell:
+    return min(self.cells, key=lambda c: (self.cells[c][self.metric], c))
+
+  def _extend(self, dw: float, dt: float) -> bool:
+    """Scores the best cell's unscored neighbours until none is left; False if the budget
+    ran out first."""
+    while True:
+      w, t = self.best()
+      pending = [(w + a * dw, t + b * dt) for a, b in ((-1, 0), (1, 0), (0, -1), (0, 1))
+                 if self.allowed(*_key(w + a * dw, t + b * dt))
+                 and _key(w + a * dw, t + b * dt) not in self.cells]
+      if not pending:
+        return True
+      if len(self.cells) >= self.budget:
+        return False
+      self._score(*pending[0])
+
+  def run(self, ws: Sequence[float], ts: Sequence[float]) -> Cell:
+    if len(ws) * len(ts) > self.budget:
+      raise ValueError(f'the starting grid has {len(ws)} x {len(ts)} cells, more than the '
+                       f'budget --cells={self.budget}')
+    for w in ws:
+      for t in ts:
+        self._score(w, t)
+    dw, dt = _spacing(ws, 0.5), _spacing(ts, 0.15)
+    converged = self._extend(dw, dt)
+    self.stopped = 'converged' if converged else 'budget'
+    for _ in range(20):  # refinements; each scores at least one new cell (t + dt is allowed)
+      if not converged or len(self.cells) >= self.budget:
+        break
+      dw, dt = dw / 2, dt / 2
+      converged = self._extend(dw, dt)
+    return self.best()
+
+  def converged(self) -> bool:
+    """True when FD stopped improving at the starting grid's edges (its own spacing)
+    before the budget ran out."""
+    return self.stopped == 'converged'
+
+
+# ------------------------------------------------------------------- scoring a run
+
+
+def cell_config(config: ml_collections.ConfigDict, decoder: str, w: float, t: float
+                ) -> ml_collections.ConfigDict:
+  """The config with `decoder` sampling at guidance w and temperature t."""
+  cell = ml_collections.ConfigDict(config.to_dict())
+  if decoder == 'reverse':
+    cell.sample.reverse_guidance, cell.sample.reverse_temperature = float(w), float(t)
+  else:
+    cell.sample.guidance, cell.sample.temperature = float(w), float(t)
+  return cell
+
+
+def make_scorer(config: ml_collections.ConfigDict, workdir: epath.PathLike, decoder: str
+                ) -> tuple[Scorer, dict[str, Any]]:
+  """score(w, t) for `decoder` of the run in `workdir`, as `--mode=eval` scores it, and
+  what it scores against (step, feature net, reference)."""
+  config_lib.validate(config)
+  if decoder not in evaluate.decoders_to_evaluate(config):
+    raise ValueError(f'--decoder={decoder!r}: this config has '
+                     f'{evaluate.decoders_to_evaluate(config)}')
+  if config.eval.reference:
+    raise ValueError('tools/sweep scores against the held-out split; unset '
+                     'config.eval.reference')
+  net = features.make_feature_net(config)
+  exp, state, step = restore.restore_run(config, workdir)
+  params = parallel.local_copy(state.ema)
+  to_pixels = decoders.pixel_decoder(exp.models.frozen, parallel.local_copy(exp.frozen_params))
+  real, record = evaluate.real_statistics(config, net, epath.Path(workdir) / 'eval_cache',
+                                          to_pixels)
+  num, batch = int(config.eval.num_samples), int(config.eval.batch)
+
+  def score(w: float, t: float) -> dict[str, Any]:
+    cell = cell_config(config, decoder, w, t)
+    stream = evaluate.SampleBatches(cell, params, decoder, num, batch, to_pixels)
+    metrics, _ = evaluate.score_against_heldout(stream, net, real, cell,
+                                                f'sweep {decoder} w={w:g} t={t:g}')
+    return dict(metrics, sampling_seconds=stream.seconds)
+
+  return score, {'step': int(step), 'feature_net': net.name,
+                 'reference': record['info'], 'num_samples': num}
+
+
+def w_limit(config, decoder: str) -> float | None:
+  """G guided through its input knows only w < cfg_w_max; F's guidance is unbounded."""
+  if decoder == 'reverse' and config.sample.reverse_cfg == 'input':
+    return float(config.objective.cfg_w_max)
+  return None
+
+
+def markdown(result: dict[str, Any]) -> str:
+  cells = result['cells']
+  ws = sorted({c['w'] for c in cells})
+  ts = sorted({c['t'] for c in cells})
+  by = {(c['w'], c['t']): c for c in cells}
+  best = result['best']
+  lines = [f"# Sweep of `{result['decoder']}` (step {result['step']}, {len(cells)} cells, "
+           f"{result['stopped']})", '',
+           f"Cells: FD / class accuracy / precision / recall ({result['num_samples']} samples "
+           f"each, {result['feature_net']} features). Best FD: w {best['w']:g}, t {best['t']:g}.",
+           '', '| w \\ t | ' + ' | '.join(f'{t:g}' for t in ts) + ' |',
+           '|---|' + '---|' * len(ts)]
+  for w in ws:
+    row = []
+    for t in ts:
+      c = by.get((w, t))
+      if c is None:
+        row.append('')
+        continue
+      text = (f"{c['frechet_distance']:.1f} / {c.get('class_accuracy', float('nan')):.3f} / "
+              f"{c['precision']:.2f} / {c['recall']:.2f}")
+      row.append(f'**{text}**' if c is best else text)
+    lines.append(f'| {w:g} | ' + ' | '.join(row) + ' |')
+  lines += ['', f"Command: `{result['command']}`", '']
+  return '\n'.join(lines)
+
+
+def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
+          ws: Sequence[float] | None = None, ts: Sequence[float] | None = None,
+          out: epath.PathLike | None = None, command: str = '') -> dict[str, Any]:
+  """Runs the search for one decoder of a trained run; writes and returns the result."""
+  start = time.perf_counter()
+  default_ws, default_ts = DEFAULT_GRIDS[decoder]
+  ws, ts = list(ws or default_ws), list(ts or default_ts)
+  score, scored_against = make_scorer(config, workdir, decoder)
+  search = Search(score, budget, w_limit(config, decoder))
+  best = search.run(ws, ts)
+  cells = [dict(w=w, t=t, **{k: v for k, v in m.items()}) for (w, t), m in search.cells.items()]
+  result = {'decoder': decoder, **scored_against, 'budget': budget, 'stopped': search.stopped,
+            'converged': search.converged(), 'w_max': search.w_max,
+            'start_grid': {'w': ws, 't': ts}, 'cells': cells,
+            'best': next(c for c in cells if (c['w'], c['t']) == best),
+            'seconds': round(time.perf_counter() - start, 1), 'command': command}
+  if parallel.is_main_process():
+    out = epath.Path(out or workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(out / f'sweep_{decoder}.json',
+                            json.dumps(result, indent=2, allow_nan=False))
+    files.write_text_atomic(out / f'sweep_{decoder}.md', markdown(result))
+    logging.info('sweep %s: best w=%g t=%g FD %.3f (%d cells, %s) -> %s', decoder,
+                 result['best']['w'], result['best']['t'], result['best']['frechet_distance'],
+                 len(cells), search.stopped, out / f'sweep_{decoder}.json')
+  return result
+
+
+def _floats(text: str, flag: str) -> list[float]:
+  try:
+    values = [float(v) for v in text.split(',') if v.strip()]
+  except ValueError:
+    raise app.UsageError(f'--{flag}={text!r}: give comma-separated numbers') from None
+  if any(not math.isfinite(v) for v in values):
+    raise app.UsageError(f'--{flag}={text!r}: every value must be finite')
+  return values
+
+
+def main(argv=None) -> None:
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=False)
+  flags.DEFINE_string('workdir', None, 'A trained run (its latest checkpoint is scored).')
+  flags.DEFINE_enum('decoder', 'reverse', list(sampling.DECODERS), 'The decoder to sweep.')
+  flags.DEFINE_integer('cells', 16, 'Cells scored (the same for every decoder compared).')
+  flags.DEFINE_string('w', '', 'Starting guidance values (default per decoder).')
+  flags.DEFINE_string('t', '', 'Starting temperatures (default per decoder).')
+  flags.DEFINE_string('out', '', 'Output folder (default: the workdir).')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  def run(_):
+    f = flags.FLAGS
+    console.setup(f.workdir, 0)
+    sweep(f.config, f.workdir, f.decoder, f.cells, _floats(f.w, 'w') or None,
+          _floats(f.t, 't') or None, f.out or None,
+          command=' '.join(['python -m biflow_jax.tools.sweep'] + sys.argv[1:]))
+
+  app.run(run, argv=argv, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,87 @@
+"""tools/sweep: the lattice search over (w, t), and its cells scored exactly like --mode=eval."""
+import json
+
+import numpy as np
+import pytest
+
+from biflow_jax.modes import evaluate
+from biflow_jax.tools import sweep
+from biflow_jax.training import train
+from test_train import parse_config
+
+
+def bowl(w0: float, t0: float):
+  calls = []
+
+  def score(w, t):
+    calls.append((w, t))
+    return {'frechet_distance': (w - w0) ** 2 + 10 * (t - t0) ** 2}
+  return score, calls
+
+
+def test_search_walks_off_the_starting_grid_to_an_interior_minimum():
+  score, calls = bowl(1.7, 0.95)
+  search = sweep.Search(score, budget=16, w_max=3.0)
+  w, t = search.run([0, 0.5, 1], [0.85, 1.0, 1.15])
+  assert search.converged() and len(search.cells) == 16 == len(set(calls))
+  assert abs(w - 1.7) <= 0.125 and abs(t - 0.95) <= 0.05  # found at the refined spacing
+  # The best coarse cell (1.5, 1.0) has all four lattice neighbours scored.
+  assert {(1.0, 1.0), (2.0, 1.0), (1.5, 0.85), (1.5, 1.15)} <= set(search.cells)
+
+
+def test_search_respects_limits_and_reports_a_spent_budget():
+  score, calls = bowl(9.0, 0.5)  # the minimum lies beyond w_max and below the grid's t
+  search = sweep.Search(score, budget=12, w_max=2.0)
+  w, _ = search.run([0, 1], [0.85, 1.0])
+  assert all(c[0] <= 2.0 and c[1] > 0 for c in search.cells) and w == 2.0
+  assert len(search.cells) == 12
+  tight = sweep.Search(bowl(5.0, 1.0)[0], budget=5)
+  tight.run([0, 1], [1.0, 1.5])
+  assert tight.stopped == 'budget' and not tight.converged() and len(tight.cells) == 5
+  with pytest.raises(ValueError, match='more than the budget'):
+    sweep.Search(score, budget=3).run([0, 1], [1.0, 1.5])
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('sweep')
+  config = parse_config('--config.reverse.enabled=True', '--config.schedule.plan=two_stage',
+                        '--config.schedule.forward_steps=4', '--config.schedule.reverse_steps=4',
+                        '--config.sample_every=1000', '--config.eval_every=1000',
+                        '--config.eval.num_samples=20', '--config.eval.batch=20',
+                        '--config.eval.is_splits=2', '--config.objective.cfg_w_max=2')
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_a_cell_equals_mode_eval_at_that_cell_and_files_are_written(trained, tmp_path):
+  config, workdir = trained
+  result = sweep.sweep(config, workdir, 'reverse', budget=3, ws=[0.0, 1.0], ts=[1.0],
+                       out=tmp_path, command='test')
+  assert len(result['cells']) == 3 and result['w_max'] == 2.0
+  cell = next(c for c in result['cells'] if (c['w'], c['t']) == (1.0, 1.0))
+  evaluated = evaluate.run(_eval_config(config, 1.0, 1.0), workdir)
+  want = evaluated['decoders']['reverse']
+  for key in ('frechet_distance', 'precision', 'recall', 'class_accuracy'):
+    assert cell[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
+  saved = json.loads((tmp_path / 'sweep_reverse.json').read_text())
+  assert saved['best'] == min(saved['cells'], key=lambda c: c['frechet_distance'])
+  table = (tmp_path / 'sweep_reverse.md').read_text()
+  assert '| w \\ t |' in table and 'Command: `test`' in table
+  assert np.isfinite([c['frechet_distance'] for c in saved['cells']]).all()
+
+
+def _eval_config(config, w, t):
+  cell = sweep.cell_config(config, 'reverse', w, t)
+  cell.eval.decoders = 'reverse'
+  cell.eval.floor_samples = 0
+  return cell
+
+
+def test_bad_requests_are_clear_errors(trained):
+  config, workdir = trained
+  with pytest.raises(ValueError, match='budget must be at least one'):
+    sweep.Search(lambda w, t: {}, budget=0)
+  forward_only = parse_config()
+  with pytest.raises(ValueError, match="--decoder='reverse'"):
+    sweep.make_scorer(forward_only, workdir, 'reverse')

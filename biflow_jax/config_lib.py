@@ -146,6 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
       reverse_weight=1.0,       # lambda in L = L_NLL + lambda * L_reverse
       # What G learns from (docs/method.md §4):
       reverse_target='trajectory',  # trajectory (pairs z = F(x)) | inverse_matching (fresh z)
+      reverse_teacher='params', # the F whose trajectories G learns: params | ema (the F sampling uses)
+      prior_fraction=0.0,       # rows of each G batch that are prior pairs: z ~ N(0, I), x~ = F^-1(z)
+                                # (exact inverse), aligned like data (docs/method.md §4.12); 0 = off
+      prior_denoise='score',    # clean target of a prior row: score (Tweedie with F's score) | none
       reverse_mode='align',     # align (hidden alignment) | hidden (hidden distillation) | naive
       denoise='learned',        # learned (G maps z to clean x) | score | none
       norm_control=True,        # normalise each trajectory state before the distance
@@ -266,6 +270,8 @@ _CHOICES = {
     'data.resize': image_files.RESIZE_MODES,
     'schedule.plan': phases.PLANS,
     'objective.reverse_target': biflow.REVERSE_TARGETS,
+    'objective.reverse_teacher': biflow.REVERSE_TEACHERS,
+    'objective.prior_denoise': biflow.PRIOR_DENOISE,
     'objective.reverse_mode': biflow.REVERSE_MODES,
     'objective.denoise': biflow.DENOISE_MODES,
     'sample.decoder': sampling.DECODERS,
@@ -320,6 +326,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError('config.objective.label_drop_prob must be in [0, 1)')
   if config.objective.noise_sigma < 0:
     raise ValueError('config.objective.noise_sigma must be >= 0')
+  if not 0 <= config.objective.prior_fraction < 1:
+    raise ValueError(f'config.objective.prior_fraction={config.objective.prior_fraction} must be '
+                     'in [0, 1): the share of each G batch given to prior pairs (0 = off)')
+  if config.objective.prior_fraction > 0 and config.objective.reverse_target != 'trajectory':
+    raise ValueError('config.objective.prior_fraction adds prior pairs to trajectory supervision; '
+                     "with reverse_target='inverse_matching' every row is already prior noise: "
+                     'set prior_fraction=0')
   mode, heads = config.objective.reverse_mode, config.reverse.head_mode
   if (mode, heads) in (('hidden', 'per_stage'), ('align', 'shared')):
     raise ValueError(f"config.objective.reverse_mode={mode!r} needs config.reverse.head_mode="

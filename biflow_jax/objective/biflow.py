@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from biflow_jax.models import layers
-from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.models.flow import ForwardFlow, score_denoise
 from biflow_jax.models.generator import ReverseModel
 from biflow_jax.objective import frozen, phases, primitives
 
@@ -44,6 +44,12 @@ REVERSE_TARGETS = ('trajectory', 'inverse_matching')
 REVERSE_MODES = ('align', 'hidden', 'naive')
 #: How samples get clean: G learns it, F's score at sampling time, or not at all.
 DENOISE_MODES = ('learned', 'score', 'none')
+#: Which F G learns to invert (objective.reverse_teacher): F's trained parameters, or their
+#: EMA, the F that sampling and the exact inverse use.
+REVERSE_TEACHERS = ('params', 'ema')
+#: Clean targets of prior rows (objective.prior_denoise): Tweedie's step with F's score,
+#: or F^-1(z) itself.
+PRIOR_DENOISE = ('score', 'none')
 
 
 class Models(NamedTuple):
@@ -91,6 +97,38 @@ def prepare_inputs(batch: dict, rng: Array, config, num_classes: int, train: boo
   drop_prob = config.objective.label_drop_prob if train else 0.0
   return noisy_inputs(batch, rng, config.objective.noise_sigma, drop_prob, num_classes,
                       float(config.vae.scaling_factor))
+
+
+def prior_rows(batch_size: int, config) -> int:
+  """Rows of each batch that objective.prior_fraction gives to prior pairs (0 = off)."""
+  fraction = float(config.objective.get('prior_fraction', 0.0) or 0.0)
+  return int(round(fraction * batch_size)) if fraction > 0 else 0
+
+
+def prior_pairs(flow: ForwardFlow, forward_params, z: Array, y, config) -> tuple[Array, Array]:
+  """(x~, x) of fresh prior noise: x~ = F^-1(z | y) by the exact inverse, x its clean target
+  (Tweedie's step with F's score, objective.prior_denoise='score', or x~ itself); both
+  NHWC and stop-gradient. z: (k, T, D) tokens; y: (k,) labels or None."""
+  variables = {'params': jax.lax.stop_gradient(forward_params)}
+  x_noisy = flow.apply(variables, z, y, method=ForwardFlow.inverse)
+  x_clean = x_noisy
+  if config.objective.get('prior_denoise', 'score') == 'score':
+    x_clean = score_denoise(flow, variables, x_noisy, y, float(config.objective.noise_sigma))
+  return jax.lax.stop_gradient(x_noisy), jax.lax.stop_gradient(x_clean)
+
+
+def with_prior_rows(flow: ForwardFlow, forward_params, x_clean: Array, x_noisy: Array, y,
+                    rng: Array, config) -> tuple[Array, Array]:
+  """The batch with its last k rows (`prior_rows`) replaced by prior pairs of the same
+  labels: G then learns F's inverse where prior noise lands too, not only at F's
+  latents of real data (docs/method.md §4.12). Shapes (and shardings) are unchanged."""
+  k = prior_rows(x_clean.shape[0], config)
+  if k == 0:
+    return x_clean, x_noisy
+  z = jax.random.normal(rng, (k, flow.num_tokens, flow.token_dim))
+  prior_noisy, prior_clean = prior_pairs(flow, forward_params, z, None if y is None else y[-k:],
+                                         config)
+  return x_clean.at[-k:].set(prior_clean), x_noisy.at[-k:].set(prior_noisy)
 
 
 # ------------------------------------------------------------------------ reverse term
@@ -242,33 +280,53 @@ def reverse_objective(models: Models, params, x_clean: Array, x_noisy: Array, y,
 # ---------------------------------------------------------------------------- the loss
 
 def loss_fn(params, batch: dict, rng: Array, *, phase: phases.Phase, models: Models, config,
-            frozen_params=None) -> tuple[Array, dict]:
+            frozen_params=None, teacher_forward=None) -> tuple[Array, dict]:
   """BiFlow's training loss of one batch -> (scalar loss, metrics).
 
   params: {'forward': F's, 'reverse': G's (once G exists)}. batch: host data as in
   `noisy_inputs`. rng: this step's key (split into the data noise and the reverse
   term's keys). phase: which groups train (a frozen F is stop-gradient) and the weights
   of the NLL and reverse terms. frozen_params: weights of models.frozen, never trained.
+  teacher_forward: the F whose trajectories G learns from (objective.reverse_teacher='ema':
+  F's EMA), None = params['forward']. In a phase that trains F it costs one more forward
+  pass of F; with F frozen it replaces F's pass (the NLL metrics are then the teacher's).
   Metrics: NLL and log|det| per dimension (nats), bits/dim (pixel data), z's RMS, and the
   reverse term's own metrics.
   """
   data_rng, reverse_rng = jax.random.split(rng)
+  prior_rng = jax.random.fold_in(rng, 1)  # a third stream; the first two keep their values
   flow = models.flow
   x_clean, x_noisy, y = prepare_inputs(batch, data_rng, config, flow.num_classes, train=True)
   num_dims = flow.num_dims
   nll_weight, reverse_weight = phase.weight('nll'), phase.weight('reverse')
-  forward = params['forward'] if phase.trains('forward') else jax.lax.stop_gradient(params['forward'])
+  if phase.trains('forward'):
+    forward = params['forward']
+  else:
+    forward = jax.lax.stop_gradient(params['forward'] if teacher_forward is None
+                                    else teacher_forward)
+  teacher = forward if teacher_forward is None else jax.lax.stop_gradient(teacher_forward)
+  k = prior_rows(x_clean.shape[0], config) if reverse_weight > 0 else 0
+  if k and not phase.trains('forward'):
+    # F is frozen: one pass of F serves the metrics and G's trajectories of every row.
+    x_clean, x_noisy = with_prior_rows(flow, teacher, x_clean, x_noisy, y, prior_rng, config)
   z, logdet, trajectory = flow.apply({'params': forward}, x_noisy, y)
   nll = primitives.gaussian_nll(z, logdet)
-  nll_per_dim = jnp.mean(nll) / num_dims
-  metrics = dict(nll_per_dim=nll_per_dim, logdet_per_dim=jnp.mean(logdet) / num_dims,
-                 z_rms=jnp.sqrt(jnp.mean(jnp.square(z))))
+  data = nll.shape[0] - (k if not phase.trains('forward') else 0)  # prior rows are not data
+  nll_per_dim = jnp.mean(nll[:data]) / num_dims
+  metrics = dict(nll_per_dim=nll_per_dim, logdet_per_dim=jnp.mean(logdet[:data]) / num_dims,
+                 z_rms=jnp.sqrt(jnp.mean(jnp.square(z[:data]))))
   if not frozen.uses_latents(config):  # 8-bit bins exist in pixel space only
-    metrics['bits_per_dim'] = jnp.mean(primitives.bits_per_dim(nll, num_dims))
+    metrics['bits_per_dim'] = jnp.mean(primitives.bits_per_dim(nll[:data], num_dims))
   loss = nll_weight * nll_per_dim
   if reverse_weight > 0:
+    if phase.trains('forward') and (teacher_forward is not None or k):
+      # F trains on data only; G's trajectories (of the teacher, over data and prior rows)
+      # take one more pass of F.
+      x_clean, x_noisy = with_prior_rows(flow, teacher, x_clean, x_noisy, y, prior_rng, config)
+      _, _, trajectory = flow.apply({'params': jax.lax.stop_gradient(teacher)}, x_noisy, y)
     reverse_loss_value, reverse_metrics = reverse_objective(
-        models, params, x_clean, x_noisy, y, trajectory, reverse_rng, config, frozen_params)
+        models, {**params, 'forward': teacher}, x_clean, x_noisy, y, trajectory, reverse_rng,
+        config, frozen_params)
     loss = loss + reverse_weight * reverse_loss_value
     metrics.update(reverse_metrics)
   return loss, metrics

@@ -30,8 +30,12 @@ def train_step(state: TrainState, batch: dict, frozen_params=None, *, models: Mo
   as they were (the step counter and data still advance) and counts in state.skips.
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  teacher = None
+  if phase.trains('reverse') and config.objective.get('reverse_teacher', 'params') == 'ema':
+    teacher = state.ema['forward']
   loss_of = lambda params: biflow.loss_fn(params, batch, rng, phase=phase, models=models,
-                                          config=config, frozen_params=frozen_params)
+                                          config=config, frozen_params=frozen_params,
+                                          teacher_forward=teacher)
   (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   lrs = optim.learning_rates(state.opt_state, config, plan)
   params, opt_state = optim.apply_gradients(tx, grads, state.opt_state, state.params,

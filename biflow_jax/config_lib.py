@@ -148,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
       reverse_target='trajectory',  # trajectory (pairs z = F(x)) | inverse_matching (fresh z)
       reverse_teacher='params', # the F whose trajectories G learns: params | ema (the F sampling uses)
       prior_fraction=0.0,       # rows of each G batch that are prior pairs: z ~ N(0, I), x~ = F^-1(z)
-                                # (exact inverse), aligned like data (docs/method.md §4.12); 0 = off
+                                # (exact inverse), aligned like data (docs/method.md §4.13); 0 = off
       prior_denoise='score',    # clean target of a prior row: score (Tweedie with F's score) | none
       reverse_mode='align',     # align (hidden alignment) | hidden (hidden distillation) | naive
       denoise='learned',        # learned (G maps z to clean x) | score | none

@@ -121,7 +121,7 @@ def with_prior_rows(flow: ForwardFlow, forward_params, x_clean: Array, x_noisy: 
                     rng: Array, config) -> tuple[Array, Array]:
   """The batch with its last k rows (`prior_rows`) replaced by prior pairs of the same
   labels: G then learns F's inverse where prior noise lands too, not only at F's
-  latents of real data (docs/method.md §4.12). Shapes (and shardings) are unchanged."""
+  latents of real data (docs/method.md §4.13). Shapes (and shardings) are unchanged."""
   k = prior_rows(x_clean.shape[0], config)
   if k == 0:
     return x_clean, x_noisy

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from absl import logging
 
-PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep  # biflow_jax/
 LOG_DIR = 'logs'
 
 # Metrics that are bookkeeping, not loss terms: shown at the end of a train line (or not).

@@ -17,7 +17,9 @@ load, alternating the trees within each round gives both the same load on averag
 run of one tree after the other would not; the 1-minute load average is recorded per child.
 
 The child is this file run by its path (not `-m`), so it uses only what both trees have:
-`experiment.build_experiment`, `example_batch`, `Experiment.create_state/global_batch/step`.
+`experiment.build_experiment`, `example_batch`, `Experiment.create_state/global_batch/step`
+(`experiment` is `biflow_jax.training.experiment`, or `biflow_jax.experiment` in a tree
+from before the package's folders by role).
 """
 from __future__ import annotations
 
@@ -36,7 +38,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from biflow_jax.training import experiment
+try:
+  from biflow_jax.training import experiment
+except ImportError:  # a tree from before the layout of folders by role (2026-12-05)
+  from biflow_jax import experiment  # pylint: disable=g-import-not-at-top
 
 _MARK = 'STEP_TIME_AB '  # prefixes the child's one line of JSON in its stdout
 
@@ -72,7 +77,8 @@ def time_phases(config, steps: int) -> dict[str, Any]:
   exp = experiment.build_experiment(config)
   state = exp.create_state()
   batch = exp.global_batch(random_batch(config))
-  result: dict[str, Any] = {'package': str(Path(experiment.__file__).resolve().parents[1]),
+  package = next(p for p in Path(experiment.__file__).resolve().parents if p.name == 'biflow_jax')
+  result: dict[str, Any] = {'package': str(package.parent),
                             'phases': {}}
   for phase in exp.plan:
     start = time.perf_counter()

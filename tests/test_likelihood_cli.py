@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from biflow_jax.data import input_pipeline
-from biflow_jax.evaluation import likelihood
+from biflow_jax.evaluation import likelihood as heldout_likelihood
 from biflow_jax.modes import likelihood
 from biflow_jax.training import train
 from biflow_jax.training.experiment import build_models
@@ -40,7 +40,7 @@ def test_npz_scores_equal_the_heldout_metric_and_rank_noise_last(run, tmp_path):
   # Same images, labels, noise draw and weights as the held-out metric over one batch.
   config.eval_batches = 1
   flow = build_models(config).flow
-  expected = likelihood.heldout_nll_per_dim(flow, state.ema['forward'], heldout, config)
+  expected = heldout_likelihood.heldout_nll_per_dim(flow, state.ema['forward'], heldout, config)
   got = np.mean([r['nll_per_dim'] for r in result['images']])
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   assert result['summary']['n'] == n and result['checkpoint_step'] == 60

@@ -24,7 +24,7 @@ QUICK = ('--config.schedule.forward_steps=10', '--config.checkpoint_every=5',
 
 def _holder(workdir):
   """A process that takes the workdir lock, says so and sleeps until killed."""
-  code = ('import sys, time\nfrom biflow_jax import workdir_lock\n'
+  code = ('import sys, time\nfrom biflow_jax.training import workdir_lock\n'
           'with workdir_lock.hold(sys.argv[1]):\n  print("held", flush=True)\n  time.sleep(600)\n')
   return Child([sys.executable, '-c', code, str(workdir)])
 

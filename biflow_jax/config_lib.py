@@ -170,6 +170,8 @@ def base_config() -> ml_collections.ConfigDict:
       forward_steps=2000,       # F alone
       joint_steps=0,            # progressive: F and G together
       reverse_steps=0,          # G alone, F frozen
+      reverse_batch_size=0,     # examples per step while G alone trains (the first rows of each
+                                # batch); 0 = batch_size
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -326,6 +328,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError('config.objective.label_drop_prob must be in [0, 1)')
   if config.objective.noise_sigma < 0:
     raise ValueError('config.objective.noise_sigma must be >= 0')
+  rows = int(config.schedule.reverse_batch_size)
+  if rows < 0 or rows > config.batch_size:
+    raise ValueError(f'config.schedule.reverse_batch_size={rows} must be in [0, batch_size='
+                     f'{config.batch_size}] (0 = the whole batch)')
   if not 0 <= config.objective.prior_fraction < 1:
     raise ValueError(f'config.objective.prior_fraction={config.objective.prior_fraction} must be '
                      'in [0, 1): the share of each G batch given to prior pairs (0 = off)')

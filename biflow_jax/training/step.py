@@ -30,6 +30,10 @@ def train_step(state: TrainState, batch: dict, frozen_params=None, *, models: Mo
   as they were (the step counter and data still advance) and counts in state.skips.
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  rows = reverse_rows(config, phase)
+  if rows:
+    # G alone trains on the first `rows` examples of the batch (schedule.reverse_batch_size).
+    batch = jax.tree.map(lambda a: a[:rows], batch)
   teacher = None
   if phase.trains('reverse') and config.objective.get('reverse_teacher', 'params') == 'ema':
     teacher = state.ema['forward']
@@ -55,6 +59,15 @@ def train_step(state: TrainState, batch: dict, frozen_params=None, *, models: Mo
                             ema=keep(ema, state.ema),
                             skips=jnp.where(finite, 0, state.skips + 1).astype(jnp.int32))
   return new_state, metrics
+
+
+def reverse_rows(config, phase: phases.Phase) -> int:
+  """Rows of each batch a G-only phase trains on: schedule.reverse_batch_size when it is
+  set and smaller than the batch, else 0 (the whole batch)."""
+  rows = int(config.schedule.get('reverse_batch_size', 0) or 0)
+  if phase.trainable != ('reverse',) or not 0 < rows < int(config.batch_size):
+    return 0
+  return rows
 
 
 def jit_train_step(config, models: Models, tx: optax.GradientTransformation, plan, mesh,

@@ -1,4 +1,5 @@
-"""G's teachers and prior rows: objective.reverse_teacher and objective.prior_fraction."""
+"""Levers of G's training: its teacher (objective.reverse_teacher), prior rows
+(objective.prior_fraction) and its own batch size (schedule.reverse_batch_size)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,3 +118,31 @@ def test_bad_values_are_clear_errors():
   config.objective.reverse_teacher = 'raw'
   with pytest.raises(ValueError, match='reverse_teacher'):
     config_lib.validate(config)
+
+
+def test_a_g_step_with_a_smaller_batch_trains_on_the_first_rows(setup):
+  config, exp, params, batch = setup
+  full = config.batch_size
+  config.schedule.reverse_batch_size = 4
+  try:
+    half = build_experiment(config)
+    copy = lambda: jax.tree.map(jnp.copy, params)  # the step donates its state
+    state = half.create_state().replace(params=copy(), ema=copy())
+    phase = reverse_phase(half)
+    after, _ = half.step(state, batch, half.frozen_params, phase)
+    config.schedule.reverse_batch_size, config.batch_size = 0, 4
+    four = build_experiment(config)
+    state = four.create_state().replace(params=copy(), ema=copy())
+    want, _ = four.step(state, {k: v[:4] for k, v in batch.items()}, four.frozen_params,
+                        reverse_phase(four))
+  finally:
+    config.schedule.reverse_batch_size, config.batch_size = 0, full
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(want.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  config.schedule.reverse_batch_size = full + 1
+  try:
+    with pytest.raises(ValueError, match=rf'reverse_batch_size={full + 1} must be in \[0, '
+                       rf'batch_size={full}\]'):
+      config_lib.validate(config)
+  finally:
+    config.schedule.reverse_batch_size = 0

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from absl import logging
 
-PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
+# biflow_jax/, not runtime/ (this file's folder): every module of the package logs to the console.
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep
 LOG_DIR = 'logs'
 
 # Metrics that are bookkeeping, not loss terms: shown at the end of a train line (or not).

@@ -72,3 +72,18 @@ def test_bad_task_fails_before_restoring(tmp_path):
   config.edit.task = 'colourise'
   with pytest.raises(ValueError, match="edit.task='colourise'"):
     edit.run(config, tmp_path / 'none')
+
+
+def test_labels_outside_the_classes_fail_before_restoring(tmp_path):
+  """edit.label and an .npz's labels reach G's class embedding inside jitted code (label
+  10 is G's null row, 11 reads NaN): both are checked first (issue 32, item 1)."""
+  config = two_stage_config()
+  config.edit.update(task='interpolate', between='noise', label=10)
+  with pytest.raises(ValueError, match=r'config.edit.label=10: label 10 .*\[0, 10\)'):
+    edit.run(config, tmp_path / 'none')
+  labels = np.array([1, 2, 12, 3])
+  np.savez(tmp_path / 'four.npz', images=np.zeros((4, 28, 28, 1), np.uint8), labels=labels)
+  config.edit.update(task='class_swap', label=-1, input=str(tmp_path / 'four.npz'))
+  with pytest.raises(ValueError, match=r'four.npz:labels: label 12 \(index 2'):
+    edit.run(config, tmp_path / 'none')
+  assert not (tmp_path / 'none').exists()

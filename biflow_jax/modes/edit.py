@@ -80,6 +80,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ValueError('class_swap needs a class-conditional model (config.model.num_classes > 0)')
   if e.num <= 0 or e.steps < 2:
     raise ValueError('config.edit.num must be positive and config.edit.steps at least 2')
+  # edit.label reaches G's class embedding inside jitted code (interpolation, images
+  # without labels), where an index out of range reads another row or NaN: check it here.
+  image_files.check_user_labels(np.asarray([e.label]), config.model.num_classes,
+                                f'config.edit.label={e.label}')
 
 
 def _inputs(config) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +91,8 @@ def _inputs(config) -> tuple[np.ndarray, np.ndarray]:
   e, m = config.edit, config.model
   if e.input:
     x, labels, _, _ = image_files.read_user_images(e.input, m.image_size, m.in_channels,
-                                                   config.data.resize, config.data.skip_bad_images)
+                                                   config.data.resize, config.data.skip_bad_images,
+                                                   num_classes=m.num_classes)
     if labels is None:
       labels = np.full((len(x),), int(e.label), np.int32)
     return x[:e.num], labels[:e.num]

@@ -1,6 +1,7 @@
 """--mode=edit: inpainting (named and PNG masks), interpolation (images, noise), class swap."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from PIL import Image
 
 from biflow_jax.data import input_pipeline
+from biflow_jax.inference import decoders, sampling
 from biflow_jax.modes import edit
 from biflow_jax.training import train
 from subprocess_util import python
@@ -87,3 +89,25 @@ def test_labels_outside_the_classes_fail_before_restoring(tmp_path):
   with pytest.raises(ValueError, match=r'four.npz:labels: label 12 \(index 2'):
     edit.run(config, tmp_path / 'none')
   assert not (tmp_path / 'none').exists()
+
+
+def test_noise_interpolation_draws_at_the_temperature_g_samples_with(run, monkeypatch):
+  """Issue 32, item 3: the endpoints were drawn at F's sample.temperature (0.85 in
+  configs/mnist.py) while G samples, evaluates and exports at reverse_temperature (1.15)."""
+  config, workdir = run
+  config = copy.deepcopy(config)
+  config.sample.update(temperature=0.85, reverse_temperature=1.15)
+  config.edit.update(task='interpolate', between='noise', num=2, steps=3, input='')
+  drawn = []
+  original = sampling.sample_noise
+
+  def recording(config, rng, num, temperature=1.0):
+    z = original(config, rng, num, temperature)
+    drawn.append((temperature, float(np.std(np.asarray(z)))))
+    return z
+
+  monkeypatch.setattr(sampling, 'sample_noise', recording)
+  edit.run(config, workdir)
+  (temperature, std), = drawn
+  assert temperature == decoders.reverse_temperature(config) == 1.15
+  assert abs(std - 1.15) < 0.05, std

@@ -11,7 +11,8 @@ Every task works in noise space (docs/method.md §6) and decodes with G in one p
   regenerated (a PNG mask: white = regenerate), the rest is kept. Rows: input with the
   region grey, result, original.
 - interpolate: spherical interpolation between F(x~) of image pairs (0, 1), (2, 3), ...
-  or between two fresh noises, config.edit.steps frames per row.
+  or between two fresh noises at G's temperature (sample.reverse_temperature),
+  config.edit.steps frames per row.
 - class_swap: z = F(x~, y) with the image's class y (edit.label when it has none), then
   G(z, c) for every class c: one row per image, one column per class.
 Writes DIR/edit/<task>.png (a grid) and DIR/edit/<task>.npz (uint8 images, and inputs).
@@ -136,7 +137,9 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
       z = _encode(config, flow, params['forward'], x, labels, rng)
       pairs = [(z[i], z[i + 1], labels[i]) for i in range(0, len(x) - 1, 2)]
     else:
-      z = sampling.sample_noise(config, rng, 2 * e.num, config.sample.temperature)
+      # G decodes these, so they are drawn at G's temperature (sample.reverse_temperature),
+      # as G's own samples, eval and the export are; F's would give other frames.
+      z = sampling.sample_noise(config, rng, 2 * e.num, decoders.reverse_temperature(config))
       label = int(e.label) if config.model.num_classes else -1
       pairs = [(z[2 * i], z[2 * i + 1], label) for i in range(e.num)]
     for z0, z1, label in pairs:

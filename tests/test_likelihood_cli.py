@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from biflow_jax.data import input_pipeline
-from biflow_jax.evaluation import likelihood
+from biflow_jax.evaluation import likelihood as heldout_likelihood
 from biflow_jax.modes import likelihood
 from biflow_jax.training import train
 from biflow_jax.training.experiment import build_models
@@ -41,7 +41,7 @@ def test_npz_scores_equal_the_heldout_metric_and_rank_noise_last(run, tmp_path):
   # Same images, labels, noise draw and weights as the held-out metric over one batch.
   config.eval_batches = 1
   flow = build_models(config).flow
-  expected = likelihood.heldout_nll_per_dim(flow, state.ema['forward'], heldout, config)
+  expected = heldout_likelihood.heldout_nll_per_dim(flow, state.ema['forward'], heldout, config)
   got = np.mean([r['nll_per_dim'] for r in result['images']])
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   assert result['summary']['n'] == n and result['checkpoint_step'] == 60
@@ -120,3 +120,23 @@ def test_file_label_outside_the_classes_fails_before_scoring(run, tmp_path):
   flow = build_models(config).flow
   with pytest.raises(ValueError, match='label 11'):
     likelihood.score(flow, state.ema['forward'], heldout['image'][:8], np.full(8, 11), 0.1, 8)
+
+
+def test_non_finite_scores_are_written_as_strict_json_naming_them(run, tmp_path, monkeypatch,
+                                                                  caplog):
+  """A diverged F scores NaN: the JSON said "mean": NaN, which strict parsers reject."""
+  config, _, workdir = run
+  config = copy.deepcopy(config)
+  np.savez(tmp_path / 'two.npz', images=input_pipeline.load_heldout(config)['image'][:2])
+  config.likelihood.update(input=str(tmp_path / 'two.npz'), batch=2)
+  monkeypatch.setattr(likelihood, 'score', lambda *a, **k: np.array([np.nan, 1.0]))
+  likelihood.run(config, workdir)
+
+  def refuse(constant):
+    raise ValueError(f'{constant} is not JSON')
+
+  saved = json.loads((workdir / 'likelihood' / 'two.json').read_text(), parse_constant=refuse)
+  assert saved['summary']['mean'] == 'non-finite (nan)'
+  assert saved['images'][0]['bits_per_dim'] == 'non-finite (nan)'
+  assert np.isfinite(saved['images'][1]['bits_per_dim'])
+  assert 'two.json' in caplog.text and 'images[0].bits_per_dim' in caplog.text

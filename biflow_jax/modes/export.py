@@ -14,7 +14,6 @@ jax and numpy alone and samples.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from etils import epath
 
 from biflow_jax.inference import decoders, sampling
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.runtime import files
 from biflow_jax.training import restore
 
 ARTIFACT = 'sampler.jaxexport'
@@ -109,7 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
         guidance=float(decoders.decoder_guidance(config, decoder)),
         denoise=decoders.default_denoise(config, decoder),
         platforms=list(exported.platforms), weights=weight_names)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (folder / MANIFEST).write_text(files.json_text(manifest, str(folder / MANIFEST)))
     logging.info('exported %s (%s, %d weight arrays) -> %s', decoder,
                  ','.join(exported.platforms), len(weights), folder)
   shutil.copyfile(RUNNER, out / 'run_exported.py')

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> dict:
     writer.writerow([row['name'], row['label'], f"{row['bits_per_dim']:.6f}",
                      f"{row['nll_per_dim']:.6f}"])
   files.write_text_atomic(Path(out_dir / f'{name}.csv'), text.getvalue())
-  files.write_text_atomic(Path(out_dir / f'{name}.json'), json.dumps(result, indent=2))
+  files.write_text_atomic(Path(out_dir / f'{name}.json'), files.json_text(result, f'{name}.json'))
   s = result['summary']
   logging.info('%s: %d images, bits/dim mean %.4f (std %.4f, median %.4f, min %.4f, max %.4f) '
                'at step %d, sigma %g%s -> %s', lk.input, s['n'], s['mean'], s['std'],

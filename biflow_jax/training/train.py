@@ -12,6 +12,7 @@ own checkpoint shards.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 
@@ -26,7 +27,7 @@ from biflow_jax.data import input_pipeline
 from biflow_jax.evaluation import likelihood
 from biflow_jax.inference import decoders
 from biflow_jax.objective import phases
-from biflow_jax.runtime import console, parallel, summaries
+from biflow_jax.runtime import console, files, parallel, summaries
 from biflow_jax.training import checkpoints, init_from, workdir_lock
 from biflow_jax.training.experiment import Experiment, build_experiment
 from biflow_jax.training.train_state import TrainState
@@ -68,7 +69,9 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 
 def _write_config(config, workdir: epath.Path) -> None:
   if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    # Strict JSON (a NaN given as a value is written as a string naming it).
+    (workdir / 'config.json').write_text(files.json_text(
+        json.loads(config.to_json_best_effort()), 'config.json'))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,

@@ -1,5 +1,6 @@
 """Faults: non-finite steps, damaged or foreign checkpoints, and real kills of the main job."""
 import json
+import logging
 import os
 import random
 import shutil
@@ -77,6 +78,22 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
   assert 'unreadable' in caplog.text
   state = train.train_and_evaluate(config, tmp_path)  # resumes from 4 and trains on
   assert int(state.step) == 8
+
+
+def test_restoring_a_complete_checkpoint_warns_about_nothing(tmp_path, caplog):
+  """Issue 32, item 7: every restore warned 'Metadata file does not exist:
+  .../state/_CHECKPOINT_METADATA' on the console: the shape check read the state item with
+  a Checkpointer, which looks for step metadata inside the item directory, where a
+  CheckpointManager never writes it."""
+  config = parse_config('--config.schedule.forward_steps=2', '--config.sample_every=1000',
+                        '--config.eval_every=1000')
+  train.train_and_evaluate(config, tmp_path)
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    _, _, step = restore.restore_run(config, tmp_path)
+  assert step == 2
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert not warnings, warnings
 
 
 def test_checkpoint_of_another_model_is_a_clear_error_and_touches_nothing(tmp_path):

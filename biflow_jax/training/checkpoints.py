@@ -24,6 +24,12 @@ class CheckpointSaveError(RuntimeError):
   """A checkpoint could not be written; the complete ones before it are untouched."""
 
 
+class CheckpointUnreadableError(RuntimeError):
+  """A step's metadata cannot be read (damaged storage, not a checkpoint). Not a
+  ValueError on purpose: `restore` falls back past it, while a ValueError (another model)
+  stops."""
+
+
 def make_manager(workdir: str | epath.PathLike, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
@@ -73,9 +79,29 @@ def wait(manager: ocp.CheckpointManager) -> None:
     raise _save_failed(manager, e) from e
 
 
-def _saved_state_tree(step_dir: epath.Path) -> dict:
-  metadata = ocp.StandardCheckpointer().metadata(step_dir / 'state').item_metadata
-  return getattr(metadata, 'tree', metadata)
+def state_tree_metadata(state_dir: epath.PathLike) -> dict:
+  """The saved tree's metadata (shapes, dtypes) of one item directory, e.g.
+  DIR/checkpoints/<step>/state, read without its arrays.
+
+  Read through the item's handler, not a `Checkpointer`: a Checkpointer also looks for
+  step metadata (`_CHECKPOINT_METADATA`) inside the item directory, where a
+  CheckpointManager never writes it (it is one level up, in the step directory), and
+  logs a warning on every read of a complete checkpoint. Orbax takes absolute paths only
+  (a relative one reads as no metadata at all), so the path is made absolute here.
+  Raises CheckpointUnreadableError when there is no readable tree.
+  """
+  path = epath.Path(state_dir).absolute()
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    metadata = handler.metadata(path)
+  except Exception as e:  # pylint: disable=broad-except  (FileNotFoundError, JSON errors, ...)
+    raise CheckpointUnreadableError(f'{path}: {type(e).__name__}: {e}') from e
+  finally:
+    handler.close()
+  tree = getattr(metadata, 'tree', metadata)
+  if not isinstance(tree, dict):
+    raise CheckpointUnreadableError(f'{path} holds no tree (it holds {type(tree).__name__})')
+  return tree
 
 
 def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
@@ -85,7 +111,7 @@ def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
 
 def check_compatible(step_dir: epath.Path, abstract_state: Any) -> None:
   """A checkpoint of a different model is a config error: say which parameter differs."""
-  tree = _saved_state_tree(step_dir)
+  tree = state_tree_metadata(step_dir / 'state')
   fields = {f.name for f in dataclasses.fields(abstract_state)}
   if set(tree) != fields:
     raise ValueError(

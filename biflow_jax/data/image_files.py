@@ -68,7 +68,9 @@ def decode(data: bytes, name: str, channels: int, image_size: int | None = None,
       im.load()
       image = convert_channels(im, channels)
   except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-    raise BadImageError(f'cannot decode image {name}: {err}') from err
+    raise BadImageError(f'cannot decode image {name}: {err}. Replace or remove the file, or '
+                        'set --config.data.skip_bad_images=True to skip undecodable files '
+                        '(the log counts them)') from err
   if image_size is not None:
     if resize == 'centre_crop':
       image = centre_crop_resize(image, image_size)

@@ -188,5 +188,5 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
           bad_dir.rename(bad_dir.with_name(f'damaged_{bad}_{int(time.time())}'))
         manager.reload()
     return restored['state'], candidate
-  raise RuntimeError(f'no readable checkpoint in {manager.directory}: '
+  raise CheckpointUnreadableError(f'no readable checkpoint in {manager.directory}: '
                      + '; '.join(f'step {s}: {e}' for s, e in errors))

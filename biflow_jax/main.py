@@ -70,7 +70,7 @@ def main(argv):
   logging.info('mode=%s workdir=%s%s', FLAGS.mode, FLAGS.workdir,
                f' (full log: {log_path})' if log_path else '')
   console.file_only('config:\n%s', config)
-  with cli.user_errors(log_path, also=USER_FACING):
+  with cli.user_errors(log_path, also=USER_FACING, interrupted=(train.Interrupted,)):
     MODES[FLAGS.mode][1](config, FLAGS.workdir)
 
 

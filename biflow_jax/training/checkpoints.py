@@ -46,6 +46,44 @@ def complete_steps(directory: str | epath.PathLike) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
+def newest_complete(directory: str | epath.PathLike) -> str:
+  """'the newest complete checkpoint is step N in DIR' or 'no complete checkpoint in DIR'
+  (what is on disk, for messages that tell a user what they can resume from)."""
+  steps = complete_steps(directory)
+  if not steps:
+    return f'there is no complete checkpoint in {directory}'
+  return f'the newest complete checkpoint is step {steps[-1]} in {directory}'
+
+
+class Announcer:
+  """Says 'checkpoint N -> DIR/N' once step N is committed, never before.
+
+  Saves are asynchronous: when `save` returns, the step is still being written (as
+  `N.orbax-checkpoint-tmp`), and a job stopped then (Ctrl-C, a kill) never commits it.
+  `saved(step)` notes a save to announce; `poll()` (cheap: a flag orbax keeps) announces
+  the noted steps whose directory is committed once no save is in flight; `flush()` after
+  `wait` announces what remains.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager, announce: bool = True):
+    self.manager, self.announce, self.pending = manager, announce, []
+
+  def saved(self, step: int) -> None:
+    if self.announce:
+      self.pending.append(step)
+
+  def poll(self) -> None:
+    if self.pending and not self.manager.is_saving_in_progress():
+      self.flush()
+
+  def flush(self) -> None:
+    directory = epath.Path(self.manager.directory)
+    for step in self.pending:
+      if (directory / str(step)).is_dir():
+        logging.info('checkpoint %d -> %s', step, directory / str(step))
+    self.pending = []
+
+
 def _save_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointSaveError:
   steps = complete_steps(manager.directory)
   newest = (f'The newest complete checkpoint is step {steps[-1]}, untouched' if steps

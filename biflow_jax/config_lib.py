@@ -235,8 +235,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict(dict(
       decoders='',              # comma-separated subset of reverse,exact,fixed_point; '' = reverse
                                 # (when G exists) and exact
-      platforms='',             # comma-separated jax.export platforms (cpu, cuda, rocm, tpu); '' = this
-                                # machine's backend
+      platforms='',             # comma-separated jax.export platforms (cpu, cuda, rocm, tpu; not 'gpu');
+                                # '' = this machine's (jax.export.default_export_platform)
   ))
 
   c.bench = ml_collections.ConfigDict(dict(

@@ -108,3 +108,18 @@ def test_runner_refuses_a_sampler_exported_for_another_platform():
   with pytest.raises(ValueError, match=r"exported for \['tpu'\] and this machine runs jax on "
                                        r"'cpu'.*--config.export.platforms=tpu,cpu"):
     run_exported.check_platform(other)
+
+
+def test_default_platform_is_the_name_jax_export_uses(monkeypatch):
+  """Issue 32, item 12: '' became jax.default_backend(), which is 'gpu' on NVIDIA hosts;
+  jax.export's platforms are 'cpu', 'cuda', 'rocm' and 'tpu'
+  (jax.export.default_export_platform canonicalises 'gpu' to the GPU present)."""
+  config = two_stage_config()
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')  # what an NVIDIA host says
+  assert export._platforms(config) == (jax.export.default_export_platform(),)
+  assert set(export._platforms(config)) <= set(export.EXPORT_PLATFORMS)
+  config.export.platforms = 'cpu, cuda'
+  assert export._platforms(config) == ('cpu', 'cuda')
+  config.export.platforms = 'gpu'
+  with pytest.raises(ValueError, match="'gpu' is not a jax.export platform.*'cuda'"):
+    export.run(config, '/nonexistent/run')

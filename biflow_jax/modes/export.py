@@ -37,6 +37,10 @@ MANIFEST = 'manifest.json'
 # not code this module runs, so modes/ does not import tools/.
 RUNNER = Path(__file__).resolve().parents[1] / 'tools' / 'run_exported.py'
 
+#: The platform names jax.export takes (jax.export.export's `platforms`: 'tpu', 'cpu',
+#: 'cuda', 'rocm'). jax.default_backend() says 'gpu' for both GPU kinds instead.
+EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+
 
 def _decoders(config) -> tuple[str, ...]:
   names = tuple(d for d in config.export.decoders.split(',') if d)
@@ -52,8 +56,21 @@ def _decoders(config) -> tuple[str, ...]:
 
 
 def _platforms(config) -> tuple[str, ...]:
-  names = tuple(p for p in config.export.platforms.split(',') if p)
-  return names or (jax.default_backend(),)
+  """config.export.platforms as jax.export names them; '' = this machine's platform.
+
+  The default is jax.export.default_export_platform(): jax.default_backend() is 'gpu' on
+  NVIDIA and AMD hosts, which jax.export calls 'cuda' and 'rocm' (it canonicalises 'gpu'
+  when lowering, to whichever GPU is present, and fails where there is none). Raises
+  ValueError, before anything is restored, for a name jax.export does not take.
+  """
+  names = tuple(p.strip() for p in config.export.platforms.split(',') if p.strip())
+  for name in names:
+    if name not in EXPORT_PLATFORMS:
+      hint = (": jax's backend name; jax.export names NVIDIA GPUs 'cuda' and AMD GPUs 'rocm'"
+              if name == 'gpu' else '')
+      raise ValueError(f'config.export.platforms: {name!r} is not a jax.export platform, one '
+                       f'of {", ".join(EXPORT_PLATFORMS)}{hint}')
+  return names or (jax.export.default_export_platform(),)
 
 
 def export_decoder(config: ml_collections.ConfigDict, params: dict, decoder: str
@@ -86,6 +103,7 @@ def export_decoder(config: ml_collections.ConfigDict, params: dict, decoder: str
 def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
   """Exports the latest checkpoint's samplers to DIR/export/; returns that folder."""
   names = _decoders(config)  # bad values fail before the checkpoint is read
+  _platforms(config)
   exp, state, step = restore.restore_run(config, workdir)
   if exp.models.frozen is not None and exp.models.frozen.vae is not None:
     raise ValueError('--mode=export covers pixel-space runs; this run samples VAE latents')

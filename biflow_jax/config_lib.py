@@ -6,7 +6,9 @@ can override any field (ml_collections rejects unknown ones).
 """
 from __future__ import annotations
 
+import copy
 import math
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -296,6 +298,66 @@ _POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch
              'model.channels', 'model.num_blocks', 'model.layers_per_block', 'model.num_heads',
              'model.mlp_ratio', 'log_every', 'sample_every', 'checkpoint_every', 'eval_every',
              'keep_checkpoints', 'sample.num', 'max_consecutive_skips')
+
+
+# ------------------------------------------------------------- a trained run's config
+
+#: The config a training run writes into its workdir (what it was trained with).
+RUN_CONFIG = 'config.json'
+#: Groups that say how a trained run is used (sampled, evaluated, edited, timed, exported)
+#: and on which devices, not what was trained: the modes take them from the command
+#: line's config; every other field from the run's config.json (`for_mode`).
+USE_GROUPS = ('sample', 'eval', 'likelihood', 'edit', 'export', 'bench', 'mesh')
+
+
+def _leaves(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a.b.c': value} of a nested mapping (a ConfigDict's to_dict() or a JSON object)."""
+  out = {}
+  for key, value in tree.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, Mapping) and value:
+      out.update(_leaves(value, path + '.'))
+    else:
+      out[path] = value
+  return out
+
+
+def for_mode(given: ml_collections.ConfigDict, run: Mapping[str, Any],
+             overrides: Mapping[str, Any]) -> tuple[ml_collections.ConfigDict, dict[str, list]]:
+  """The config a mode uses on a trained run.
+
+  given: the command line's config (the --config file with its --config.* overrides);
+  run: the run's config.json; overrides: the command line's overrides ({'a.b': value}).
+  Every field of USE_GROUPS comes from `given`, every other field from `run`, and the
+  command line's overrides win over both (e.g. --config.data.path= for data that moved).
+  Returns (config, notes): notes['differs'] lists 'field (run R, --config G)' for each
+  field the run sets otherwise than the --config file (the run's value is used),
+  notes['kept'] fields of the run that this code does not have or cannot take (the
+  --config value is used), notes['missing'] fields the run's file lacks (added to the
+  schema after it was trained: their defaults are used).
+  """
+  config = copy.deepcopy(given)
+  wanted = _leaves(given.to_dict())
+  notes: dict[str, list] = {'differs': [], 'kept': [], 'missing': []}
+  saved = _leaves(run)
+  for path, value in saved.items():
+    if path.split('.')[0] in USE_GROUPS or path in overrides:
+      continue
+    if path not in wanted:
+      notes['kept'].append(f'{path} (not a field of this config)')
+      continue
+    parent, _, name = path.rpartition('.')
+    group = _get(config, parent) if parent else config
+    try:
+      group[name] = value
+    except (TypeError, ValueError) as e:
+      notes['kept'].append(f'{path} ({value!r} in the run: {e})')
+      continue
+    if _get(config, path) != wanted[path]:
+      notes['differs'].append(f'{path} (run {_get(config, path)!r}, --config {wanted[path]!r})')
+  notes['missing'] = [p for p in wanted if p not in saved and p.split('.')[0] not in USE_GROUPS
+                      and p not in overrides and not any(s.startswith(p + '.') for s in saved)]
+  return config, notes
 
 
 def _get(config, dotted: str):

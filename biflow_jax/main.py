@@ -7,11 +7,14 @@ from ml_collections import config_flags
 
 from biflow_jax.modes import bench, edit, evaluate, export, likelihood, sample
 from biflow_jax.runtime import cli, console, parallel
-from biflow_jax.training import checkpoints, train, workdir_lock
+from biflow_jax.training import checkpoints, restore, train, workdir_lock
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file (configs/*.py). Modes other than train use the '
+    "run's DIR/config.json for what was trained and this file for how the run is used "
+    '(sample, eval, likelihood, edit, export, bench, mesh); --config.* overrides win.',
+    lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 
 # Every mode: name -> (what it writes, function(config, workdir)). The train mode's
@@ -69,8 +72,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
   logging.info('mode=%s workdir=%s%s', FLAGS.mode, FLAGS.workdir,
                f' (full log: {log_path})' if log_path else '')
-  console.file_only('config:\n%s', config)
   with cli.user_errors(log_path, also=USER_FACING, interrupted=(train.Interrupted,)):
+    if FLAGS.mode != 'train':  # a trained run is used as it was trained (restore.config_for_mode)
+      config = restore.config_for_mode(
+          config, FLAGS.workdir, config_flags.get_override_values(FLAGS['config']),
+          f"--config={config_flags.get_config_filename(FLAGS['config'])}")
+    console.file_only('config:\n%s', config)
     MODES[FLAGS.mode][1](config, FLAGS.workdir)
 
 

@@ -1,5 +1,6 @@
 """Every config parses, validates its phase plan and builds its models at full size."""
 import importlib.util
+import json
 from pathlib import Path
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from biflow_jax import config_lib
 from biflow_jax.models.flow import ForwardFlow
 from biflow_jax.objective import phases
 
@@ -88,3 +90,33 @@ def test_each_decoder_samples_at_its_own_temperature():
     with pytest.raises(ValueError, match=f'config.sample.{name}'):
       config_lib.validate(config)
     config.sample.temperature, config.sample.reverse_temperature = 0.85, 1.15
+
+
+def test_a_mode_takes_what_was_trained_from_the_run_and_how_to_use_it_from_the_command_line():
+  """Issue 32, item 6 (config_lib.for_mode): the run's config.json for what was trained,
+  the --config file for the groups that say how the run is used, the command line's
+  overrides over both."""
+  trained = load_config('tiny')
+  trained.reverse.enabled = True
+  trained.schedule.plan = 'two_stage'
+  trained.model.clip = None
+  trained.sample.temperature = 0.7
+  run = json.loads(trained.to_json_best_effort())
+  run['model']['renamed_since'] = 3      # a field this code no longer has
+  del run['objective']['prior_fraction']  # a field added after the run was trained
+  given = load_config('tiny')
+  given.eval.num_samples = 50            # the file's own use settings
+  given.lock()
+  config, notes = config_lib.for_mode(given, run, {'data.num_heldout': 32,
+                                                   'sample.decoder': 'reverse'})
+  assert config.reverse.enabled and config.schedule.plan == 'two_stage'
+  assert config.model.clip is None and config.vae.block_out_channels == (128, 256, 512, 512)
+  assert config.sample.temperature == given.sample.temperature  # use groups: the file's
+  assert config.eval.num_samples == 50
+  assert config.data.num_heldout == given.data.num_heldout  # an override is the file's value
+  assert 'reverse.enabled (run True, --config False)' in notes['differs']
+  assert 'model.clip (run None, --config 3.0)' in notes['differs']
+  assert not any(n.startswith('sample.') for n in notes['differs'])
+  assert notes['kept'] == ['model.renamed_since (not a field of this config)']
+  assert notes['missing'] == ['objective.prior_fraction']
+  assert given.reverse.enabled is False  # the given config is not changed

@@ -111,3 +111,23 @@ def test_noise_interpolation_draws_at_the_temperature_g_samples_with(run, monkey
   (temperature, std), = drawn
   assert temperature == decoders.reverse_temperature(config) == 1.15
   assert abs(std - 1.15) < 0.05, std
+
+
+def test_modes_use_the_runs_config_without_its_training_flags(run):
+  """Issue 32, item 6: a run trained with --config.reverse.enabled=True
+  --config.schedule.plan=two_stage ... could not be sampled or edited with the quick
+  start's commands (configs/tiny.py alone): 'written by a different model' and 'this run
+  has none (config.reverse.enabled=False)'. The modes now read DIR/config.json."""
+  _, workdir = run
+  proc = python('-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+                '--mode=edit', '--config.edit.task=class_swap', '--config.edit.num=2',
+                timeout=300)
+  assert f"config: the run's {workdir / 'config.json'} (how it was trained)" in proc.stderr
+  assert 'reverse.enabled (run True, --config False)' in proc.stderr
+  assert "the command line's overrides {'edit.task': 'class_swap', 'edit.num': 2}" in (
+      proc.stderr)
+  assert 'edit class_swap at step 30: 2 rows x 11 columns' in proc.stderr
+  proc = python('-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+                '--mode=sample', '--config.sample.decoder=reverse', '--config.sample.num=10',
+                timeout=300)
+  assert f'wrote {workdir}/samples/reverse_' in proc.stderr

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from absl import logging
 
-# biflow_jax/, not runtime/ (this file's folder): every module of the package logs to the console.
-PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep  # biflow_jax/
 LOG_DIR = 'logs'
 
 # Metrics that are bookkeeping, not loss terms: shown at the end of a train line (or not).

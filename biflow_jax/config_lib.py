@@ -400,6 +400,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.objective.reverse_mode={mode!r} needs config.reverse.head_mode="
                      f"{'shared' if mode == 'hidden' else 'per_stage'!r} (hidden distillation "
                      'decodes every stage with the one output head; alignment learns one per stage)')
+  # Guidance scales go into traced samplers (G's w is an input it was trained on, in
+  # [0, cfg_w_max]): a NaN or a negative G scale would give wrong images, not an error.
+  s = config.sample
+  if not math.isfinite(s.guidance):
+    raise ValueError(f'config.sample.guidance={s.guidance} must be a finite number')
+  if not math.isfinite(s.reverse_guidance) or (s.reverse_guidance < 0
+                                               and s.reverse_guidance != -1.0):
+    raise ValueError(f'config.sample.reverse_guidance={s.reverse_guidance} must be >= 0, or -1 '
+                     '(the same as config.sample.guidance)')
+  if not (math.isfinite(s.fixed_point_tol) and s.fixed_point_tol > 0):
+    raise ValueError(f'config.sample.fixed_point_tol={s.fixed_point_tol} must be a finite '
+                     'number > 0 (a NaN tolerance would stop every sweep after one iteration)')
+  if s.fixed_point_max_iters < 0 or s.fixed_point_groups < 1:
+    raise ValueError(f'config.sample.fixed_point_max_iters={s.fixed_point_max_iters} must be '
+                     f'>= 0 (0 = the number of tokens) and fixed_point_groups='
+                     f'{s.fixed_point_groups} >= 1')
   w_reverse = decoders.reverse_guidance(config)
   two_pass = config.sample.reverse_cfg == 'two_pass'
   if config.reverse.enabled and two_pass and w_reverse != 0 and (
@@ -409,7 +425,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      'trained with label dropout (config.objective.label_drop_prob > 0); or set '
                      'config.sample.reverse_guidance=0')
   if (config.reverse.enabled and not two_pass
-      and w_reverse > max(config.objective.cfg_w_max, 0.0)):
+      and not 0 <= w_reverse <= max(config.objective.cfg_w_max, 0.0)):
     raise ValueError(f'G is asked for guidance w={w_reverse:g} but was trained on w in '
                      f'[0, {config.objective.cfg_w_max:g}]: raise config.objective.cfg_w_max '
                      '(training-time CFG), lower config.sample.reverse_guidance, or guide G in '

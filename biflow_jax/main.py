@@ -35,7 +35,7 @@ MODES = {
 flags.DEFINE_enum('mode', 'train', list(MODES),
                   '; '.join(f'{name}: {what}' for name, (what, _) in MODES.items()))
 flags.DEFINE_integer('stop_at', 0, 'train: end this invocation after this global step, with a '
-                     'checkpoint (a later run resumes); 0 = run the whole plan.')
+                     'checkpoint (a later run resumes); 0 = run the whole plan.', lower_bound=0)
 flags.DEFINE_string('coordinator_address', '',
                     'Multi-process: host:port of process 0 for jax.distributed. Not needed on '
                     'Cloud TPU pods, under SLURM or Open MPI (detected from the environment).')

@@ -120,3 +120,28 @@ def test_a_mode_takes_what_was_trained_from_the_run_and_how_to_use_it_from_the_c
   assert notes['kept'] == ['model.renamed_since (not a field of this config)']
   assert notes['missing'] == ['objective.prior_fraction']
   assert given.reverse.enabled is False  # the given config is not changed
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('guidance', float('nan'), 'sample.guidance=nan must be a finite'),
+    ('reverse_guidance', -0.5, r'reverse_guidance=-0.5 must be >= 0, or -1'),
+    ('reverse_guidance', float('inf'), 'reverse_guidance=inf'),
+    ('fixed_point_tol', float('nan'), 'fixed_point_tol=nan'),
+    ('fixed_point_groups', 0, 'fixed_point_groups=0 >= 1'),
+])
+def test_sampling_values_that_reach_traced_code_are_checked_first(field, value, match):
+  """Audit of issue 32: a value that reaches a jitted sampler as a number gives wrong
+  images there, not an error; -0.5 meant 'the same as guidance' like -1, silently."""
+  config = load_config('tiny')
+  config_lib.validate(config)
+  setattr(config.sample, field, value)
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(config)
+
+
+def test_g_is_not_guided_below_zero():
+  config = load_config('tiny')
+  config.reverse.enabled = True
+  config.sample.guidance = -1.0  # F's scale, which G takes with reverse_guidance=-1
+  with pytest.raises(ValueError, match='G is asked for guidance w=-1'):
+    config_lib.validate(config)

@@ -10,6 +10,7 @@ import pytest
 
 from biflow_jax import config_lib
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.modes import edit, export
 from biflow_jax.objective import phases
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
@@ -30,7 +31,7 @@ def count_params(config):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
 
 
-@pytest.mark.parametrize('name,args', [('tiny', ()), ('mnist', ()), ('mnist_long', ()), ('cifar10', ()),
+@pytest.mark.parametrize('name,args', [('tiny', ()), ('tiny_biflow', ()), ('mnist', ()), ('mnist_long', ()), ('cifar10', ()),
                                        ('cifar10', ('jpeg',)), ('cifar10', ('jpeg,forward_only',)),
                                        ('cifar10_small', ()), ('imagenet64', ()),
                                        ('imagenet64', ('forward_only',)),
@@ -120,6 +121,18 @@ def test_a_mode_takes_what_was_trained_from_the_run_and_how_to_use_it_from_the_c
   assert notes['kept'] == ['model.renamed_since (not a field of this config)']
   assert notes['missing'] == ['objective.prior_fraction']
   assert given.reverse.enabled is False  # the given config is not changed
+
+
+def test_tiny_biflow_trains_f_then_g_so_every_mode_of_the_quick_start_has_what_it_needs():
+  """Issue 32, item 11: configs/tiny.py trains F only, so --mode=edit and the reverse
+  export failed on it, and a run with G took four flags found only in tests/tiny_run.py."""
+  config = load_config('tiny_biflow')
+  config_lib.validate(config)
+  assert config.reverse.enabled and config.schedule.plan == 'two_stage'
+  assert [p.name for p in phases.build_phase_plan(config)] == ['forward', 'reverse']
+  assert phases.total_steps(phases.build_phase_plan(config)) <= 60
+  edit.check(config)
+  assert export._decoders(config) == ('reverse', 'exact')
 
 
 @pytest.mark.parametrize('field,value,match', [

@@ -131,3 +131,22 @@ def test_modes_use_the_runs_config_without_its_training_flags(run):
                 '--mode=sample', '--config.sample.decoder=reverse', '--config.sample.num=10',
                 timeout=300)
   assert f'wrote {workdir}/samples/reverse_' in proc.stderr
+
+
+def test_png_mask_of_another_size_is_resized_with_a_warning_or_refused(tmp_path, caplog):
+  """Issue 32, item 11: a wrong-size PNG mask was stretched without a word."""
+  top = np.zeros((56, 56), np.uint8)
+  top[:28] = 255
+  Image.fromarray(top).save(tmp_path / 'square.png')
+  with caplog.at_level('WARNING'):
+    mask = edit.region_mask(str(tmp_path / 'square.png'), 28)
+  np.testing.assert_array_equal(mask, edit.region_mask('top', 28))
+  assert f'config.edit.mask={tmp_path / "square.png"} is 56x56 and the images 28x28' in caplog.text
+  Image.fromarray(np.full((28, 40), 255, np.uint8)).save(tmp_path / 'wide.png')
+  with pytest.raises(ValueError, match=r'wide.png.* is 40x28, not square, and the images are '
+                                       r'28x28: draw the mask at 28x28'):
+    edit.region_mask(str(tmp_path / 'wide.png'), 28)
+  config = two_stage_config()
+  config.edit.update(task='inpaint', mask=str(tmp_path / 'wide.png'))
+  with pytest.raises(ValueError, match='not square'):
+    edit.run(config, tmp_path / 'none')  # before any checkpoint is read

@@ -25,9 +25,11 @@ def trained(tmp_path_factory):
   return config, workdir
 
 
-def test_eval_writes_every_metric_for_every_decoder(trained):
+def test_eval_writes_every_metric_for_every_decoder(trained, caplog):
   config, workdir = trained
-  result = evaluate.run(config, workdir)
+  with caplog.at_level('INFO'):
+    result = evaluate.run(config, workdir)
+  assert f'wrote {workdir / "eval.json"}' in caplog.text  # where it is (issue 32, item 11)
   saved = json.loads((workdir / 'eval.json').read_text())
   assert saved['step'] == 8 and np.isfinite(saved['heldout_bits_per_dim_ema'])
   assert set(saved['decoders']) == {'reverse', 'exact', 'fixed_point'}

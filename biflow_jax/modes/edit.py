@@ -41,9 +41,15 @@ MASKS = ('left', 'right', 'top', 'bottom', 'centre')
 EDIT_SEED = 2718
 
 
-def region_mask(mask: str, image_size: int) -> np.ndarray:
+def region_mask(mask: str, image_size: int, warn: bool = True) -> np.ndarray:
   """(S, S) float32, 1 where the image is regenerated: a named half, the centre box (the
-  middle half of each side), or a PNG file (white = regenerate, resized nearest)."""
+  middle half of each side), or a PNG file (grey level >= 128 = regenerate).
+
+  A square PNG of another size is resized to S x S (nearest neighbour) with a warning
+  naming both sizes; a PNG that is not square is a ValueError (resizing would change
+  the region's shape). An all-black PNG regenerates nothing (warned). `warn=False`
+  checks without logging (edit.check runs it once before the run's own call).
+  """
   s = image_size
   m = np.zeros((s, s), np.float32)
   if mask == 'left':
@@ -60,9 +66,24 @@ def region_mask(mask: str, image_size: int) -> np.ndarray:
     path = Path(mask)
     if not path.is_file():
       raise ValueError(f'config.edit.mask={mask!r} is neither one of {MASKS} nor a PNG file')
-    with Image.open(io.BytesIO(path.read_bytes())) as im:
-      grey = im.convert('L').resize((s, s), Image.NEAREST)
+    try:
+      with Image.open(io.BytesIO(path.read_bytes())) as im:
+        grey = im.convert('L')
+    except OSError as e:
+      raise ValueError(f'config.edit.mask={mask!r} cannot be read as an image ({e})') from e
+    if grey.width != grey.height:
+      raise ValueError(f'config.edit.mask={mask!r} is {grey.width}x{grey.height}, not square, '
+                       f'and the images are {s}x{s}: draw the mask at {s}x{s} (a square of '
+                       'another size is resized)')
+    if grey.size != (s, s):
+      if warn:
+        logging.warning('config.edit.mask=%s is %dx%d and the images %dx%d: resized to %dx%d '
+                        '(nearest neighbour)', mask, grey.width, grey.height, s, s, s, s)
+      grey = grey.resize((s, s), Image.NEAREST)
     m = (np.asarray(grey) >= 128).astype(np.float32)
+    if warn and not m.any():
+      logging.warning('config.edit.mask=%s is all black: nothing is regenerated (white = '
+                      'regenerate)', mask)
   return m
 
 
@@ -74,7 +95,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if not config.reverse.enabled:
     raise ValueError('--mode=edit decodes with G: this run has none (config.reverse.enabled=False)')
   if e.task == 'inpaint':
-    region_mask(e.mask, config.model.image_size)
+    region_mask(e.mask, config.model.image_size, warn=False)
   if e.task == 'interpolate' and e.between not in ('images', 'noise'):
     raise ValueError(f"config.edit.between={e.between!r} is not 'images' or 'noise'")
   if e.task == 'class_swap' and not config.model.num_classes:

@@ -261,9 +261,12 @@ def real_statistics(config, net: FeatureNet, cache_dir: epath.PathLike,
 
 
 def has_class_accuracy(config, net: FeatureNet) -> bool:
-  """Whether class accuracy means something: a class-conditional model scored by a
-  classifier over the dataset's own classes (not the FID Inception's ImageNet logits)."""
-  return bool(config.model.num_classes) and net.classes == int(config.model.num_classes)
+  """Whether class accuracy means something: a class-conditional model scored by the
+  dataset's classifier (net.classes set: not the FID Inception, whose logits are
+  ImageNet's), with at least the model's classes (a model of the first k classes of its
+  dataset is scored by the dataset's classifier; data.name picks it)."""
+  return (bool(config.model.num_classes) and net.classes is not None
+          and net.classes >= int(config.model.num_classes))
 
 
 def class_accuracy_protocol(config, net: FeatureNet) -> str:
@@ -274,7 +277,7 @@ def class_accuracy_protocol(config, net: FeatureNet) -> str:
   if not config.model.num_classes:
     return 'not reported: the model is unconditional'
   scored = ('ImageNet classes (1008 logits), not the dataset\'s' if net.classes is None
-            else f'{net.classes} classes, the model {int(config.model.num_classes)}')
+            else f'{net.classes} classes, fewer than the model\'s {int(config.model.num_classes)}')
   return (f'not reported: the logits of {net.name} are {scored}; use '
           '--config.eval.feature_net=classifier for class accuracy')
 
@@ -283,14 +286,16 @@ def feature_metrics(logits: np.ndarray, feats: np.ndarray, labels: np.ndarray, r
                     config, classes: int | None = None) -> dict:
   """Frechet distance, IS, precision/recall and class accuracy of featurised images
   against the held-out statistics `real`. Class accuracy only when the logits are the
-  dataset's own classes (`classes`, FeatureNet.classes, equals config.model.num_classes)."""
+  dataset's own classes (`classes`, FeatureNet.classes: set, and at least
+  config.model.num_classes; see has_class_accuracy)."""
   mu, sigma = metrics.feature_stats(feats)
   is_mean, is_std = metrics.inception_score(logits, splits=int(config.eval.is_splits))
   precision, recall = metrics.precision_recall(real['features'], feats, k=int(config.eval.pr_k))
   result = {'frechet_distance': metrics.frechet_distance(mu, sigma, real['mu'], real['sigma']),
             'inception_score': is_mean, 'inception_score_std': is_std,
             'precision': precision, 'recall': recall}
-  if config.model.num_classes and classes == int(config.model.num_classes) == logits.shape[-1]:
+  if (config.model.num_classes and classes is not None
+      and logits.shape[-1] == classes >= int(config.model.num_classes)):
     result['class_accuracy'] = float(np.mean(np.argmax(logits, axis=-1) == labels))
   return result
 

@@ -36,7 +36,6 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from biflow_jax.runtime import files
 from biflow_jax.training import experiment
 
 _MARK = 'STEP_TIME_AB '  # prefixes the child's one line of JSON in its stdout
@@ -186,11 +185,11 @@ def main(argv=None) -> None:
             f"{p} {1e3 * statistics.median(v['step_s']):.1f} ms"
             for p, v in runs[-1]['phases'].items()), flush=True)
         if f.out:  # after every child, so an interrupted run keeps what it measured
-          Path(f.out).write_text(files.json_text({'runs': runs}, f.out))
+          Path(f.out).write_text(json.dumps({'runs': runs}, indent=2))
     summary = summarise(runs, trees)
     print(format_summary(summary))
     if f.out:
-      Path(f.out).write_text(files.json_text({'summary': summary, 'runs': runs}, f.out))
+      Path(f.out).write_text(json.dumps({'summary': summary, 'runs': runs}, indent=2))
 
   app.run(run, argv=argv or sys.argv)
 

@@ -30,7 +30,7 @@ from biflow_jax.data import input_pipeline
 from biflow_jax.evaluation import likelihood
 from biflow_jax.inference import decoders
 from biflow_jax.objective import phases
-from biflow_jax.runtime import console, files, parallel, summaries
+from biflow_jax.runtime import cli, console, files, parallel, summaries
 from biflow_jax.training import checkpoints, init_from, workdir_lock
 from biflow_jax.training.experiment import Experiment, build_experiment
 from biflow_jax.training.train_state import TrainState
@@ -43,10 +43,6 @@ class NonFiniteError(RuntimeError):
 class Interrupted(Exception):
   """Ctrl-C stopped training after it saved (the message says what is on disk); the entry
   point exits with status 130, as a program stopped by SIGINT does."""
-
-
-# Status of a job abandoned by a second Ctrl-C: 128 + SIGINT, what shells report.
-SIGINT_STATUS = 128 + signal.SIGINT
 
 
 class _StopSignals:
@@ -95,7 +91,7 @@ class _StopSignals:
     sys.stderr.flush()
     # os._exit: a KeyboardInterrupt would unwind into orbax's threads at shutdown (pages of
     # tracebacks); the workdir lock is a flock, which the kernel drops with the process.
-    os._exit(SIGINT_STATUS)  # pylint: disable=protected-access
+    os._exit(cli.INTERRUPTED_STATUS)  # pylint: disable=protected-access  (130, as shells report)
 
   def __exit__(self, *exc):
     for sig, previous in self._previous.items():

@@ -6,7 +6,9 @@ can override any field (ml_collections rejects unknown ones).
 """
 from __future__ import annotations
 
+import copy
 import math
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -237,8 +239,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict(dict(
       decoders='',              # comma-separated subset of reverse,exact,fixed_point; '' = reverse
                                 # (when G exists) and exact
-      platforms='',             # comma-separated jax.export platforms (cpu, cuda, rocm, tpu); '' = this
-                                # machine's backend
+      platforms='',             # comma-separated jax.export platforms (cpu, cuda, rocm, tpu; not 'gpu');
+                                # '' = this machine's (jax.export.default_export_platform)
   ))
 
   c.bench = ml_collections.ConfigDict(dict(
@@ -300,6 +302,66 @@ _POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch
              'keep_checkpoints', 'sample.num', 'max_consecutive_skips')
 
 
+# ------------------------------------------------------------- a trained run's config
+
+#: The config a training run writes into its workdir (what it was trained with).
+RUN_CONFIG = 'config.json'
+#: Groups that say how a trained run is used (sampled, evaluated, edited, timed, exported)
+#: and on which devices, not what was trained: the modes take them from the command
+#: line's config; every other field from the run's config.json (`for_mode`).
+USE_GROUPS = ('sample', 'eval', 'likelihood', 'edit', 'export', 'bench', 'mesh')
+
+
+def _leaves(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a.b.c': value} of a nested mapping (a ConfigDict's to_dict() or a JSON object)."""
+  out = {}
+  for key, value in tree.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, Mapping) and value:
+      out.update(_leaves(value, path + '.'))
+    else:
+      out[path] = value
+  return out
+
+
+def for_mode(given: ml_collections.ConfigDict, run: Mapping[str, Any],
+             overrides: Mapping[str, Any]) -> tuple[ml_collections.ConfigDict, dict[str, list]]:
+  """The config a mode uses on a trained run.
+
+  given: the command line's config (the --config file with its --config.* overrides);
+  run: the run's config.json; overrides: the command line's overrides ({'a.b': value}).
+  Every field of USE_GROUPS comes from `given`, every other field from `run`, and the
+  command line's overrides win over both (e.g. --config.data.path= for data that moved).
+  Returns (config, notes): notes['differs'] lists 'field (run R, --config G)' for each
+  field the run sets otherwise than the --config file (the run's value is used),
+  notes['kept'] fields of the run that this code does not have or cannot take (the
+  --config value is used), notes['missing'] fields the run's file lacks (added to the
+  schema after it was trained: their defaults are used).
+  """
+  config = copy.deepcopy(given)
+  wanted = _leaves(given.to_dict())
+  notes: dict[str, list] = {'differs': [], 'kept': [], 'missing': []}
+  saved = _leaves(run)
+  for path, value in saved.items():
+    if path.split('.')[0] in USE_GROUPS or path in overrides:
+      continue
+    if path not in wanted:
+      notes['kept'].append(f'{path} (not a field of this config)')
+      continue
+    parent, _, name = path.rpartition('.')
+    group = _get(config, parent) if parent else config
+    try:
+      group[name] = value
+    except (TypeError, ValueError) as e:
+      notes['kept'].append(f'{path} ({value!r} in the run: {e})')
+      continue
+    if _get(config, path) != wanted[path]:
+      notes['differs'].append(f'{path} (run {_get(config, path)!r}, --config {wanted[path]!r})')
+  notes['missing'] = [p for p in wanted if p not in saved and p.split('.')[0] not in USE_GROUPS
+                      and p not in overrides and not any(s.startswith(p + '.') for s in saved)]
+  return config, notes
+
+
 def _get(config, dotted: str):
   value = config
   for part in dotted.split('.'):
@@ -344,6 +406,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.objective.reverse_mode={mode!r} needs config.reverse.head_mode="
                      f"{'shared' if mode == 'hidden' else 'per_stage'!r} (hidden distillation "
                      'decodes every stage with the one output head; alignment learns one per stage)')
+  # Guidance scales go into traced samplers (G's w is an input it was trained on, in
+  # [0, cfg_w_max]): a NaN or a negative G scale would give wrong images, not an error.
+  s = config.sample
+  if not math.isfinite(s.guidance):
+    raise ValueError(f'config.sample.guidance={s.guidance} must be a finite number')
+  if not math.isfinite(s.reverse_guidance) or (s.reverse_guidance < 0
+                                               and s.reverse_guidance != -1.0):
+    raise ValueError(f'config.sample.reverse_guidance={s.reverse_guidance} must be >= 0, or -1 '
+                     '(the same as config.sample.guidance)')
+  if not (math.isfinite(s.fixed_point_tol) and s.fixed_point_tol > 0):
+    raise ValueError(f'config.sample.fixed_point_tol={s.fixed_point_tol} must be a finite '
+                     'number > 0 (a NaN tolerance would stop every sweep after one iteration)')
+  if s.fixed_point_max_iters < 0 or s.fixed_point_groups < 1:
+    raise ValueError(f'config.sample.fixed_point_max_iters={s.fixed_point_max_iters} must be '
+                     f'>= 0 (0 = the number of tokens) and fixed_point_groups='
+                     f'{s.fixed_point_groups} >= 1')
   w_reverse = decoders.reverse_guidance(config)
   two_pass = config.sample.reverse_cfg == 'two_pass'
   if config.reverse.enabled and two_pass and w_reverse != 0 and (
@@ -353,7 +431,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      'trained with label dropout (config.objective.label_drop_prob > 0); or set '
                      'config.sample.reverse_guidance=0')
   if (config.reverse.enabled and not two_pass
-      and w_reverse > max(config.objective.cfg_w_max, 0.0)):
+      and not 0 <= w_reverse <= max(config.objective.cfg_w_max, 0.0)):
     raise ValueError(f'G is asked for guidance w={w_reverse:g} but was trained on w in '
                      f'[0, {config.objective.cfg_w_max:g}]: raise config.objective.cfg_w_max '
                      '(training-time CFG), lower config.sample.reverse_guidance, or guide G in '

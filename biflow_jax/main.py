@@ -7,11 +7,14 @@ from ml_collections import config_flags
 
 from biflow_jax.modes import bench, edit, evaluate, export, likelihood, sample
 from biflow_jax.runtime import cli, console, parallel
-from biflow_jax.training import train, workdir_lock
+from biflow_jax.training import checkpoints, restore, train, workdir_lock
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file (configs/*.py). Modes other than train use the '
+    "run's DIR/config.json for what was trained and this file for how the run is used "
+    '(sample, eval, likelihood, edit, export, bench, mesh); --config.* overrides win.',
+    lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 
 # Every mode: name -> (what it writes, function(config, workdir)). The train mode's
@@ -32,7 +35,7 @@ MODES = {
 flags.DEFINE_enum('mode', 'train', list(MODES),
                   '; '.join(f'{name}: {what}' for name, (what, _) in MODES.items()))
 flags.DEFINE_integer('stop_at', 0, 'train: end this invocation after this global step, with a '
-                     'checkpoint (a later run resumes); 0 = run the whole plan.')
+                     'checkpoint (a later run resumes); 0 = run the whole plan.', lower_bound=0)
 flags.DEFINE_string('coordinator_address', '',
                     'Multi-process: host:port of process 0 for jax.distributed. Not needed on '
                     'Cloud TPU pods, under SLURM or Open MPI (detected from the environment).')
@@ -44,27 +47,38 @@ flags.DEFINE_enum('cpu_collectives', '', ['', 'gloo', 'mpi'],
                   'Collectives across processes on CPU (gloo for local multi-process runs).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
+# Errors a person fixes (besides cli.USER_ERRORS: bad values, paths, files): one line on
+# the console, the traceback in DIR/logs/.
+USER_FACING = (train.NonFiniteError, checkpoints.CheckpointSaveError,
+               checkpoints.CheckpointUnreadableError, workdir_lock.WorkdirBusyError)
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   console.setup(None)  # library INFO lines off the console from the first one on
+  config = cli.load_config()  # a missing or broken config file: one line, status 2
   # Before anything touches a device: a multi-process job joins its peers first.
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.local_device_ids,
                                   FLAGS.cpu_collectives)
   # A workdir that cannot be written is one clear error naming it, before the log file
   # below (or anything else) tries to write there.
-  workdir_lock.check_writable(FLAGS.workdir)
+  with cli.user_errors(None):
+    workdir_lock.check_writable(FLAGS.workdir)
   # Library INFO lines (orbax, grain, etils, jax, clu) go to DIR/logs/, never the console.
   log_path = console.setup(FLAGS.workdir, jax.process_index())
   if not parallel.is_main_process():
     logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
-  config = FLAGS.config
   logging.info('mode=%s workdir=%s%s', FLAGS.mode, FLAGS.workdir,
                f' (full log: {log_path})' if log_path else '')
-  console.file_only('config:\n%s', config)
-  MODES[FLAGS.mode][1](config, FLAGS.workdir)
+  with cli.user_errors(log_path, also=USER_FACING, interrupted=(train.Interrupted,)):
+    if FLAGS.mode != 'train':  # a trained run is used as it was trained (restore.config_for_mode)
+      config = restore.config_for_mode(
+          config, FLAGS.workdir, config_flags.get_override_values(FLAGS['config']),
+          f"--config={config_flags.get_config_filename(FLAGS['config'])}")
+    console.file_only('config:\n%s', config)
+    MODES[FLAGS.mode][1](config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

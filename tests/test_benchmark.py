@@ -21,11 +21,13 @@ KEYS = ('device', 'backend', 'weights', 'batch', 'exact_ms_per_image', 'fixed_po
         'train_step_memory_bytes')
 
 
-def test_bench_writes_every_key(tmp_path, capsys):
+def test_bench_writes_every_key(tmp_path, capsys, caplog):
   config = parse_config('--config.reverse.enabled=True', '--config.bench.repeats=2',
                         '--config.bench.batch=4', '--config.bench.peak_tflops=1.0',
                         '--config.sample.fixed_point_groups=3')
-  result = bench.run(config, tmp_path)
+  with caplog.at_level('INFO'):
+    result = bench.run(config, tmp_path)
+  assert f'wrote {tmp_path / "bench.json"}' in caplog.text  # where it is (issue 32, item 11)
   saved = json.loads((tmp_path / 'bench.json').read_text())
   for key in KEYS:
     assert key in saved, key

@@ -1,5 +1,6 @@
 """Every config parses, validates its phase plan and builds its models at full size."""
 import importlib.util
+import json
 from pathlib import Path
 
 import jax
@@ -7,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from biflow_jax import config_lib
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.modes import edit, export
 from biflow_jax.objective import phases
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
@@ -28,7 +31,7 @@ def count_params(config):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
 
 
-@pytest.mark.parametrize('name,args', [('tiny', ()), ('mnist', ()), ('mnist_long', ()), ('cifar10', ()),
+@pytest.mark.parametrize('name,args', [('tiny', ()), ('tiny_biflow', ()), ('mnist', ()), ('mnist_long', ()), ('cifar10', ()),
                                        ('cifar10', ('jpeg',)), ('cifar10', ('jpeg,forward_only',)),
                                        ('cifar10_small', ()), ('imagenet64', ()),
                                        ('imagenet64', ('forward_only',)),
@@ -88,3 +91,70 @@ def test_each_decoder_samples_at_its_own_temperature():
     with pytest.raises(ValueError, match=f'config.sample.{name}'):
       config_lib.validate(config)
     config.sample.temperature, config.sample.reverse_temperature = 0.85, 1.15
+
+
+def test_a_mode_takes_what_was_trained_from_the_run_and_how_to_use_it_from_the_command_line():
+  """Issue 32, item 6 (config_lib.for_mode): the run's config.json for what was trained,
+  the --config file for the groups that say how the run is used, the command line's
+  overrides over both."""
+  trained = load_config('tiny')
+  trained.reverse.enabled = True
+  trained.schedule.plan = 'two_stage'
+  trained.model.clip = None
+  trained.sample.temperature = 0.7
+  run = json.loads(trained.to_json_best_effort())
+  run['model']['renamed_since'] = 3      # a field this code no longer has
+  del run['objective']['prior_fraction']  # a field added after the run was trained
+  given = load_config('tiny')
+  given.eval.num_samples = 50            # the file's own use settings
+  given.lock()
+  config, notes = config_lib.for_mode(given, run, {'data.num_heldout': 32,
+                                                   'sample.decoder': 'reverse'})
+  assert config.reverse.enabled and config.schedule.plan == 'two_stage'
+  assert config.model.clip is None and config.vae.block_out_channels == (128, 256, 512, 512)
+  assert config.sample.temperature == given.sample.temperature  # use groups: the file's
+  assert config.eval.num_samples == 50
+  assert config.data.num_heldout == given.data.num_heldout  # an override is the file's value
+  assert 'reverse.enabled (run True, --config False)' in notes['differs']
+  assert 'model.clip (run None, --config 3.0)' in notes['differs']
+  assert not any(n.startswith('sample.') for n in notes['differs'])
+  assert notes['kept'] == ['model.renamed_since (not a field of this config)']
+  assert notes['missing'] == ['objective.prior_fraction']
+  assert given.reverse.enabled is False  # the given config is not changed
+
+
+def test_tiny_biflow_trains_f_then_g_so_every_mode_of_the_quick_start_has_what_it_needs():
+  """Issue 32, item 11: configs/tiny.py trains F only, so --mode=edit and the reverse
+  export failed on it, and a run with G took four flags found only in tests/tiny_run.py."""
+  config = load_config('tiny_biflow')
+  config_lib.validate(config)
+  assert config.reverse.enabled and config.schedule.plan == 'two_stage'
+  assert [p.name for p in phases.build_phase_plan(config)] == ['forward', 'reverse']
+  assert phases.total_steps(phases.build_phase_plan(config)) <= 60
+  edit.check(config)
+  assert export._decoders(config) == ('reverse', 'exact')
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('guidance', float('nan'), 'sample.guidance=nan must be a finite'),
+    ('reverse_guidance', -0.5, r'reverse_guidance=-0.5 must be >= 0, or -1'),
+    ('reverse_guidance', float('inf'), 'reverse_guidance=inf'),
+    ('fixed_point_tol', float('nan'), 'fixed_point_tol=nan'),
+    ('fixed_point_groups', 0, 'fixed_point_groups=0 >= 1'),
+])
+def test_sampling_values_that_reach_traced_code_are_checked_first(field, value, match):
+  """Audit of issue 32: a value that reaches a jitted sampler as a number gives wrong
+  images there, not an error; -0.5 meant 'the same as guidance' like -1, silently."""
+  config = load_config('tiny')
+  config_lib.validate(config)
+  setattr(config.sample, field, value)
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(config)
+
+
+def test_g_is_not_guided_below_zero():
+  config = load_config('tiny')
+  config.reverse.enabled = True
+  config.sample.guidance = -1.0  # F's scale, which G takes with reverse_guidance=-1
+  with pytest.raises(ValueError, match='G is asked for guidance w=-1'):
+    config_lib.validate(config)

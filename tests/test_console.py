@@ -3,6 +3,7 @@ TensorBoard (sample grids as images, the config as text), from one tiny training
 from __future__ import annotations
 
 import io
+import logging
 import re
 import sys
 from pathlib import Path
@@ -61,6 +62,22 @@ def test_tensorboard_holds_sample_grid_and_config(run):
   (config_text,) = events.Tensors('config')
   text = config_text.tensor_proto.string_val[0].decode()
   assert '"patch_size": 7' in text
+
+
+def test_console_filter_passes_info_of_every_module_of_the_package():
+  """The filter once looked at runtime/ alone (console.py's own folder), hiding every INFO
+  line of training and the modes (`wrote ...`, `step ...`) from the console."""
+  package = Path(console.__file__).resolve().parents[1]
+
+  def record(path, level=logging.INFO):
+    return logging.LogRecord('absl', level, str(path), 1, 'message', None, None)
+
+  keep = console.ConsoleFilter()
+  for module in ('main.py', 'training/train.py', 'modes/evaluate.py', 'modes/bench.py',
+                 'runtime/console.py'):
+    assert keep.filter(record(package / module)), module
+  assert not keep.filter(record(package.parent / 'site-packages' / 'orbax' / 'x.py'))
+  assert keep.filter(record('/elsewhere/orbax/x.py', logging.WARNING))
 
 
 def test_train_line_format():

@@ -1,12 +1,15 @@
 """--mode=eval end to end on the tiny config: every metric for every decoder, cached real stats."""
+import copy
 import json
 
 import numpy as np
 import pytest
 
+from biflow_jax.evaluation import features
 from biflow_jax.modes import evaluate
 from biflow_jax.training import train
 
+from test_inception import stand_in_state_dict
 from test_train import parse_config
 
 
@@ -22,9 +25,11 @@ def trained(tmp_path_factory):
   return config, workdir
 
 
-def test_eval_writes_every_metric_for_every_decoder(trained):
+def test_eval_writes_every_metric_for_every_decoder(trained, caplog):
   config, workdir = trained
-  result = evaluate.run(config, workdir)
+  with caplog.at_level('INFO'):
+    result = evaluate.run(config, workdir)
+  assert f'wrote {workdir / "eval.json"}' in caplog.text  # where it is (issue 32, item 11)
   saved = json.loads((workdir / 'eval.json').read_text())
   assert saved['step'] == 8 and np.isfinite(saved['heldout_bits_per_dim_ema'])
   assert set(saved['decoders']) == {'reverse', 'exact', 'fixed_point'}
@@ -60,3 +65,46 @@ def test_inception_feature_net_without_weights_is_a_clear_error(trained, tmp_pat
                         f'--config.eval.inception_weights={tmp_path / "missing.npz"}')
   with pytest.raises(FileNotFoundError, match='pt_inception'):
     evaluate.run(config, workdir)
+
+
+def _strict_json(path):
+  """The JSON in `path`, refusing the NaN / Infinity that Python writes and strict parsers reject."""
+  def refuse(constant):
+    raise ValueError(f'{path} holds {constant}, which is not JSON')
+  return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_inception_features_report_no_class_accuracy(trained, tmp_path):
+  """Issue 32, item 4: with the FID Inception, eval.json reported class_accuracy and
+  real_heldout_class_accuracy as the argmax of its 1008 ImageNet logits compared with
+  MNIST's labels: a number that looked like accuracy and meant nothing."""
+  config, workdir = trained
+  config = copy.deepcopy(config)
+  weights = tmp_path / 'inception_standin.npz'
+  np.savez(weights, **stand_in_state_dict())
+  config.eval.update(feature_net='inception', inception_weights=str(weights), decoders='reverse',
+                     num_samples=10, batch=10, floor_samples=10)
+  evaluate.run(config, workdir)
+  saved = _strict_json(workdir / 'eval.json')
+  assert saved['feature_net'] == 'inception'
+  assert 'real_heldout_class_accuracy' not in saved
+  for entry in (saved['decoders']['reverse'], saved['real_train_images']):
+    assert 'class_accuracy' not in entry and np.isfinite(entry['frechet_distance'])
+  assert saved['protocol']['class_accuracy'].startswith('not reported: the logits of inception '
+                                                        'are ImageNet classes')
+
+
+def test_class_accuracy_only_from_the_datasets_own_classes():
+  config = parse_config()
+  rng = np.random.default_rng(0)
+  feats = rng.normal(size=(40, 8))
+  real = {'features': feats, 'mu': feats.mean(0), 'sigma': np.cov(feats, rowvar=False)}
+  labels = np.arange(40) % 10
+  for classes, width, reported in ((10, 10, True), (None, 1008, False), (5, 5, False)):
+    logits = np.eye(width)[labels % width]
+    metrics = evaluate.feature_metrics(logits, feats, labels, real, config, classes)
+    assert ('class_accuracy' in metrics) == reported, classes
+  net = features.FeatureNet('inception', None, {})
+  assert net.classes is None and not evaluate.has_class_accuracy(config, net)
+  shipped = features.make_feature_net(config)
+  assert shipped.classes == 10 and evaluate.has_class_accuracy(config, shipped)

@@ -73,3 +73,53 @@ def test_bad_decoder_list_fails_before_restoring(tmp_path):
   config.export.decoders = 'reverse'
   with pytest.raises(ValueError, match='has no G'):
     export.run(config, tmp_path / 'none')
+
+
+def test_runner_refuses_labels_outside_the_manifest_and_bad_arguments(exported, tmp_path, capsys):
+  """Issue 32, item 2: --label=10 gave G's unconditional samples, 11 and 255 all-black
+  images, saved under those labels, exit 0."""
+  _, _, workdir, _ = exported
+  folder = workdir / 'export' / 'reverse'
+  script = workdir / 'export' / 'run_exported.py'
+  out = tmp_path / 'bad.npz'
+  proc = python(script, folder, '--num=2', '--label=10', f'--out={out}', cwd=tmp_path,
+                expect=2, timeout=120)
+  assert ('--label=10: label 10 is not a class of this sampler: labels must be in [0, 10) '
+          'or -1 for none') in proc.stderr
+  assert not out.exists()
+  for argv, message in ((['--label=255'], 'label 255 is not a class'),
+                        (['--label=-2'], 'label -2 is not a class'),
+                        (['--num=0'], '--num=0 must be at least 1'),
+                        ([f'--out={tmp_path / "s"}'], 'must end in .npz'),
+                        ([], 'is not an export folder')):
+    target = tmp_path if message == 'is not an export folder' else folder
+    with pytest.raises(SystemExit) as stop:
+      run_exported.main([str(target), '--num=2', *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err, argv
+  noise = np.zeros((2, 16, 49), np.float32)
+  with pytest.raises(ValueError, match='label 11 is not a class'):
+    run_exported.sample(folder, noise, np.array([0, 11]))
+  with pytest.raises(ValueError, match=r'must be \(N, 16, 49\)'):
+    run_exported.sample(folder, noise[:, :8], np.array([0, 1]))
+
+
+def test_runner_refuses_a_sampler_exported_for_another_platform():
+  other = jax.export.export(jax.jit(lambda x: x + 1), platforms=['tpu'])(np.float32(1))
+  with pytest.raises(ValueError, match=r"exported for \['tpu'\] and this machine runs jax on "
+                                       r"'cpu'.*--config.export.platforms=tpu,cpu"):
+    run_exported.check_platform(other)
+
+
+def test_default_platform_is_the_name_jax_export_uses(monkeypatch):
+  """Issue 32, item 12: '' became jax.default_backend(), which is 'gpu' on NVIDIA hosts;
+  jax.export's platforms are 'cpu', 'cuda', 'rocm' and 'tpu'
+  (jax.export.default_export_platform canonicalises 'gpu' to the GPU present)."""
+  config = two_stage_config()
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')  # what an NVIDIA host says
+  assert export._platforms(config) == (jax.export.default_export_platform(),)
+  assert set(export._platforms(config)) <= set(export.EXPORT_PLATFORMS)
+  config.export.platforms = 'cpu, cuda'
+  assert export._platforms(config) == ('cpu', 'cuda')
+  config.export.platforms = 'gpu'
+  with pytest.raises(ValueError, match="'gpu' is not a jax.export platform.*'cuda'"):
+    export.run(config, '/nonexistent/run')

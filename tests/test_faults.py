@@ -1,7 +1,9 @@
 """Faults: non-finite steps, damaged or foreign checkpoints, and real kills of the main job."""
 import json
+import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -55,13 +57,30 @@ def test_consecutive_non_finite_steps_stop_the_job(tmp_path):
                         '--config.max_consecutive_skips=3', '--config.log_every=1',
                         '--config.checkpoint_every=1', '--config.sample_every=1000',
                         '--config.eval_every=1000')
-  with pytest.raises(train.NonFiniteError, match='max_consecutive_skips=3'):
+  with pytest.raises(train.NonFiniteError, match='max_consecutive_skips=3') as stopped:
     train.train_and_evaluate(config, tmp_path)
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps and steps[-1] < 30
+  assert str(stopped.value).startswith('3 consecutive steps')
+  assert f'the newest complete checkpoint is step {steps[-1]} in ' in str(stopped.value)
   _, state, restored = restore.restore_run(config, tmp_path)
   assert restored == steps[-1] and int(state.skips) == 0
   assert all(np.all(np.isfinite(np.asarray(l))) for l in jax.tree.leaves(state.params))
+
+
+def test_diverged_run_stops_at_the_limit_and_says_what_is_on_disk(tmp_path):
+  """Issue 32, item 9: lr 1e6 stopped after 23 skipped steps with a limit of 20 and said
+  'The last checkpoint in .../checkpoints holds the last good weights' of an empty folder
+  (no checkpoint is saved while steps are skipped)."""
+  config = parse_config('--config.optim.forward.lr=1e6', '--config.sample_every=1000',
+                        '--config.eval_every=1000')
+  with pytest.raises(train.NonFiniteError) as stopped:
+    train.train_and_evaluate(config, tmp_path)
+  message = str(stopped.value)
+  assert message.startswith('20 consecutive steps up to step '), message
+  assert checkpoints.complete_steps(tmp_path / 'checkpoints') == []
+  assert f'there is no complete checkpoint in {tmp_path / "checkpoints"}' in message
+  assert 'holds the last good weights' not in message
 
 
 def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
@@ -77,6 +96,22 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, caplog):
   assert 'unreadable' in caplog.text
   state = train.train_and_evaluate(config, tmp_path)  # resumes from 4 and trains on
   assert int(state.step) == 8
+
+
+def test_restoring_a_complete_checkpoint_warns_about_nothing(tmp_path, caplog):
+  """Issue 32, item 7: every restore warned 'Metadata file does not exist:
+  .../state/_CHECKPOINT_METADATA' on the console: the shape check read the state item with
+  a Checkpointer, which looks for step metadata inside the item directory, where a
+  CheckpointManager never writes it."""
+  config = parse_config('--config.schedule.forward_steps=2', '--config.sample_every=1000',
+                        '--config.eval_every=1000')
+  train.train_and_evaluate(config, tmp_path)
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    _, _, step = restore.restore_run(config, tmp_path)
+  assert step == 2
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert not warnings, warnings
 
 
 def test_checkpoint_of_another_model_is_a_clear_error_and_touches_nothing(tmp_path):
@@ -155,6 +190,62 @@ def test_killed_and_restarted_job_equals_uninterrupted_run(tmp_path):
         f'max |param diff| {diff:.3g}')
   assert diff <= 1e-6, diff
   shutil.rmtree(tmp_path)
+
+
+def _ctrl_c(workdir, at_step, presses, extra=()):
+  """Runs the main job until it logged `at_step`, presses Ctrl-C `presses` times (SIGINT,
+  0.3 s apart); returns (exit status, output, the steps it announced as checkpoints)."""
+  cmd = [sys.executable, '-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+         *FAULT_FLAGS, *extra]
+  with Child(cmd) as proc:
+    proc.wait_for(lambda line: f'step {at_step}/' in line and ' loss ' in line, timeout=180,
+                  what=f'step {at_step}')
+    for _ in range(presses):
+      proc.send_signal(signal.SIGINT)
+      time.sleep(0.3)
+    status = proc.finish(expect=None, timeout=120)
+  announced = [int(n) for n in re.findall(r' checkpoint (\d+) -> ', proc.output)]
+  return status, proc.output, announced
+
+
+def _resumed_from(workdir, until) -> int:
+  """Restarts the job with --stop_at=`until`; the step it says it resumed from."""
+  cmd = [sys.executable, '-m', 'biflow_jax.main', f'--config={TINY}', f'--workdir={workdir}',
+         *FAULT_FLAGS, f'--stop_at={until}']
+  with Child(cmd) as proc:
+    proc.finish(expect=0, timeout=180)
+  return int(re.search(r'Resumed from step (\d+)', proc.output).group(1))
+
+
+def test_ctrl_c_saves_the_checkpoint_it_announces_and_a_restart_resumes_there(tmp_path):
+  """Issue 32, item 8: SIGINT printed 'checkpoint 40 -> .../40', left 40.orbax-checkpoint-tmp,
+  then ~100 lines of orbax tracebacks, exit -2; the restart resumed from 30."""
+  workdir = tmp_path / 'run'
+  status, output, announced = _ctrl_c(workdir, 12, presses=1)
+  assert status == 130, output[-3000:]
+  stopped = re.search(r'stopped by Ctrl-C after step (\d+): the newest complete checkpoint is '
+                      r'step (\d+) in ', output)
+  assert stopped, output[-3000:]
+  step, newest = int(stopped.group(1)), int(stopped.group(2))
+  assert step == newest == announced[-1] and step in (12, 13), (stopped.group(0), announced)
+  assert 'Traceback' not in output and 'cannot schedule new futures' not in output
+  assert checkpoints.complete_steps(workdir / 'checkpoints')[-1] == newest
+  assert not list((workdir / 'checkpoints').glob('*orbax-checkpoint-tmp*'))
+  assert _resumed_from(workdir, newest + 2) == newest
+
+
+def test_second_ctrl_c_stops_at_once_and_names_what_a_restart_resumes_from(tmp_path):
+  workdir = tmp_path / 'run'
+  status, output, announced = _ctrl_c(workdir, 12, presses=2)
+  assert status == 130, output[-3000:]
+  said = re.search(r'second Ctrl-C: stopping now without saving; the newest complete '
+                   r'checkpoint is step (\d+) in ', output)
+  assert said, output[-3000:]
+  newest = int(said.group(1))
+  complete = checkpoints.complete_steps(workdir / 'checkpoints')
+  assert complete[-1] == newest and set(announced) <= set(complete), (announced, complete)
+  assert 'Traceback' not in output
+  assert _resumed_from(workdir, newest + 2) == newest
 
 
 def test_same_config_and_seed_give_identical_losses_step_for_step():

@@ -98,3 +98,33 @@ def test_config_resize_field_is_validated():
   config.data.resize = 'stretch'
   with pytest.raises(ValueError, match=r"data.resize='stretch' is not one of \('none', 'centre_crop'\)"):
     config_lib.validate(config)
+
+
+# ------------------------------------------------- labels a user hands in (issue 32, item 1)
+
+
+@pytest.mark.parametrize('bad,shown', [(10, '10'), (255, '255'), (-5, '-5')])
+def test_npz_label_outside_the_classes_is_an_error_naming_file_value_and_range(
+    tmp_path, bad, shown):
+  """Out-of-range labels went straight into the jitted scorer (NaN bits/dim, exit 0), and
+  -5 was scored as unlabelled."""
+  labels = np.arange(8, dtype=np.uint8 if bad == 255 else np.int64) % 10
+  labels[3] = bad
+  np.savez(tmp_path / 'eight.npz', images=np.zeros((8, 28, 28, 1), np.uint8), labels=labels)
+  with pytest.raises(ValueError, match=rf'eight.npz:labels: label {shown} \(index 3; 1 of 8 '
+                                       r'labels out of range\).*\[0, 10\).*-1 for no class'):
+    image_files.read_user_images(tmp_path / 'eight.npz', 28, 1, num_classes=10)
+
+
+def test_user_labels_accepted_and_refused():
+  ok = image_files.check_user_labels(np.array([-1, 0, 9], np.int64), 10, 'f')
+  assert ok.dtype == np.int32 and ok.tolist() == [-1, 0, 9]
+  assert image_files.check_user_labels(np.array([3.0, -1.0]), 10, 'f').tolist() == [3, -1]
+  # An unconditional model uses no label: all -1, whatever the file says.
+  assert image_files.check_user_labels(np.array([42]), 0, 'f').tolist() == [-1]
+  with pytest.raises(ValueError, match=r'label 2.5 \(index 1\) is not a whole number'):
+    image_files.check_user_labels(np.array([1.0, 2.5]), 10, 'f')
+  with pytest.raises(ValueError, match='not integers'):
+    image_files.check_user_labels(np.array(['a']), 10, 'f')
+  with pytest.raises(ValueError, match=r'label 4294967299 '):  # not wrapped to 3 by int32
+    image_files.check_user_labels(np.array([2 ** 32 + 3]), 10, 'f')

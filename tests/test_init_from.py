@@ -21,9 +21,9 @@ import pytest
 from biflow_jax.convert import tarflow
 from biflow_jax.inference import decoders, sampling
 from biflow_jax.models.flow import ForwardFlow
-from biflow_jax.training import init_from, optim, train
+from biflow_jax.training import init_from, optim, restore, train
 from biflow_jax.training.experiment import build_experiment
-from subprocess_util import python
+from subprocess_util import ROOT, python
 from test_train import parse_config
 
 DATA = Path(__file__).parent / 'testdata'
@@ -233,3 +233,30 @@ def test_export_cli_fails_cleanly_and_writes_nothing(tmp_path):
                 f'--out={out}', expect=1, timeout=120)
   assert 'FATAL:' in proc.stderr and 'none is not a directory' in proc.stderr
   assert not any(tmp_path.iterdir())
+
+
+def test_a_run_given_as_a_relative_path_works_and_restores_without_warnings(exported, tmp_path,
+                                                                           monkeypatch, caplog):
+  """Issue 32, items 5 and 7. Orbax reads absolute paths only: `--workdir=workdir/tiny` of
+  export_tarflow and `--config.model.init_from=workdir/mnist` (the README's own ablation
+  command) stopped with 'is a checkpoint of another model: it holds NoneType'. And every
+  restore warned 'Metadata file does not exist: .../state/_CHECKPOINT_METADATA', a file a
+  CheckpointManager never writes there."""
+  run, _ = exported
+  monkeypatch.chdir(run.parent)
+  relative = Path(run.name)
+  assert not relative.is_absolute() and (relative / 'checkpoints' / '4').is_dir()
+  with caplog.at_level(logging.WARNING):
+    params = init_from.read_params(relative / 'checkpoints' / '4')
+    assert max_abs_diff(params, init_from.read_params(run / 'checkpoints' / '4')) == 0
+    proc = python('-m', 'biflow_jax.tools.export_tarflow', f'--workdir={relative}',
+                  '--out=relative_F.npz', cwd=run.parent, timeout=300,
+                  env={'PYTHONPATH': str(ROOT)})  # this checkout's package, from another cwd
+    assert 'F of step 4' in proc.stdout and (run.parent / 'relative_F.npz').is_file()
+    exp = build_experiment(mnist_config(init_from=str(relative)))
+    start = init_from.prepare(exp, tmp_path / 'fresh')
+    assert max_abs_diff(start.params, params) == 0
+    _, state, step = restore.restore_run(mnist_config(), relative)
+    assert step == 4 and max_abs_diff(state.ema['forward'], params) == 0
+  assert 'Metadata file does not exist' not in caplog.text
+  assert 'Failed to get item metadata' not in caplog.text

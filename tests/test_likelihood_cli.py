@@ -1,6 +1,7 @@
 """--mode=likelihood: bits/dim of user images (folder or .npz) under a run's F."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -99,3 +100,43 @@ def test_main_entry_point_mode(run, tmp_path):
                 f'--config.likelihood.input={tmp_path / "few.npz"}', timeout=300)
   assert 'few.npz: 3 images, bits/dim mean' in proc.stderr
   assert (workdir / 'likelihood' / 'few.csv').exists()
+
+
+def test_file_label_outside_the_classes_fails_before_scoring(run, tmp_path):
+  """Issue 32, item 1: labels[0] = 10 in an .npz of MNIST digits went into the jitted
+  scorer, which read NaN past the class embedding; the run wrote "mean": NaN, exit 0."""
+  config, state, workdir = run
+  config = copy.deepcopy(config)
+  heldout = input_pipeline.load_heldout(config)
+  labels = heldout['label'][:8].astype(np.int64)
+  labels[0] = 10
+  np.savez(tmp_path / 'eight.npz', images=heldout['image'][:8], labels=labels)
+  config.likelihood.input = str(tmp_path / 'eight.npz')
+  with pytest.raises(ValueError, match=r'eight.npz:labels: label 10 \(index 0; 1 of 8 labels '
+                                       r'out of range\).*\[0, 10\)'):
+    likelihood.run(config, workdir)
+  assert not (workdir / 'likelihood' / 'eight.json').exists()
+  # The scorer itself refuses what a caller could hand it directly.
+  flow = build_models(config).flow
+  with pytest.raises(ValueError, match='label 11'):
+    likelihood.score(flow, state.ema['forward'], heldout['image'][:8], np.full(8, 11), 0.1, 8)
+
+
+def test_non_finite_scores_are_written_as_strict_json_naming_them(run, tmp_path, monkeypatch,
+                                                                  caplog):
+  """A diverged F scores NaN: the JSON said "mean": NaN, which strict parsers reject."""
+  config, _, workdir = run
+  config = copy.deepcopy(config)
+  np.savez(tmp_path / 'two.npz', images=input_pipeline.load_heldout(config)['image'][:2])
+  config.likelihood.update(input=str(tmp_path / 'two.npz'), batch=2)
+  monkeypatch.setattr(likelihood, 'score', lambda *a, **k: np.array([np.nan, 1.0]))
+  likelihood.run(config, workdir)
+
+  def refuse(constant):
+    raise ValueError(f'{constant} is not JSON')
+
+  saved = json.loads((workdir / 'likelihood' / 'two.json').read_text(), parse_constant=refuse)
+  assert saved['summary']['mean'] == 'non-finite (nan)'
+  assert saved['images'][0]['bits_per_dim'] == 'non-finite (nan)'
+  assert np.isfinite(saved['images'][1]['bits_per_dim'])
+  assert 'two.json' in caplog.text and 'images[0].bits_per_dim' in caplog.text

@@ -68,7 +68,9 @@ def decode(data: bytes, name: str, channels: int, image_size: int | None = None,
       im.load()
       image = convert_channels(im, channels)
   except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-    raise BadImageError(f'cannot decode image {name}: {err}') from err
+    raise BadImageError(f'cannot decode image {name}: {err}. Replace or remove the file, or '
+                        'set --config.data.skip_bad_images=True to skip undecodable files '
+                        '(the log counts them)') from err
   if image_size is not None:
     if resize == 'centre_crop':
       image = centre_crop_resize(image, image_size)
@@ -114,8 +116,42 @@ def read_folder(folder: str | os.PathLike, image_size: int, channels: int,
   return np.stack(arrays), names, skipped
 
 
+def check_user_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+  """Labels a user hands in (a file's, a flag's), as int32 (N,), checked before any jit.
+
+  A class-conditional model's class embedding is indexed by the label inside traced
+  code, where an index out of range is not an error but NaN (F) or another row (G's
+  null class); so each label must be -1 (no class) or in [0, num_classes), integral,
+  and representable as int32. `where` names the file and key or the flag. Raises
+  ValueError naming the first bad label, its index, how many are bad and the range.
+  With num_classes <= 0 (unconditional) labels are not used: all -1 is returned.
+  """
+  labels = np.asarray(labels)
+  if num_classes <= 0:
+    return np.full(labels.shape, -1, np.int32)
+  if labels.dtype.kind == 'f':
+    fractional = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+    if fractional.size:
+      i = int(fractional[0])
+      raise ValueError(f'{where}: label {labels.flat[i]} (index {i}) is not a whole number; '
+                       f'labels are class indices in [0, {num_classes}) or -1 for none')
+  elif labels.dtype.kind not in 'iub':
+    raise ValueError(f'{where}: labels are {labels.dtype}, not integers: give class indices '
+                     f'in [0, {num_classes}) or -1 for none')
+  values = labels.astype(np.float64) if labels.dtype.kind == 'f' else labels.astype(np.int64)
+  bad = np.flatnonzero((values < -1) | (values >= num_classes))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(
+        f'{where}: label {int(values.flat[i])} (index {i}; {bad.size} of {values.size} labels out '
+        f'of range) is not a class of this model: labels must be in [0, {num_classes}) '
+        f'(config.model.num_classes={num_classes}) or -1 for no class. Fix the labels, or '
+        'drop them to score every image with config.likelihood.label / edit.label.')
+  return values.astype(np.int32)
+
+
 def read_user_images(path: str | os.PathLike, image_size: int, channels: int,
-                     resize: str = 'none', skip_bad: bool = False
+                     resize: str = 'none', skip_bad: bool = False, num_classes: int = 0
                      ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str]]:
   """A user's images: a folder of .png/.jpg (any PIL mode) or an .npz.
 
@@ -123,7 +159,9 @@ def read_user_images(path: str | os.PathLike, image_size: int, channels: int,
   An .npz holds uint8 NHWC images under 'arr_0' (the ADM suite's layout) or 'images', and
   optionally labels under 'arr_1' or 'labels'; its names are `<file>[i]`. A folder's
   files are decoded and converted as `decode` says (resize as given); they have no labels.
-  Raises ValueError naming the problem (missing path, wrong keys, dtype or shape).
+  With num_classes > 0 an .npz's labels are checked by `check_user_labels`.
+  Raises ValueError naming the problem (missing path, wrong keys, dtype or shape, a label
+  that is no class of the model).
   """
   path = Path(path)
   if not path.exists():
@@ -139,11 +177,13 @@ def read_user_images(path: str | os.PathLike, image_size: int, channels: int,
       raise ValueError(f'{path} has no arr_0 or images array (it has {sorted(data.files)})')
     images = data[key]
     label_key = next((k for k in ('arr_1', 'labels') if k in data), None)
-    labels = None if label_key is None else np.asarray(data[label_key], np.int32)
+    labels = None if label_key is None else np.asarray(data[label_key])
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (
       image_size, image_size, channels):
     raise ValueError(f'{path}:{key} is {images.dtype} {images.shape}; expected uint8 images '
                      f'(N, {image_size}, {image_size}, {channels}) as config.model says')
   if labels is not None and labels.shape != images.shape[:1]:
     raise ValueError(f'{path}:{label_key} has shape {labels.shape}, not ({len(images)},)')
+  if labels is not None:
+    labels = check_user_labels(labels, num_classes, f'{path}:{label_key}')
   return images, labels, [f'{path.name}[{i}]' for i in range(len(images))], []

@@ -23,10 +23,16 @@ FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # [-1,1] NHWC
 
 class FeatureNet(NamedTuple):
   """A feature net ready to run: `fn` maps float NHWC images in [-1, 1] to (logits (n, c),
-  features (n, d)); `fingerprint` names its weights by content hash (cache keys)."""
+  features (n, d)); `fingerprint` names its weights by content hash (cache keys).
+
+  `classes`: how many of the dataset's classes its logits score (a dataset classifier's
+  class count); None when its logits are not the dataset's classes (the FID Inception's
+  1008 are ImageNet's), so no class accuracy can be read from them.
+  """
   name: str
   fn: FeatureFn
   fingerprint: dict[str, Any]
+  classes: int | None = None
 
 
 def make_feature_net(config) -> FeatureNet:
@@ -35,11 +41,11 @@ def make_feature_net(config) -> FeatureNet:
   Raises FileNotFoundError for missing weight files and ValueError for a classifier that
   reads another image shape than the model makes, before anything is sampled.
   """
-  name, fn, files = _build(config)
+  name, fn, files, classes = _build(config)
   return FeatureNet(name, fn, fp.canonical({
       'net': config.eval.feature_net, 'name': name, 'preprocessing': PREPROCESSING[
           config.eval.feature_net],
-      'weights_sha256': {str(p.name): fp.file_sha256(p) for p in files}}))
+      'weights_sha256': {str(p.name): fp.file_sha256(p) for p in files}}), classes)
 
 
 #: What each net does to [-1, 1] NHWC images before its first layer (part of cache keys).
@@ -68,8 +74,8 @@ def classifier_asset(config) -> Path:
   return path
 
 
-def _build(config) -> tuple[str, FeatureFn, list]:
-  """(name, fn, weight files) for the configured feature net."""
+def _build(config) -> tuple[str, FeatureFn, list, int | None]:
+  """(name, fn, weight files, dataset classes its logits score) for the configured net."""
   net = config.eval.feature_net
   batch = int(config.eval.batch)
   if net == 'classifier':
@@ -88,7 +94,7 @@ def _build(config) -> tuple[str, FeatureFn, list]:
       return np.asarray(logits), np.asarray(features)
 
     return (f"classifier_{info.get('dataset', 'custom')}", classify,
-            list(classifier.asset_paths(path)))
+            list(classifier.asset_paths(path)), int(module.num_classes))
   if net == 'inception':
     path = inception_convert.resolve_path(config.eval.inception_weights or None)
     variables = inception_convert.load_fid_inception(path)
@@ -106,5 +112,5 @@ def _build(config) -> tuple[str, FeatureFn, list]:
         logits.append(np.asarray(logit))
       return np.concatenate(logits), np.concatenate(pools)
 
-    return 'inception', run, [path]
+    return 'inception', run, [path], None  # ImageNet's classes, not the dataset's
   raise ValueError(f'config.eval.feature_net={net!r}; use one of {FEATURE_NETS}')

@@ -6,16 +6,15 @@ depend on the trained weights), otherwise freshly initialised weights (stated).
 """
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from etils import epath
 
 from biflow_jax.inference import decoders
 from biflow_jax.models.flow import ForwardFlow, score_denoise
-from biflow_jax.runtime import parallel, tables
+from biflow_jax.runtime import files, parallel, tables
 from biflow_jax.training import checkpoints
 from biflow_jax.training.experiment import build_experiment, example_batch
 # The timing primitives live in a module of their own (no data or config stack), so the
@@ -148,8 +147,9 @@ def run(config, workdir: epath.PathLike, batch: int | None = None) -> dict:
   result.update(train_step_timing(config, state, exp.step, args, repeats, peak))
   result['peak_memory_bytes'] = peak_memory_bytes()
   if parallel.is_main_process():
-    (workdir / 'bench.json').write_text(json.dumps(result, indent=2))
+    (workdir / 'bench.json').write_text(files.json_text(result, 'bench.json'))
     print(format_table(result))
+    logging.info('wrote %s', workdir / 'bench.json')
   return result
 
 

@@ -11,7 +11,8 @@ Every task works in noise space (docs/method.md §6) and decodes with G in one p
   regenerated (a PNG mask: white = regenerate), the rest is kept. Rows: input with the
   region grey, result, original.
 - interpolate: spherical interpolation between F(x~) of image pairs (0, 1), (2, 3), ...
-  or between two fresh noises, config.edit.steps frames per row.
+  or between two fresh noises at G's temperature (sample.reverse_temperature),
+  config.edit.steps frames per row.
 - class_swap: z = F(x~, y) with the image's class y (edit.label when it has none), then
   G(z, c) for every class c: one row per image, one column per class.
 Writes DIR/edit/<task>.png (a grid) and DIR/edit/<task>.npz (uint8 images, and inputs).
@@ -40,9 +41,15 @@ MASKS = ('left', 'right', 'top', 'bottom', 'centre')
 EDIT_SEED = 2718
 
 
-def region_mask(mask: str, image_size: int) -> np.ndarray:
+def region_mask(mask: str, image_size: int, warn: bool = True) -> np.ndarray:
   """(S, S) float32, 1 where the image is regenerated: a named half, the centre box (the
-  middle half of each side), or a PNG file (white = regenerate, resized nearest)."""
+  middle half of each side), or a PNG file (grey level >= 128 = regenerate).
+
+  A square PNG of another size is resized to S x S (nearest neighbour) with a warning
+  naming both sizes; a PNG that is not square is a ValueError (resizing would change
+  the region's shape). An all-black PNG regenerates nothing (warned). `warn=False`
+  checks without logging (edit.check runs it once before the run's own call).
+  """
   s = image_size
   m = np.zeros((s, s), np.float32)
   if mask == 'left':
@@ -59,9 +66,24 @@ def region_mask(mask: str, image_size: int) -> np.ndarray:
     path = Path(mask)
     if not path.is_file():
       raise ValueError(f'config.edit.mask={mask!r} is neither one of {MASKS} nor a PNG file')
-    with Image.open(io.BytesIO(path.read_bytes())) as im:
-      grey = im.convert('L').resize((s, s), Image.NEAREST)
+    try:
+      with Image.open(io.BytesIO(path.read_bytes())) as im:
+        grey = im.convert('L')
+    except OSError as e:
+      raise ValueError(f'config.edit.mask={mask!r} cannot be read as an image ({e})') from e
+    if grey.width != grey.height:
+      raise ValueError(f'config.edit.mask={mask!r} is {grey.width}x{grey.height}, not square, '
+                       f'and the images are {s}x{s}: draw the mask at {s}x{s} (a square of '
+                       'another size is resized)')
+    if grey.size != (s, s):
+      if warn:
+        logging.warning('config.edit.mask=%s is %dx%d and the images %dx%d: resized to %dx%d '
+                        '(nearest neighbour)', mask, grey.width, grey.height, s, s, s, s)
+      grey = grey.resize((s, s), Image.NEAREST)
     m = (np.asarray(grey) >= 128).astype(np.float32)
+    if warn and not m.any():
+      logging.warning('config.edit.mask=%s is all black: nothing is regenerated (white = '
+                      'regenerate)', mask)
   return m
 
 
@@ -73,13 +95,17 @@ def check(config: ml_collections.ConfigDict) -> None:
   if not config.reverse.enabled:
     raise ValueError('--mode=edit decodes with G: this run has none (config.reverse.enabled=False)')
   if e.task == 'inpaint':
-    region_mask(e.mask, config.model.image_size)
+    region_mask(e.mask, config.model.image_size, warn=False)
   if e.task == 'interpolate' and e.between not in ('images', 'noise'):
     raise ValueError(f"config.edit.between={e.between!r} is not 'images' or 'noise'")
   if e.task == 'class_swap' and not config.model.num_classes:
     raise ValueError('class_swap needs a class-conditional model (config.model.num_classes > 0)')
   if e.num <= 0 or e.steps < 2:
     raise ValueError('config.edit.num must be positive and config.edit.steps at least 2')
+  # edit.label reaches G's class embedding inside jitted code (interpolation, images
+  # without labels), where an index out of range reads another row or NaN: check it here.
+  image_files.check_user_labels(np.asarray([e.label]), config.model.num_classes,
+                                f'config.edit.label={e.label}')
 
 
 def _inputs(config) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +113,8 @@ def _inputs(config) -> tuple[np.ndarray, np.ndarray]:
   e, m = config.edit, config.model
   if e.input:
     x, labels, _, _ = image_files.read_user_images(e.input, m.image_size, m.in_channels,
-                                                   config.data.resize, config.data.skip_bad_images)
+                                                   config.data.resize, config.data.skip_bad_images,
+                                                   num_classes=m.num_classes)
     if labels is None:
       labels = np.full((len(x),), int(e.label), np.int32)
     return x[:e.num], labels[:e.num]
@@ -131,7 +158,9 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
       z = _encode(config, flow, params['forward'], x, labels, rng)
       pairs = [(z[i], z[i + 1], labels[i]) for i in range(0, len(x) - 1, 2)]
     else:
-      z = sampling.sample_noise(config, rng, 2 * e.num, config.sample.temperature)
+      # G decodes these, so they are drawn at G's temperature (sample.reverse_temperature),
+      # as G's own samples, eval and the export are; F's would give other frames.
+      z = sampling.sample_noise(config, rng, 2 * e.num, decoders.reverse_temperature(config))
       label = int(e.label) if config.model.num_classes else -1
       pairs = [(z[2 * i], z[2 * i + 1], label) for i in range(e.num)]
     for z0, z1, label in pairs:

@@ -7,8 +7,9 @@
   - against the held-out split (default): a Frechet distance in the feature space of the
     chosen feature net (the project's dataset classifier, shipped for bundled MNIST, or
     the FID InceptionV3), Inception Score, precision/recall (k-NN manifolds) and, for
-    class-conditional models, the accuracy with which the classifier recognises the
-    asked-for class;
+    class-conditional models scored by the dataset's own classifier (not the FID
+    Inception, whose logits are ImageNet's classes), the accuracy with which the
+    classifier recognises the asked-for class;
   - against an ADM-suite reference batch (`eval.reference=PATH`): FID, sFID, Inception
     Score and precision/recall as that suite computes them (`evaluation.adm`), with the
     FID InceptionV3, so numbers compare with papers' FID-50K.
@@ -38,7 +39,6 @@ dimension.
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Iterator
 
@@ -260,17 +260,42 @@ def real_statistics(config, net: FeatureNet, cache_dir: epath.PathLike,
   return cache.load_or_compute(cache_dir, 'real', key, compute)
 
 
+def has_class_accuracy(config, net: FeatureNet) -> bool:
+  """Whether class accuracy means something: a class-conditional model scored by the
+  dataset's classifier (net.classes set: not the FID Inception, whose logits are
+  ImageNet's), with at least the model's classes (a model of the first k classes of its
+  dataset is scored by the dataset's classifier; data.name picks it)."""
+  return (bool(config.model.num_classes) and net.classes is not None
+          and net.classes >= int(config.model.num_classes))
+
+
+def class_accuracy_protocol(config, net: FeatureNet) -> str:
+  """What eval.json's class accuracy is, or why there is none ('protocol.class_accuracy')."""
+  if has_class_accuracy(config, net):
+    return (f'argmax of {net.name} (the dataset classifier, {net.classes} classes) == the '
+            'class asked for (samples) or the true class (real images)')
+  if not config.model.num_classes:
+    return 'not reported: the model is unconditional'
+  scored = ('ImageNet classes (1008 logits), not the dataset\'s' if net.classes is None
+            else f'{net.classes} classes, fewer than the model\'s {int(config.model.num_classes)}')
+  return (f'not reported: the logits of {net.name} are {scored}; use '
+          '--config.eval.feature_net=classifier for class accuracy')
+
+
 def feature_metrics(logits: np.ndarray, feats: np.ndarray, labels: np.ndarray, real: dict,
-                    config) -> dict:
+                    config, classes: int | None = None) -> dict:
   """Frechet distance, IS, precision/recall and class accuracy of featurised images
-  against the held-out statistics `real`."""
+  against the held-out statistics `real`. Class accuracy only when the logits are the
+  dataset's own classes (`classes`, FeatureNet.classes: set, and at least
+  config.model.num_classes; see has_class_accuracy)."""
   mu, sigma = metrics.feature_stats(feats)
   is_mean, is_std = metrics.inception_score(logits, splits=int(config.eval.is_splits))
   precision, recall = metrics.precision_recall(real['features'], feats, k=int(config.eval.pr_k))
   result = {'frechet_distance': metrics.frechet_distance(mu, sigma, real['mu'], real['sigma']),
             'inception_score': is_mean, 'inception_score_std': is_std,
             'precision': precision, 'recall': recall}
-  if config.model.num_classes and logits.shape[-1] >= config.model.num_classes:
+  if (config.model.num_classes and classes is not None
+      and logits.shape[-1] == classes >= int(config.model.num_classes)):
     result['class_accuracy'] = float(np.mean(np.argmax(logits, axis=-1) == labels))
   return result
 
@@ -294,7 +319,7 @@ def score_against_heldout(batches, net: FeatureNet, real: dict | None, config, w
   if not parallel.is_main_process():
     return None, run
   return feature_metrics(*(np.concatenate(parts[k]) for k in ('logits', 'features', 'labels')),
-                         real, config), run
+                         real, config, net.classes), run
 
 
 # ------------------------------------------------ protocol 2: an ADM reference batch
@@ -402,7 +427,8 @@ def run(config, workdir: epath.PathLike) -> dict | None:
       protocol['reference'] = {'what': 'the whole held-out split, featurised',
                                **cache_record['info']}
       protocol['cache'] = {k: cache_record[k] for k in ('file', 'key', 'recomputed', 'reason')}
-      if config.model.num_classes:
+      protocol['class_accuracy'] = class_accuracy_protocol(config, net)
+      if has_class_accuracy(config, net):
         result['real_heldout_class_accuracy'] = float(
             np.mean(np.argmax(real['logits'], axis=-1) == real['labels']))
 
@@ -434,5 +460,7 @@ def run(config, workdir: epath.PathLike) -> dict | None:
     logging.info('eval %s: %s', decoder, entry)
   if not main:
     return None
-  files.write_text_atomic(workdir / 'eval.json', json.dumps(result, indent=2))
+  # Strict JSON: a non-finite metric (a diverged decoder) is written as a string naming it.
+  files.write_text_atomic(workdir / 'eval.json', files.json_text(result, 'eval.json'))
+  logging.info('wrote %s', workdir / 'eval.json')
   return result

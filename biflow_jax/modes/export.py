@@ -14,7 +14,6 @@ jax and numpy alone and samples.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from etils import epath
 
 from biflow_jax.inference import decoders, sampling
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.runtime import files
 from biflow_jax.training import restore
 
 ARTIFACT = 'sampler.jaxexport'
@@ -36,6 +36,10 @@ MANIFEST = 'manifest.json'
 # The standalone runner (jax and numpy only) shipped next to every export: a file copied,
 # not code this module runs, so modes/ does not import tools/.
 RUNNER = Path(__file__).resolve().parents[1] / 'tools' / 'run_exported.py'
+
+#: The platform names jax.export takes (jax.export.export's `platforms`: 'tpu', 'cpu',
+#: 'cuda', 'rocm'). jax.default_backend() says 'gpu' for both GPU kinds instead.
+EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 
 def _decoders(config) -> tuple[str, ...]:
@@ -52,8 +56,21 @@ def _decoders(config) -> tuple[str, ...]:
 
 
 def _platforms(config) -> tuple[str, ...]:
-  names = tuple(p for p in config.export.platforms.split(',') if p)
-  return names or (jax.default_backend(),)
+  """config.export.platforms as jax.export names them; '' = this machine's platform.
+
+  The default is jax.export.default_export_platform(): jax.default_backend() is 'gpu' on
+  NVIDIA and AMD hosts, which jax.export calls 'cuda' and 'rocm' (it canonicalises 'gpu'
+  when lowering, to whichever GPU is present, and fails where there is none). Raises
+  ValueError, before anything is restored, for a name jax.export does not take.
+  """
+  names = tuple(p.strip() for p in config.export.platforms.split(',') if p.strip())
+  for name in names:
+    if name not in EXPORT_PLATFORMS:
+      hint = (": jax's backend name; jax.export names NVIDIA GPUs 'cuda' and AMD GPUs 'rocm'"
+              if name == 'gpu' else '')
+      raise ValueError(f'config.export.platforms: {name!r} is not a jax.export platform, one '
+                       f'of {", ".join(EXPORT_PLATFORMS)}{hint}')
+  return names or (jax.export.default_export_platform(),)
 
 
 def export_decoder(config: ml_collections.ConfigDict, params: dict, decoder: str
@@ -86,6 +103,7 @@ def export_decoder(config: ml_collections.ConfigDict, params: dict, decoder: str
 def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
   """Exports the latest checkpoint's samplers to DIR/export/; returns that folder."""
   names = _decoders(config)  # bad values fail before the checkpoint is read
+  _platforms(config)
   exp, state, step = restore.restore_run(config, workdir)
   if exp.models.frozen is not None and exp.models.frozen.vae is not None:
     raise ValueError('--mode=export covers pixel-space runs; this run samples VAE latents')
@@ -109,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
         guidance=float(decoders.decoder_guidance(config, decoder)),
         denoise=decoders.default_denoise(config, decoder),
         platforms=list(exported.platforms), weights=weight_names)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (folder / MANIFEST).write_text(files.json_text(manifest, str(folder / MANIFEST)))
     logging.info('exported %s (%s, %d weight arrays) -> %s', decoder,
                  ','.join(exported.platforms), len(weights), folder)
   shutil.copyfile(RUNNER, out / 'run_exported.py')

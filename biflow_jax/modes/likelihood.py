@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,12 @@ def per_image_nll(params, images: jax.Array, labels: jax.Array, rng: jax.Array, 
 
 def score(flow: ForwardFlow, params: Any, images: np.ndarray, labels: np.ndarray, sigma: float,
           batch: int) -> np.ndarray:
-  """Per-image NLL per dimension (nats), (N,), in batches of `batch` (the last one padded)."""
+  """Per-image NLL per dimension (nats), (N,), in batches of `batch` (the last one padded).
+
+  Raises ValueError for a label outside [0, num_classes) and not -1: inside the jitted
+  scorer it would index past the class embedding and read NaN.
+  """
+  labels = image_files.check_user_labels(labels, flow.num_classes, 'likelihood labels')
   out = []
   for i, start in enumerate(range(0, len(images), batch)):
     x, y = images[start:start + batch], labels[start:start + batch]
@@ -72,15 +76,20 @@ def summary(bits: np.ndarray) -> dict[str, float]:
 
 
 def _labels(config, given: np.ndarray | None, n: int) -> np.ndarray:
+  """The class each image is scored under: the file's labels (checked when read) or
+  config.likelihood.label for all; -1 everywhere for an unconditional model."""
   if not config.model.num_classes:
     return np.full((n,), -1, np.int32)
   if given is not None:
     return given
-  label = int(config.likelihood.label)
-  if not -1 <= label < config.model.num_classes:
-    raise ValueError(f'config.likelihood.label={label} must be -1 (no class) or in '
-                     f'[0, {config.model.num_classes})')
-  return np.full((n,), label, np.int32)
+  return np.full((n,), _flag_label(config), np.int32)
+
+
+def _flag_label(config) -> int:
+  """config.likelihood.label, checked: -1 (no class) or a class of the model."""
+  return int(image_files.check_user_labels(
+      np.asarray([config.likelihood.label]), config.model.num_classes,
+      f'config.likelihood.label={config.likelihood.label}')[0])
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -93,6 +102,8 @@ def check(config: ml_collections.ConfigDict) -> None:
                      '(data.source=latents), which it does not encode here')
   if config.likelihood.batch <= 0:
     raise ValueError(f'config.likelihood.batch={config.likelihood.batch} must be positive')
+  if config.model.num_classes:
+    _flag_label(config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> dict:
@@ -107,7 +118,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> dict:
                      '--num_processes / a multi-host launcher')
   m, lk = config.model, config.likelihood
   images, given, names, skipped = image_files.read_user_images(
-      lk.input, m.image_size, m.in_channels, config.data.resize, config.data.skip_bad_images)
+      lk.input, m.image_size, m.in_channels, config.data.resize, config.data.skip_bad_images,
+      num_classes=m.num_classes)
   labels = _labels(config, given, len(images))
   exp, state, step = restore.restore_run(config, workdir)
   sigma = float(config.objective.noise_sigma)
@@ -128,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> dict:
     writer.writerow([row['name'], row['label'], f"{row['bits_per_dim']:.6f}",
                      f"{row['nll_per_dim']:.6f}"])
   files.write_text_atomic(Path(out_dir / f'{name}.csv'), text.getvalue())
-  files.write_text_atomic(Path(out_dir / f'{name}.json'), json.dumps(result, indent=2))
+  files.write_text_atomic(Path(out_dir / f'{name}.json'), files.json_text(result, f'{name}.json'))
   s = result['summary']
   logging.info('%s: %d images, bits/dim mean %.4f (std %.4f, median %.4f, min %.4f, max %.4f) '
                'at step %d, sigma %g%s -> %s', lk.input, s['n'], s['mean'], s['std'],

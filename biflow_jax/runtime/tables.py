@@ -3,9 +3,10 @@
 a bare accelerator image."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from biflow_jax.runtime import files
 
 
 def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -21,4 +22,4 @@ def report(result: dict[str, Any], format_table: Callable[[dict], str], out: str
   """Prints `format_table(result)`; writes `result` as JSON to `out` when given."""
   print(format_table(result))
   if out:
-    Path(out).write_text(json.dumps(result, indent=2))
+    Path(out).write_text(files.json_text(result, out))

@@ -19,7 +19,6 @@ anything trains.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from typing import Any, Callable
@@ -107,7 +106,7 @@ def run_job(job: Job) -> dict:
   record.update(key=job.key, kind=job.kind, name=job.name,
                 seconds=round(time.perf_counter() - t0, 2))
   job.record.parent.mkdir(parents=True, exist_ok=True)
-  files.write_text_atomic(job.record, json.dumps(record, indent=2))
+  files.write_text_atomic(job.record, files.json_text(record, str(job.record)))
   return record
 
 
@@ -179,7 +178,7 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
   report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'))
   report.update(command=command, jobs_run=jobs_run, wall_seconds_this_call=round(wall, 1))
   workdir.mkdir(parents=True, exist_ok=True)
-  files.write_text_atomic(workdir / 'ablations.json', json.dumps(report, indent=2))
+  files.write_text_atomic(workdir / 'ablations.json', files.json_text(report, 'ablations.json'))
   files.write_text_atomic(workdir / 'ablations.md', ablations.markdown(report))
   log(f'ablate: wrote {workdir / "ablations.md"} and ablations.json ({_clock(wall)} this call)')
   return report

@@ -287,8 +287,9 @@ def ordering(measured: list[dict]) -> dict:
   measured: [{'name', 'paper_fd', 'frechet_distance'}]. Returns {'holds': bool | None
   (None with fewer than two such rows), 'broken': ['a < b in the paper, not here', ...]}.
   """
+  # A non-finite FD is a string in a record read back (files.json_text): it does not rank.
   ranked = [m for m in measured if m.get('paper_fd') is not None
-            and m.get('frechet_distance') is not None]
+            and isinstance(m.get('frechet_distance'), (int, float))]
   broken = []
   for a, b in itertools.combinations(ranked, 2):
     if a['paper_fd'] > b['paper_fd']:
@@ -343,7 +344,9 @@ def report(config: ml_collections.ConfigDict, studies: Iterable[str], forward_ru
 
 
 def _fmt(value, spec: str) -> str:
-  return '-' if value is None else format(value, spec)
+  if value is None:
+    return '-'
+  return value if isinstance(value, str) else format(value, spec)
 
 
 def markdown(report_: dict) -> str:

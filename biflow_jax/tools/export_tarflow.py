@@ -22,7 +22,6 @@ match its config) exit with status 1 and one line, before anything is written.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ from etils import epath
 
 from biflow_jax.convert import tarflow
 from biflow_jax.models.flow import ForwardFlow
-from biflow_jax.runtime import cli
+from biflow_jax.runtime import cli, files
 from biflow_jax.training import init_from
 
 FLAGS = flags.FLAGS
@@ -90,7 +89,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike,
           'num_params': int(sum(np.size(v) for v in jax.tree.leaves(params)))}
   out.parent.mkdir(parents=True, exist_ok=True)
   _write_npz(out, state)
-  out.with_suffix('.json').write_text(json.dumps(args, indent=2))
+  out.with_suffix('.json').write_text(files.json_text(args, str(out.with_suffix('.json'))))
   for note in tarflow.export_caveats(flow):
     logging.warning('%s: %s', out, note)
   return args

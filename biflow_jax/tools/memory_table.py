@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from biflow_jax.runtime import cli
+from biflow_jax.runtime import cli, files
 from biflow_jax.tools import step_cost
 from biflow_jax.training.experiment import build_experiment
 
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
           print(f"{config} devices={devices} remat={remat}: "
                 f"{row.get('not_measured') or 'measured'} ({row['wall_s']:.0f} s)", flush=True)
           # Written after every cell, so an interrupted run keeps what it measured.
-          (out / 'memory.json').write_text(json.dumps(rows, indent=2))
+          (out / 'memory.json').write_text(files.json_text(rows, 'memory.json'))
           (out / 'memory.md').write_text(markdown(rows) + '\n')
     print(markdown(rows))
 

@@ -8,7 +8,6 @@ that needs a TPU pod. Times are arithmetic, FLOPs / (MFU x peak), and are labell
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -21,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from biflow_jax.objective import frozen
-from biflow_jax.runtime import cli, parallel, timing
+from biflow_jax.runtime import cli, files, parallel, timing
 from biflow_jax.training.experiment import build_experiment, example_batch
 
 # Chips the estimate is printed for (dense bf16 peak TFLOP/s, as in timing.PEAK_TFLOPS).
@@ -152,7 +151,7 @@ def main(argv=None) -> None:
 
   def run(_):
     result = step_cost(flags.FLAGS.config, memory=flags.FLAGS.memory)
-    text = json.dumps(result, indent=2)
+    text = files.json_text(result, 'step cost')
     print(text)
     if flags.FLAGS.out:
       Path(flags.FLAGS.out).write_text(text)

@@ -24,6 +24,12 @@ class CheckpointSaveError(RuntimeError):
   """A checkpoint could not be written; the complete ones before it are untouched."""
 
 
+class CheckpointUnreadableError(RuntimeError):
+  """A step's metadata cannot be read (damaged storage, not a checkpoint). Not a
+  ValueError on purpose: `restore` falls back past it, while a ValueError (another model)
+  stops."""
+
+
 def make_manager(workdir: str | epath.PathLike, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
@@ -38,6 +44,44 @@ def complete_steps(directory: str | epath.PathLike) -> list[int]:
   if not directory.is_dir():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def newest_complete(directory: str | epath.PathLike) -> str:
+  """'the newest complete checkpoint is step N in DIR' or 'no complete checkpoint in DIR'
+  (what is on disk, for messages that tell a user what they can resume from)."""
+  steps = complete_steps(directory)
+  if not steps:
+    return f'there is no complete checkpoint in {directory}'
+  return f'the newest complete checkpoint is step {steps[-1]} in {directory}'
+
+
+class Announcer:
+  """Says 'checkpoint N -> DIR/N' once step N is committed, never before.
+
+  Saves are asynchronous: when `save` returns, the step is still being written (as
+  `N.orbax-checkpoint-tmp`), and a job stopped then (Ctrl-C, a kill) never commits it.
+  `saved(step)` notes a save to announce; `poll()` (cheap: a flag orbax keeps) announces
+  the noted steps whose directory is committed once no save is in flight; `flush()` after
+  `wait` announces what remains.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager, announce: bool = True):
+    self.manager, self.announce, self.pending = manager, announce, []
+
+  def saved(self, step: int) -> None:
+    if self.announce:
+      self.pending.append(step)
+
+  def poll(self) -> None:
+    if self.pending and not self.manager.is_saving_in_progress():
+      self.flush()
+
+  def flush(self) -> None:
+    directory = epath.Path(self.manager.directory)
+    for step in self.pending:
+      if (directory / str(step)).is_dir():
+        logging.info('checkpoint %d -> %s', step, directory / str(step))
+    self.pending = []
 
 
 def _save_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointSaveError:
@@ -73,9 +117,29 @@ def wait(manager: ocp.CheckpointManager) -> None:
     raise _save_failed(manager, e) from e
 
 
-def _saved_state_tree(step_dir: epath.Path) -> dict:
-  metadata = ocp.StandardCheckpointer().metadata(step_dir / 'state').item_metadata
-  return getattr(metadata, 'tree', metadata)
+def state_tree_metadata(state_dir: epath.PathLike) -> dict:
+  """The saved tree's metadata (shapes, dtypes) of one item directory, e.g.
+  DIR/checkpoints/<step>/state, read without its arrays.
+
+  Read through the item's handler, not a `Checkpointer`: a Checkpointer also looks for
+  step metadata (`_CHECKPOINT_METADATA`) inside the item directory, where a
+  CheckpointManager never writes it (it is one level up, in the step directory), and
+  logs a warning on every read of a complete checkpoint. Orbax takes absolute paths only
+  (a relative one reads as no metadata at all), so the path is made absolute here.
+  Raises CheckpointUnreadableError when there is no readable tree.
+  """
+  path = epath.Path(state_dir).absolute()
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    metadata = handler.metadata(path)
+  except Exception as e:  # pylint: disable=broad-except  (FileNotFoundError, JSON errors, ...)
+    raise CheckpointUnreadableError(f'{path}: {type(e).__name__}: {e}') from e
+  finally:
+    handler.close()
+  tree = getattr(metadata, 'tree', metadata)
+  if not isinstance(tree, dict):
+    raise CheckpointUnreadableError(f'{path} holds no tree (it holds {type(tree).__name__})')
+  return tree
 
 
 def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
@@ -85,7 +149,7 @@ def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
 
 def check_compatible(step_dir: epath.Path, abstract_state: Any) -> None:
   """A checkpoint of a different model is a config error: say which parameter differs."""
-  tree = _saved_state_tree(step_dir)
+  tree = state_tree_metadata(step_dir / 'state')
   fields = {f.name for f in dataclasses.fields(abstract_state)}
   if set(tree) != fields:
     raise ValueError(
@@ -162,5 +226,5 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter=None,
           bad_dir.rename(bad_dir.with_name(f'damaged_{bad}_{int(time.time())}'))
         manager.reload()
     return restored['state'], candidate
-  raise RuntimeError(f'no readable checkpoint in {manager.directory}: '
+  raise CheckpointUnreadableError(f'no readable checkpoint in {manager.directory}: '
                      + '; '.join(f'step {s}: {e}' for s, e in errors))

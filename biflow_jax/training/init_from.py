@@ -41,6 +41,7 @@ from etils import epath
 
 from biflow_jax.convert import tarflow
 from biflow_jax.models import layout
+from biflow_jax.training import checkpoints
 from biflow_jax.training.experiment import Experiment
 from biflow_jax.training.train_state import TrainState
 
@@ -132,13 +133,13 @@ def read_params(step_dir: epath.PathLike, tree: str = 'ema', group: str = 'forwa
   """One group's params (numpy) from one biflow_jax checkpoint step, read alone (no optimiser
   state): by default F's EMA, what samples use. ValueError when the step is unreadable or
   holds no such group."""
-  state_dir = epath.Path(step_dir) / 'state'
+  # Orbax reads absolute paths only: a relative one (workdir/tiny) read as no tree at all.
+  state_dir = epath.Path(step_dir).absolute() / 'state'
   try:
-    metadata = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
-  except Exception as e:  # pylint: disable=broad-except  (missing or damaged metadata)
+    saved = checkpoints.state_tree_metadata(state_dir)
+  except checkpoints.CheckpointUnreadableError as e:
     raise ValueError(f'{step_dir} could not be read as a biflow_jax checkpoint '
-                     f'({type(e).__name__}: {e}); it is damaged or not a checkpoint') from e
-  saved = getattr(metadata, 'tree', metadata)
+                     f'({e}); it is damaged or not a checkpoint') from e
   if not isinstance(saved, Mapping) or not isinstance(saved.get(tree), Mapping) \
       or group not in saved[tree]:
     keys = sorted(saved) if isinstance(saved, Mapping) else type(saved).__name__

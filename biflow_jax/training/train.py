@@ -5,14 +5,18 @@ layout and the jitted, sharded step) comes from `experiment.build_experiment`, t
 objective from `biflow.loss_fn`, the step from `step.train_step`, grids from
 `inference`, held-out bits/dim from `evaluation.likelihood`. Metrics go through clu
 writers; orbax checkpoints hold state and data iterator and restore onto another mesh;
-SIGTERM (how preemption arrives) saves and exits cleanly. Every process runs the same
+SIGTERM (how preemption arrives) and Ctrl-C (SIGINT) finish the step, save and stop
+cleanly; a second Ctrl-C stops at once without saving. Every process runs the same
 loop; process 0 alone writes logs, samples and config, while every process writes its
 own checkpoint shards.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
+import sys
 import time
 
 import jax
@@ -26,7 +30,7 @@ from biflow_jax.data import input_pipeline
 from biflow_jax.evaluation import likelihood
 from biflow_jax.inference import decoders
 from biflow_jax.objective import phases
-from biflow_jax.runtime import console, parallel, summaries
+from biflow_jax.runtime import cli, console, files, parallel, summaries
 from biflow_jax.training import checkpoints, init_from, workdir_lock
 from biflow_jax.training.experiment import Experiment, build_experiment
 from biflow_jax.training.train_state import TrainState
@@ -36,28 +40,62 @@ class NonFiniteError(RuntimeError):
   """Too many consecutive non-finite steps: the run stops, its checkpoints untouched."""
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+class Interrupted(Exception):
+  """Ctrl-C stopped training after it saved (the message says what is on disk); the entry
+  point exits with status 130, as a program stopped by SIGINT does."""
 
-  def __init__(self):
-    self.requested = False
-    self._previous = None
+
+class _StopSignals:
+  """Turns SIGTERM (how preemption arrives) and SIGINT (Ctrl-C) into a flag the loop
+  checks between steps; the loop then saves a checkpoint, waits for it and stops.
+
+  Python's own SIGINT handling raises KeyboardInterrupt wherever the main thread is,
+  e.g. while orbax commits an async save: the step was announced but never written, and
+  orbax's threads failed at interpreter shutdown. A second Ctrl-C (someone who will not
+  wait for the save) exits at once with status 130, saying which complete checkpoint a
+  rerun resumes from; the step being written stays an `*.orbax-checkpoint-tmp`
+  directory, which restore ignores and the next save replaces.
+  """
+
+  def __init__(self, checkpoint_dir: epath.Path):
+    self.requested: int | None = None  # the first signal received
+    self._dir = checkpoint_dir
+    self._previous: dict[int, object] = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some test runners): no handler
-      self._previous = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. some test runners): no handler
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and exiting.')
-    self.requested = True
+    del frame
+    if self.requested is not None:
+      if signum == signal.SIGINT:
+        self._abandon()
+      return  # a repeated SIGTERM changes nothing: the save is already on its way
+    self.requested = signum
+    if signum == signal.SIGINT:
+      logging.warning('Ctrl-C: finishing this step, saving a checkpoint and stopping (Ctrl-C '
+                      'again stops at once without saving).')
+    else:
+      logging.warning('SIGTERM received: saving a checkpoint and exiting.')
+
+  def _abandon(self):
+    logging.error('second Ctrl-C: stopping now without saving; %s. Rerun the same command to '
+                  'resume from it.', checkpoints.newest_complete(self._dir))
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit: a KeyboardInterrupt would unwind into orbax's threads at shutdown (pages of
+    # tracebacks); the workdir lock is a flock, which the kernel drops with the process.
+    os._exit(cli.INTERRUPTED_STATUS)  # pylint: disable=protected-access  (130, as shells report)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -68,7 +106,9 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 
 def _write_config(config, workdir: epath.Path) -> None:
   if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    # Strict JSON (a NaN given as a value is written as a string naming it).
+    (workdir / 'config.json').write_text(files.json_text(
+        json.loads(config.to_json_best_effort()), 'config.json'))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
@@ -122,10 +162,15 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
   samplers = decoders.make_samplers(config, decoders.panel_decoders(config))
   last = end if stop_at is None else min(end, stop_at)
   pending, t_log, steps_at_log = [], time.time(), step
-  # Reading the skip counter syncs with the device, so it is read only this often.
+  # Reading the skip counter syncs with the device, so it is read only this often while
+  # steps are finite, and after every step once one was skipped: the job then stops at
+  # exactly max_consecutive_skips (the count at a periodic read is at most the interval).
   skip_check_every = max(1, min(config.log_every, config.max_consecutive_skips))
+  skipping = False
+  announcer = checkpoints.Announcer(manager, announce=parallel.is_main_process())
+  checkpoint_dir = epath.Path(manager.directory)
 
-  with _Preemption() as preemption:
+  with _StopSignals(checkpoint_dir) as signals:
     while step < last:
       phase = phases.phase_at(plan, step)
       batch = exp.global_batch(next(data_iter))
@@ -133,20 +178,25 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
       step += 1
       pending.append(metrics)
       report(step, time.time())
-      # Read once per step: a SIGTERM arriving later in this iteration is acted on after
+      announcer.poll()
+      # Read once per step: a signal arriving later in this iteration is acted on after
       # the next step, never between deciding to save and deciding to stop.
-      stop = preemption.requested
+      stop = signals.requested is not None
       finished = step == last or stop
-      if step % skip_check_every == 0 or finished:
+      if skipping or step % skip_check_every == 0 or finished:
         skips = int(state.skips)
+        skipping = skips > 0
         if skips >= config.max_consecutive_skips:
           checkpoints.wait(manager)
+          announcer.flush()
           manager.close()
           raise NonFiniteError(
               f'{skips} consecutive steps up to step {step} had a non-finite loss or gradient '
-              f'and were skipped (config.max_consecutive_skips={config.max_consecutive_skips}). '
-              f'The last checkpoint in {manager.directory} holds the last good weights; lower '
-              'the learning rate or check the data, then resume.')
+              f'and were skipped (config.max_consecutive_skips={config.max_consecutive_skips}); '
+              f'no checkpoint is written while steps are skipped, and '
+              f'{checkpoints.newest_complete(checkpoint_dir)}. Lower the learning rate or '
+              'check the data, then rerun (a rerun resumes from that checkpoint, or starts '
+              'afresh without one).')
 
       if step % config.log_every == 0 or finished:
         means = _mean_metrics(jax.device_get(pending))
@@ -172,12 +222,19 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
           logging.info('wrote %s (%s)', path, ', '.join(samplers))
       if (step % config.checkpoint_every == 0 or finished) and int(state.skips) == 0:
         checkpoints.save(manager, step, state, data_iter)
-        if parallel.is_main_process() and (step % config.log_every == 0 or finished):
-          logging.info('checkpoint %d -> %s', step, epath.Path(manager.directory) / str(step))
+        if step % config.log_every == 0 or finished:
+          announcer.saved(step)  # said once orbax has committed it
       if stop:
         break
 
-  checkpoints.wait(manager)  # a save that failed in the background is reported here
-  manager.close()
+    # Inside the handlers: a Ctrl-C while the last save commits is the abandon above,
+    # not a KeyboardInterrupt in the middle of orbax's commit.
+    checkpoints.wait(manager)  # a save that failed in the background is reported here
+    announcer.flush()
+    manager.close()
   writer.flush()
+  if signals.requested == signal.SIGINT:
+    raise Interrupted(f'stopped by Ctrl-C after step {step}: '
+                      f'{checkpoints.newest_complete(checkpoint_dir)}. Rerun the same command '
+                      'to resume from it.')
   return state

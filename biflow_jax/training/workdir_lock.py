@@ -55,11 +55,18 @@ def check_writable(workdir: str | os.PathLike[str]) -> None:
 
   Local paths only (object stores report their errors on first write). Raises
   WorkdirNotWritableError naming the path when either fails (read-only filesystem,
-  permissions, no space for even a probe).
+  permissions, no space for even a probe), or when the path, or a folder on it, is a
+  file: then the message says so (no remount or permission fixes that).
   """
   workdir = str(workdir)
   if not is_local(workdir):
     return
+  blocker = _file_in_the_way(workdir)
+  if blocker is not None:
+    what = 'is a file' if blocker == os.path.abspath(workdir) else f'is under {blocker}, a file'
+    raise WorkdirNotWritableError(
+        errno.ENOTDIR, f'the workdir {workdir} {what}, not a directory: point --workdir at a '
+        'directory (it is created when missing), or move the file away.')
   probe = os.path.join(workdir, f'.write_probe.{socket.gethostname()}.{os.getpid()}')
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -68,6 +75,18 @@ def check_writable(workdir: str | os.PathLike[str]) -> None:
     os.unlink(probe)
   except OSError as e:
     raise _not_writable(workdir, e) from e
+
+
+def _file_in_the_way(workdir: str) -> str | None:
+  """The absolute path of `workdir` or of its nearest existing ancestor when that is not a
+  directory (so the workdir cannot be one); None when nothing is in the way."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      return None
+    path = parent
+  return None if os.path.isdir(path) else path
 
 
 def read_holder(workdir: str | os.PathLike[str]) -> dict | None:

@@ -13,7 +13,7 @@ import ml_collections
 from biflow_jax.data import image_files, input_pipeline
 from biflow_jax.evaluation import features
 from biflow_jax.inference import decoders, sampling
-from biflow_jax.models import generator, layers
+from biflow_jax.models import base_density, generator, layers
 from biflow_jax.objective import biflow, phases
 from biflow_jax.runtime import parallel
 
@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Forward flow F (iTARFlow): data -> noise by maximum likelihood.
   c.model = ml_collections.ConfigDict(dict(
       image_size=28,
+      image_width=0,         # 0 = square (image_size x image_size); else H = image_size, W = this
+                             # (market windows: (days, 1, assets), one token per day)
       in_channels=1,
       patch_size=4,
       channels=128,          # Transformer width d
@@ -50,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_ratio=4,
       num_classes=10,        # 0 = unconditional
       clip=3.0,              # norm control: a, b clipped to [-clip, clip]; None = off
+      base='gaussian',       # density of z: gaussian | student_t (heavy tails; models/base_density.py)
+      nu=5.0,                # student_t: degrees of freedom per dimension
       prior_var=False,       # F ends with z / sqrt(var), a fixed (T, D) prior variance: TARFlow's
                              # `var` buffer, set by init_from (never trained)
       dtype='float32',       # compute dtype; params stay float32 ('bfloat16' on TPU/GPU)
@@ -277,6 +281,7 @@ _CHOICES = {
     'sample.decoder': sampling.DECODERS,
     'sample.denoise': sampling.DENOISERS,
     'sample.reverse_cfg': sampling.REVERSE_CFG,
+    'model.base': base_density.BASES,
     'model.dtype': tuple(layers.DTYPES),
     'model.attention': layers.ATTENTION_IMPLS,
     'model.remat': layers.REMAT_POLICIES,
@@ -317,6 +322,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if m.image_size % m.patch_size:
     raise ValueError(f'config.model.image_size={m.image_size} is not divisible by '
                      f'config.model.patch_size={m.patch_size}')
+  width = m.get('image_width', 0)
+  if width < 0 or width % m.patch_size:
+    raise ValueError(f'config.model.image_width={width} must be 0 (square images) or a positive '
+                     f'multiple of config.model.patch_size={m.patch_size}')
+  base_density.check(m.base, m.nu)
+  if m.base != 'gaussian' and (config.objective.prior_fraction > 0
+                               or config.objective.reverse_target != 'trajectory'):
+    raise ValueError(f'config.model.base={m.base!r}: prior pairs (objective.prior_fraction) and '
+                     "inverse matching draw G's noise from N(0, I); with another base set "
+                     "objective.prior_fraction=0 and objective.reverse_target='trajectory'")
   if m.num_classes < 0:
     raise ValueError(f'config.model.num_classes={m.num_classes} must be >= 0 (0 = unconditional)')
   for name, value in config.objective.items():

@@ -246,8 +246,8 @@ class ReverseModel(nn.Module):
       raise ValueError(f'unknown reverse.size {size!r}; use one of {list(SIZES)}')
     width, depth, heads = SIZES[size]
     num_stages = int(m.num_blocks)
-    grid = m.image_size // m.patch_size
-    return cls(num_tokens=grid * grid,
+    width_px = int(m.get('image_width', 0) or m.image_size)  # 0: square images
+    return cls(num_tokens=(m.image_size // m.patch_size) * (width_px // m.patch_size),
                token_dim=m.patch_size ** 2 * m.in_channels,
                width=int(r.get('width', 0) or width),
                depth=int(r.get('depth', 0) or max(depth, num_stages + 1)),

@@ -86,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
       attention='',           # '' = model.attention
       scan=False,             # nn.scan over G's layers (stage outputs kept at stage boundaries)
       remat='none',           # as model.remat
+      skip='none',            # none | add (z + head) | affine (z * exp(s) + b from the head): how
+                              # G's output uses z (heavy-tailed data: generator.ReverseModel)
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -295,6 +297,7 @@ _CHOICES = {
     'reverse.size': tuple(generator.SIZES),
     'reverse.mlp': generator.MLP_KINDS,
     'reverse.head_mode': generator.HEAD_MODES,
+    'reverse.skip': generator.SKIPS,
     'mesh.param_sharding': parallel.PARAM_SHARDINGS,
 }
 _POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch_size',

@@ -330,11 +330,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.model.image_width={width} must be 0 (square images) or a positive '
                      f'multiple of config.model.patch_size={m.patch_size}')
   base_density.check(m.base, m.nu)
-  if m.base != 'gaussian' and (config.objective.prior_fraction > 0
-                               or config.objective.reverse_target != 'trajectory'):
-    raise ValueError(f'config.model.base={m.base!r}: prior pairs (objective.prior_fraction) and '
-                     "inverse matching draw G's noise from N(0, I); with another base set "
-                     "objective.prior_fraction=0 and objective.reverse_target='trajectory'")
   if m.num_classes < 0:
     raise ValueError(f'config.model.num_classes={m.num_classes} must be >= 0 (0 = unconditional)')
   for name, value in config.objective.items():

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from biflow_jax.models import layers
+from biflow_jax.models import base_density, layers
 from biflow_jax.models.flow import ForwardFlow, base_nll, score_denoise
 from biflow_jax.models.generator import ReverseModel
 from biflow_jax.objective import frozen, phases, primitives
@@ -129,7 +129,7 @@ def with_prior_rows(flow: ForwardFlow, forward_params, x_clean: Array, x_noisy: 
   k = prior_rows(x_clean.shape[0], config)
   if k == 0:
     return x_clean, x_noisy
-  z = jax.random.normal(rng, (k, flow.num_tokens, flow.token_dim))
+  z = base_density.sample(rng, (k, flow.num_tokens, flow.token_dim), flow.base, flow.nu)
   prior_noisy, prior_clean = prior_pairs(flow, forward_params, z, None if y is None else y[-k:],
                                          config)
   return x_clean.at[-k:].set(prior_clean), x_noisy.at[-k:].set(prior_noisy)
@@ -266,7 +266,7 @@ def reverse_objective(models: Models, params, x_clean: Array, x_noisy: Array, y,
   w = (primitives.sample_guidance_scale(w_rng, batch, obj.cfg_w_max, obj.cfg_zero_prob)
        if use_cfg else jnp.zeros((batch,), jnp.float32))
   if obj.reverse_target == 'inverse_matching':
-    z = jax.random.normal(z_rng, (batch, flow.num_tokens, flow.token_dim))
+    z = base_density.sample(z_rng, (batch, flow.num_tokens, flow.token_dim), flow.base, flow.nu)
     target = inverse_matching_target(flow, params['forward'], z, y, config)
     out, _ = generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
     return primitives.inverse_matching_loss(out, target)

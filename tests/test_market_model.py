@@ -12,6 +12,7 @@ from biflow_jax import config_lib
 from biflow_jax.data import input_pipeline, market, market_source, market_space
 from biflow_jax.models import base_density
 from biflow_jax.models.flow import ForwardFlow, base_nll
+from biflow_jax.models.generator import ReverseModel
 from market_util import tiny_market_config
 
 Z = np.array([[0.0, 0.3, -1.7, 4.0, -12.0, 55.0]], np.float32)
@@ -163,13 +164,36 @@ def test_config_validation_of_the_new_model_fields():
   config.model.base = 'laplace'
   with pytest.raises(ValueError, match='model.base'):
     config_lib.validate(config)
-  config.model.base = 'student_t'
-  config.objective.prior_fraction = 0.25
-  with pytest.raises(ValueError, match='prior_fraction=0'):
+  config.model.base, config.model.nu = 'student_t', 1.5
+  with pytest.raises(ValueError, match='nu > 2'):
     config_lib.validate(config)
-  config.objective.prior_fraction = 0.0
+  config.model.nu = 5.0
   config.model.image_width = 3
   config.model.patch_size = 2
   with pytest.raises(ValueError, match='image_width=3'):
     config_lib.validate(config)
   assert math.isfinite(config.model.nu)
+
+
+@pytest.mark.parametrize('skip', ['none', 'add', 'affine'])
+def test_generator_skip_lets_the_scale_of_z_through(skip):
+  # G's heads end in an RMS norm: with 'none' the output does not grow with |z|; with 'add'
+  # and 'affine' it does, and a zero head leaves z itself (affine: s = b = 0).
+  config = tiny_market_config()
+  config.reverse.skip = skip
+  gen = ReverseModel.from_config(config.reverse, config.model)
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, 20, 20))
+  y = jnp.array([0, 1])
+  params = gen.init(jax.random.PRNGKey(1), z, y)['params']
+  zero = jax.tree_util.tree_map_with_path(
+      lambda path, p: jnp.zeros_like(p) if 'out_proj' in jax.tree_util.keystr(path) else p, params)
+  out, projections = gen.apply({'params': zero}, z, y)
+  assert len(projections) == config.model.num_blocks
+  if skip == 'none':
+    np.testing.assert_allclose(np.asarray(out), 0.0)
+  else:
+    np.testing.assert_allclose(np.asarray(out), np.asarray(z), rtol=1e-6)
+  big, _ = gen.apply({'params': params}, 100 * z, y)
+  small, _ = gen.apply({'params': params}, z, y)
+  ratio = float(jnp.linalg.norm(big) / jnp.linalg.norm(small))
+  assert (ratio < 5) if skip == 'none' else (ratio > 30)

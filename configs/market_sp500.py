@@ -49,6 +49,10 @@ def get_config():
 
   c.reverse.enabled = True
   c.reverse.size = 'tiny'       # width 64, depth 3, 2 heads
+  # G's heads end in an RMS norm, so its output cannot grow with |z|: heavy tails and a
+  # day-to-day volatility scale need G to output (s, b) and x = z * exp(s) + b, the form of
+  # F's own inverse (models/generator.py).
+  c.reverse.skip = 'affine'
 
   o = c.objective
   # Continuous returns need no dequantisation; the small Gaussian noise (0.05 of a day's
@@ -60,6 +64,10 @@ def get_config():
   o.reverse_mode = 'align'
   o.denoise = 'learned'
   o.cfg_w_max = 0.0             # no guidance: it would distort the regime's distribution
+  # Half of each G batch are prior pairs (z from F's base, x~ = F^-1(z) exactly): trained on
+  # F's latents of the ~4,400 training days alone, G fits them and not the fresh z it
+  # samples from (docs/market.md, "G").
+  o.prior_fraction = 0.5
 
   c.schedule.plan = 'two_stage'
   c.schedule.forward_steps = 1500

@@ -15,7 +15,7 @@ import ml_collections
 from biflow_jax.data import image_files, input_pipeline
 from biflow_jax.evaluation import features
 from biflow_jax.inference import decoders, sampling
-from biflow_jax.models import generator, layers
+from biflow_jax.models import base_density, generator, layers
 from biflow_jax.objective import biflow, phases
 from biflow_jax.runtime import parallel
 
@@ -43,6 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Forward flow F (iTARFlow): data -> noise by maximum likelihood.
   c.model = ml_collections.ConfigDict(dict(
       image_size=28,
+      image_width=0,         # 0 = square (image_size x image_size); else H = image_size, W = this
+                             # (market windows: (days, 1, assets), one token per day)
       in_channels=1,
       patch_size=4,
       channels=128,          # Transformer width d
@@ -52,6 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_ratio=4,
       num_classes=10,        # 0 = unconditional
       clip=3.0,              # norm control: a, b clipped to [-clip, clip]; None = off
+      base='gaussian',       # density of z: gaussian | student_t (heavy tails; models/base_density.py)
+      nu=5.0,                # student_t: degrees of freedom per dimension
       prior_var=False,       # F ends with z / sqrt(var), a fixed (T, D) prior variance: TARFlow's
                              # `var` buffer, set by init_from (never trained)
       dtype='float32',       # compute dtype; params stay float32 ('bfloat16' on TPU/GPU)
@@ -84,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
       attention='',           # '' = model.attention
       scan=False,             # nn.scan over G's layers (stage outputs kept at stage boundaries)
       remat='none',           # as model.remat
+      skip='none',            # none | add (z + head) | affine (z * exp(s) + b from the head): how
+                              # G's output uses z (heavy-tailed data: generator.ReverseModel)
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -281,6 +287,7 @@ _CHOICES = {
     'sample.decoder': sampling.DECODERS,
     'sample.denoise': sampling.DENOISERS,
     'sample.reverse_cfg': sampling.REVERSE_CFG,
+    'model.base': base_density.BASES,
     'model.dtype': tuple(layers.DTYPES),
     'model.attention': layers.ATTENTION_IMPLS,
     'model.remat': layers.REMAT_POLICIES,
@@ -294,6 +301,7 @@ _CHOICES = {
     'reverse.size': tuple(generator.SIZES),
     'reverse.mlp': generator.MLP_KINDS,
     'reverse.head_mode': generator.HEAD_MODES,
+    'reverse.skip': generator.SKIPS,
     'mesh.param_sharding': parallel.PARAM_SHARDINGS,
 }
 _POSITIVE = ('batch_size', 'model.image_size', 'model.in_channels', 'model.patch_size',
@@ -309,7 +317,8 @@ RUN_CONFIG = 'config.json'
 #: Groups that say how a trained run is used (sampled, evaluated, edited, timed, exported)
 #: and on which devices, not what was trained: the modes take them from the command
 #: line's config; every other field from the run's config.json (`for_mode`).
-USE_GROUPS = ('sample', 'eval', 'likelihood', 'edit', 'export', 'bench', 'mesh')
+USE_GROUPS = ('sample', 'eval', 'likelihood', 'edit', 'export', 'bench', 'mesh',
+              'market_eval', 'stress')
 
 
 def _leaves(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -381,6 +390,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if m.image_size % m.patch_size:
     raise ValueError(f'config.model.image_size={m.image_size} is not divisible by '
                      f'config.model.patch_size={m.patch_size}')
+  width = m.get('image_width', 0)
+  if width < 0 or width % m.patch_size:
+    raise ValueError(f'config.model.image_width={width} must be 0 (square images) or a positive '
+                     f'multiple of config.model.patch_size={m.patch_size}')
+  base_density.check(m.base, m.nu)
   if m.num_classes < 0:
     raise ValueError(f'config.model.num_classes={m.num_classes} must be >= 0 (0 = unconditional)')
   for name, value in config.objective.items():

@@ -5,7 +5,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from biflow_jax.modes import bench, edit, evaluate, export, likelihood, sample
+from biflow_jax.modes import bench, edit, evaluate, export, likelihood, market, sample
 from biflow_jax.runtime import cli, console, parallel
 from biflow_jax.training import checkpoints, restore, train, workdir_lock
 
@@ -31,7 +31,11 @@ MODES = {
                    likelihood.run),
     'export': ("G's and F's samplers as jax.export artifacts -> DIR/export/", export.run),
     'edit': ('config.edit.task (inpaint, interpolate, class_swap) -> DIR/edit/', edit.run),
+    'stress': ('market configs: tail_noise, condition, importance, reverse, backtest -> '
+               'DIR/stress/', market.stress_needs_market),
 }
+# A market config (config.data.source='market') runs modes/market.py's train, sample, eval,
+# stress and likelihood instead (market.mode).
 flags.DEFINE_enum('mode', 'train', list(MODES),
                   '; '.join(f'{name}: {what}' for name, (what, _) in MODES.items()))
 flags.DEFINE_integer('stop_at', 0, 'train: end this invocation after this global step, with a '
@@ -78,7 +82,9 @@ def main(argv):
           config, FLAGS.workdir, config_flags.get_override_values(FLAGS['config']),
           f"--config={config_flags.get_config_filename(FLAGS['config'])}")
     console.file_only('config:\n%s', config)
-    MODES[FLAGS.mode][1](config, FLAGS.workdir)
+    run = (market.mode(FLAGS.mode, FLAGS.stop_at or None) if market.is_market(config)
+           else MODES[FLAGS.mode][1])
+    run(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -32,10 +32,10 @@ import numpy as np
 from absl import logging
 
 from biflow_jax import assets
-from biflow_jax.data import image_files, latents
+from biflow_jax.data import image_files, latents, market_source
 
 #: config.data.source: where examples come from (see `load_source`).
-SOURCES = ('bundled_mnist', 'tfds', 'jpeg', 'latents')
+SOURCES = ('bundled_mnist', 'tfds', 'jpeg', 'latents', 'market')
 MNIST_DIR = assets.ASSETS_DIR  # the bundled MNIST test split ships with the package
 MNIST_IMAGES = 't10k-images-idx3-ubyte.gz'
 MNIST_LABELS = 't10k-labels-idx1-ubyte.gz'
@@ -316,10 +316,20 @@ class ArrayGather:
 
 
 @dataclasses.dataclass(frozen=True)
+class ValuesGather:
+  """Gathers float examples already in model space (market windows): {'values', 'label'}."""
+  values: np.ndarray
+  labels: np.ndarray
+
+  def __call__(self, indices: np.ndarray) -> Batch:
+    return {'values': self.values[indices], 'label': self.labels[indices]}
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
   """`length` examples and a picklable `gather(indices) -> batch`."""
   length: int
-  gather: Any  # ArrayGather | TfdsGather | latents.LatentGather
+  gather: Any  # ArrayGather | TfdsGather | latents.LatentGather | ValuesGather
 
 
 def _array_source(images: np.ndarray, labels: np.ndarray, config: ml_collections.ConfigDict,
@@ -363,6 +373,9 @@ def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
                        'written by `python -m biflow_jax.tools.cache_latents`')
     source = latents.open_latent_source(data.path, split)
     return Source(len(source), latents.LatentGather.from_config(source, config))
+  if data.source == 'market':
+    values, labels = market_source.arrays(config, part)
+    return Source(len(values), ValuesGather(values, labels))
   if data.source == 'tfds':
     where = f'tfds {data.tfds_name}:{split}'
     source = open_tfds_source(data.tfds_name, split, data.data_dir)
@@ -373,6 +386,11 @@ def load_source(config: ml_collections.ConfigDict, part: str) -> Source:
     return Source(len(source), TfdsGather(source, model.image_size, model.in_channels,
                                           model.num_classes, where))
   raise ValueError(f'unknown config.data.source={data.source!r}; expected one of {SOURCES}')
+
+
+def is_image_data(config: ml_collections.ConfigDict) -> bool:
+  """Whether examples are images (or latents of images) that sample grids can show."""
+  return config.data.source != 'market'
 
 
 # ---------------------------------------------------------------------------- training

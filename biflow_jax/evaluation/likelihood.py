@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from biflow_jax.data import input_pipeline
-from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.models.flow import ForwardFlow, base_nll
 from biflow_jax.objective import biflow, frozen, primitives
 from biflow_jax.runtime import parallel
 
@@ -24,7 +24,7 @@ def _heldout_nll(params, batch, rng, *, flow: ForwardFlow, sigma: float,
   """Per-example NLL of x~; module-level so periodic evaluations reuse one compilation."""
   _, x_noisy, y = biflow.noisy_inputs(batch, rng, sigma, 0.0, flow.num_classes, scaling_factor)
   z, logdet, _ = flow.apply({'params': params}, x_noisy, y)
-  return primitives.gaussian_nll(z, logdet)
+  return base_nll(flow, z, logdet)
 
 
 def examples_used(num_heldout: int, config) -> int:
@@ -68,7 +68,7 @@ def heldout_metrics(flow: ForwardFlow, forward_params, heldout: dict, config, me
   'heldout/bits_per_dim' (8-bit bins)."""
   nll = heldout_nll_per_dim(flow, forward_params, heldout, config, mesh)
   metrics = {'heldout/nll_per_dim': nll}
-  if not frozen.uses_latents(config):
+  if not frozen.uses_latents(config) and 'values' not in heldout:  # 8-bit bins: pixels only
     metrics['heldout/bits_per_dim'] = float(primitives.bits_per_dim(nll * flow.num_dims,
                                                                     flow.num_dims))
   return metrics

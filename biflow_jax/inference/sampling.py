@@ -22,7 +22,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from biflow_jax.models import layers
+from biflow_jax.models import base_density, layers
 from biflow_jax.models.flow import ForwardFlow, score_denoise
 from biflow_jax.models.generator import ReverseModel
 
@@ -101,7 +101,8 @@ def make_decoder(config, decoder: str = 'exact', denoise: str = 'score'
 
 def sample_noise(config, rng: jax.Array, num: int, temperature=1.0) -> jax.Array:
   flow = ForwardFlow.from_config(config.model)
-  return temperature * jax.random.normal(rng, (num, flow.num_tokens, flow.token_dim))
+  return base_density.sample(rng, (num, flow.num_tokens, flow.token_dim), flow.base, flow.nu,
+                             temperature)
 
 
 def make_sampler(config, decoder: str = 'exact', denoise: str = 'score') -> Sampler:

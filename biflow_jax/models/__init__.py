@@ -3,6 +3,8 @@
 - `flow`: F (iTARFlow): forward pass with its trajectory, exact and fixed-point inverses,
   score denoising, the Gaussian NLL.
 - `generator`: G, the bidirectional reverse model (1 NFE).
+- `base_density`: F's base density over z (Gaussian, or unit-variance Student-t for heavy
+  tails), its log-density, sampling and the cost of scaling z.
 - `layers`: the Transformer pieces both share (attention, MLPs, patchify, precision).
 - `layout`: stacked (`nn.scan`) <-> per-layer parameter layouts of F and G.
 - `vae`: the Stable Diffusion VAE (latent ImageNet-256).

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biflow_jax.models import layers
+from biflow_jax.models import base_density, layers
 
 Array = jax.Array
 
@@ -358,12 +358,16 @@ class ForwardFlow(nn.Module):
   # converts between the two). remat: layers.REMAT_POLICIES name, per layer.
   scan: bool = False
   remat: str = 'none'
+  # The density of z (base_density.BASES): 'gaussian' N(0, I), or 'student_t' with `nu`
+  # degrees of freedom per dimension; read by `base_nll`, `log_prob` and the samplers.
+  base: str = 'gaussian'
+  nu: float = 0.0
 
   @classmethod
   def from_config(cls, model_config) -> 'ForwardFlow':
     """From the `config.model` group (see config_lib.base_config)."""
     m = model_config
-    return cls(image_shape=(m.image_size, m.image_size, m.in_channels),
+    return cls(image_shape=image_shape(m),
                patch_size=m.patch_size, channels=m.channels, num_blocks=m.num_blocks,
                layers_per_block=m.layers_per_block, num_heads=m.num_heads,
                mlp_ratio=m.mlp_ratio, num_classes=m.num_classes,
@@ -371,7 +375,8 @@ class ForwardFlow(nn.Module):
                prior_var=bool(m.get('prior_var', False)),
                dtype=layers.resolve_dtype(m.dtype),
                attention=m.get('attention', 'einsum'), scan=bool(m.get('scan', False)),
-               remat=m.get('remat', 'none'))
+               remat=m.get('remat', 'none'), base=m.get('base', 'gaussian'),
+               nu=float(m.get('nu', 0.0)))
 
   @property
   def num_tokens(self) -> int:
@@ -429,6 +434,7 @@ class ForwardFlow(nn.Module):
       raise ValueError(f'model.clip={self.clip} must be positive (or None to turn it off)')
     layers.check_attention_impl(self.attention)
     layers.remat_policy(self.remat)
+    base_density.check(self.base, self.nu)
 
   def _check_labels(self, y: Array | None, batch: int) -> None:
     """Concrete labels are checked here; traced ones are the data pipeline's job."""
@@ -554,6 +560,21 @@ class ForwardFlow(nn.Module):
     return x, iterations, residuals
 
 
+def image_shape(model_config) -> tuple[int, int, int]:
+  """(H, W, C) of F's input from `config.model`: image_size square, or image_size x
+  image_width when image_width > 0 (e.g. (days, 1, assets): one token per day)."""
+  m = model_config
+  return (int(m.image_size), int(m.get('image_width', 0) or m.image_size), int(m.in_channels))
+
+
+def base_nll(flow: ForwardFlow, z: Array, logdet: Array) -> Array:
+  """Per-sample NLL (nats) under the flow's own base density (`gaussian_nll` for the
+  default Gaussian base)."""
+  if flow.base == 'gaussian':
+    return gaussian_nll(z, logdet)
+  return base_density.nll(z, logdet, flow.base, flow.nu)
+
+
 def gaussian_nll(z: Array, logdet: Array) -> Array:
   """Per-sample NLL in nats of the input F mapped to z (batch, ...), float32.
 
@@ -569,7 +590,7 @@ def gaussian_nll(z: Array, logdet: Array) -> Array:
 def log_prob(flow: ForwardFlow, variables, x: Array, y: Array | None = None) -> Array:
   """Per-sample log density of x (nats), float32."""
   z, logdet, _ = flow.apply(variables, x, y)
-  return -gaussian_nll(z, logdet)
+  return -base_nll(flow, z, logdet)
 
 
 def score_denoise(flow: ForwardFlow, variables, x_noisy: Array, y: Array | None,

@@ -67,6 +67,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
     'XL': (1152, 28, 16),
 }
 HEAD_MODES = ('per_stage', 'shared')
+SKIPS = ('none', 'add', 'affine')
+_SKIP_CLIP = 3.0  # the affine skip's log-scale bound (F's clip of a and b)
 MLP_KINDS = ('swiglu', 'gelu')
 
 _NORM_EPS = 1e-6
@@ -231,6 +233,14 @@ class ReverseModel(nn.Module):
   # scan output, of which the stage boundaries are kept. remat: layers.REMAT_POLICIES.
   scan: bool = False
   remat: str = 'none'
+  # skip (SKIPS): how the output and every projection use the input tokens z. 'none': the
+  # head's output itself (images). 'add': z + head. 'affine': the head gives (s, b) per
+  # element and the output is z * exp(clip(s, -3, 3)) + b, the form of an affine flow's
+  # inverse, whose scale s can depend on every token. G's heads end in an RMS norm, so with
+  # 'none' a token's output does not grow with |z|: fine for images in [-1, 1], but
+  # heavy-tailed data whose scale moves from day to day (market returns) needs z's tails
+  # and a multiplicative path.
+  skip: str = 'none'
 
   @classmethod
   def from_config(cls, reverse_config, model_config) -> 'ReverseModel':
@@ -246,8 +256,8 @@ class ReverseModel(nn.Module):
       raise ValueError(f'unknown reverse.size {size!r}; use one of {list(SIZES)}')
     width, depth, heads = SIZES[size]
     num_stages = int(m.num_blocks)
-    grid = m.image_size // m.patch_size
-    return cls(num_tokens=grid * grid,
+    width_px = int(m.get('image_width', 0) or m.image_size)  # 0: square images
+    return cls(num_tokens=(m.image_size // m.patch_size) * (width_px // m.patch_size),
                token_dim=m.patch_size ** 2 * m.in_channels,
                width=int(r.get('width', 0) or width),
                depth=int(r.get('depth', 0) or max(depth, num_stages + 1)),
@@ -260,7 +270,8 @@ class ReverseModel(nn.Module):
                qk_norm=bool(r.get('qk_norm', True)),
                dtype=resolve_dtype(r.get('dtype', '') or m.dtype),
                attention=r.get('attention', '') or m.get('attention', 'einsum'),
-               scan=bool(r.get('scan', False)), remat=r.get('remat', 'none'))
+               scan=bool(r.get('scan', False)), remat=r.get('remat', 'none'),
+               skip=r.get('skip', 'none'))
 
   @property
   def stage_depths(self) -> tuple[int, ...]:
@@ -283,10 +294,11 @@ class ReverseModel(nn.Module):
       self.blocks = [stack(**kw) for _ in range(self.depth)]
     self.head_norm = _rms_norm()  # no parameters
     self.out_mod = _zero_dense(2 * self.width, dtype)
-    self.out_proj = nn.Dense(self.token_dim, dtype=dtype)
+    head_dim = 2 * self.token_dim if self.skip == 'affine' else self.token_dim  # (s, b)
+    self.out_proj = nn.Dense(head_dim, dtype=dtype)
     if self.head_mode == 'per_stage':
       self.stage_mod = _zero_dense(2 * self.width, dtype)
-      self.stage_proj = [nn.Dense(self.token_dim, dtype=dtype) for _ in range(self.num_stages)]
+      self.stage_proj = [nn.Dense(head_dim, dtype=dtype) for _ in range(self.num_stages)]
 
   def _check_config(self):
     if self.width % self.num_heads:
@@ -295,6 +307,8 @@ class ReverseModel(nn.Module):
       raise ValueError(f'unknown head_mode {self.head_mode!r}; use one of {HEAD_MODES}')
     if self.mlp not in MLP_KINDS:
       raise ValueError(f'unknown mlp {self.mlp!r}; use one of {MLP_KINDS}')
+    if self.skip not in SKIPS:
+      raise ValueError(f'unknown skip {self.skip!r}; use one of {SKIPS}')
     stage_depths(self.depth, self.num_stages)  # raises if a stage would be empty
     layers.check_attention_impl(self.attention)
     layers.remat_policy(self.remat)
@@ -333,6 +347,20 @@ class ReverseModel(nn.Module):
 
   def __call__(self, z: Array, y: Array | None = None,
                w: Array | None = None) -> tuple[Array, list[Array]]:
+    out, projections = self._outputs(z, y, w)
+    if self.skip == 'none':
+      return out, projections
+    z32 = z.astype(jnp.float32)
+
+    def through(p: Array) -> Array:
+      if self.skip == 'add':
+        return z32 + p
+      scale, shift = jnp.split(p, 2, axis=-1)
+      return z32 * jnp.exp(jnp.clip(scale, -_SKIP_CLIP, _SKIP_CLIP)) + shift
+
+    return through(out), [through(p) for p in projections]
+
+  def _outputs(self, z: Array, y: Array | None, w: Array | None) -> tuple[Array, list[Array]]:
     self._check_inputs(z, y)
     dtype = resolve_dtype(self.dtype)
     c_act = nn.silu(self.condition(y, w, z.shape[0])).astype(dtype)

@@ -6,7 +6,8 @@ Reading order:
 1. Inputs (`prepare_inputs`): x from uint8 pixels in [-1, 1], or a fresh draw from a
    cached VAE posterior (`sample_latents`); x~ = x + sigma * eps; labels dropped to the
    null label -1 with probability p (so one G and one F also serve unconditionally).
-2. The NLL term: F maps x~ to (z, log|det|, trajectory); `primitives.gaussian_nll`.
+2. The NLL term: F maps x~ to (z, log|det|, trajectory); `flow.base_nll` (the Gaussian
+   `primitives.gaussian_nll`, or F's Student-t base).
 3. The reverse term (`reverse_objective`), one of:
    - trajectory supervision (`reverse_loss`): G maps sg(z) back; its end point is
      pulled to x (learned denoising) or x~, and with 'align' / 'hidden' every stage's
@@ -31,8 +32,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from biflow_jax.models import layers
-from biflow_jax.models.flow import ForwardFlow, score_denoise
+from biflow_jax.models import base_density, layers
+from biflow_jax.models.flow import ForwardFlow, base_nll, score_denoise
 from biflow_jax.models.generator import ReverseModel
 from biflow_jax.objective import frozen, phases, primitives
 
@@ -71,14 +72,17 @@ def noisy_inputs(batch: dict, rng: Array, sigma: float, drop_prob: float, num_cl
                  scaling_factor: float = 1.0) -> tuple[Array, Array, Array | None]:
   """Batch -> (x, x~ = x + sigma * eps, labels dropped to -1 w.p. drop_prob), NHWC float32.
 
-  `batch` holds uint8 'image' (mapped to [-1, 1]) or 'latent_mean'/'latent_std' from the
-  latent cache (a fresh posterior draw, times `scaling_factor`), and int 'label'.
+  `batch` holds uint8 'image' (mapped to [-1, 1]), 'latent_mean'/'latent_std' from the
+  latent cache (a fresh posterior draw, times `scaling_factor`), or float 'values' already
+  in model space (market windows), used as x as they are; and int 'label'.
   Labels are None for an unconditional model (num_classes=0).
   """
   noise_rng, drop_rng, latent_rng = jax.random.split(rng, 3)
   if 'latent_mean' in batch:
     x = sample_latents(batch['latent_mean'], batch['latent_std'], latent_rng,
                        scaling_factor).astype(jnp.float32)
+  elif 'values' in batch:
+    x = jnp.asarray(batch['values'], jnp.float32)
   else:
     x = batch['image'].astype(jnp.float32) / 127.5 - 1.0
   x_noisy = x + sigma * jax.random.normal(noise_rng, x.shape)
@@ -125,7 +129,7 @@ def with_prior_rows(flow: ForwardFlow, forward_params, x_clean: Array, x_noisy: 
   k = prior_rows(x_clean.shape[0], config)
   if k == 0:
     return x_clean, x_noisy
-  z = jax.random.normal(rng, (k, flow.num_tokens, flow.token_dim))
+  z = base_density.sample(rng, (k, flow.num_tokens, flow.token_dim), flow.base, flow.nu)
   prior_noisy, prior_clean = prior_pairs(flow, forward_params, z, None if y is None else y[-k:],
                                          config)
   return x_clean.at[-k:].set(prior_clean), x_noisy.at[-k:].set(prior_noisy)
@@ -262,7 +266,7 @@ def reverse_objective(models: Models, params, x_clean: Array, x_noisy: Array, y,
   w = (primitives.sample_guidance_scale(w_rng, batch, obj.cfg_w_max, obj.cfg_zero_prob)
        if use_cfg else jnp.zeros((batch,), jnp.float32))
   if obj.reverse_target == 'inverse_matching':
-    z = jax.random.normal(z_rng, (batch, flow.num_tokens, flow.token_dim))
+    z = base_density.sample(z_rng, (batch, flow.num_tokens, flow.token_dim), flow.base, flow.nu)
     target = inverse_matching_target(flow, params['forward'], z, y, config)
     out, _ = generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
     return primitives.inverse_matching_loss(out, target)
@@ -310,12 +314,12 @@ def loss_fn(params, batch: dict, rng: Array, *, phase: phases.Phase, models: Mod
     # F is frozen: one pass of F serves the metrics and G's trajectories of every row.
     x_clean, x_noisy = with_prior_rows(flow, teacher, x_clean, x_noisy, y, prior_rng, config)
   z, logdet, trajectory = flow.apply({'params': forward}, x_noisy, y)
-  nll = primitives.gaussian_nll(z, logdet)
+  nll = base_nll(flow, z, logdet)
   data = nll.shape[0] - (k if not phase.trains('forward') else 0)  # prior rows are not data
   nll_per_dim = jnp.mean(nll[:data]) / num_dims
   metrics = dict(nll_per_dim=nll_per_dim, logdet_per_dim=jnp.mean(logdet[:data]) / num_dims,
                  z_rms=jnp.sqrt(jnp.mean(jnp.square(z[:data]))))
-  if not frozen.uses_latents(config):  # 8-bit bins exist in pixel space only
+  if not frozen.uses_latents(config) and 'values' not in batch:  # 8-bit bins: pixels only
     metrics['bits_per_dim'] = jnp.mean(primitives.bits_per_dim(nll[:data], num_dims))
   loss = nll_weight * nll_per_dim
   if reverse_weight > 0:

@@ -213,7 +213,8 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
         writer.write_scalars(step, heldout_metrics)
         if parallel.is_main_process():
           logging.info(console.metrics_line(step, 'held-out (EMA F)', heldout_metrics))
-      if step % config.sample_every == 0 or step == end:
+      if input_pipeline.is_image_data(config) and (step % config.sample_every == 0
+                                                   or step == end):
         path, outputs = decoders.write_sample_grid(
             config, samplers, state.ema, workdir / 'samples' / f'step_{step}.png',
             to_pixels=to_pixels)

@@ -4,11 +4,13 @@ likelihood on the run. Seconds of training; every output names its data and cave
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
 from biflow_jax import config_lib, main as main_lib
 from biflow_jax.data import market
+from biflow_jax.models import base_density
 from biflow_jax.modes import market as market_modes
 from market_util import tiny_market_config
 
@@ -93,7 +95,13 @@ def test_stress_runs_every_method_with_probabilities_beside_it(run, tmp_path):
     assert 0 < row['ess'] <= config.stress.num and row['mc']['var'] > 0
   rv = rep['reverse']
   assert all(r['inside_region'] for r in rv['rows'])
-  assert rv['region']['radius'] == pytest.approx(21.65, abs=0.01)  # sqrt(chi2_400(0.99))
+  # The tiny config's base is Student-t: the region is a level set of its density holding
+  # probability q of fresh base draws (a Gaussian base's would be the chi2 ball).
+  region = rv['region']
+  assert region['kind'] == 'level' and region['base'] == 'student_t' and region['d'] == 400
+  z = base_density.sample(jax.random.PRNGKey(7), (20_000, 400), 'student_t', region['nu'])
+  inside = np.mean(np.asarray(base_density.log_prob(z, 'student_t', region['nu'])) >= region['log_p_min'])
+  assert inside == pytest.approx(region['q'], abs=0.005)
   assert rv['worst']['loss_20d'] == pytest.approx(rv['worst']['loss_check'], rel=1e-3, abs=1e-4)
   assert rv['worst']['nearest_history']['start'] >= '2007-01-01'
   bt = rep['backtest']

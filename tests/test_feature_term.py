@@ -189,3 +189,13 @@ def test_feature_term_enters_the_reverse_loss_and_its_gradient_reaches_g(heldout
   diff = jax.tree.map(lambda a, b: a - b, grads['reverse'], grads_off['reverse'])
   assert float(optax.global_norm(diff)) > 0
   assert np.isfinite(float(optax.global_norm(grads['reverse'])))
+
+
+def test_feature_net_tool_takes_widths_and_refuses_bad_ones():
+  from biflow_jax.tools import train_feature_net
+  args = train_feature_net.parse_args(['--channels=48,96,192'])
+  assert args.channels == (48, 96, 192)
+  assert train_feature_net.parse_args([]).channels == tuple(feature_term.LossFeatureNet.channels)
+  for bad in ('--channels=48,96', '--channels=a,b,c', '--channels=0,8,8'):
+    with pytest.raises(SystemExit):
+      train_feature_net.parse_args([bad])

@@ -30,7 +30,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   defaults = dict(steps=1000, batch_size=128, learning_rate=2e-3, weight_decay=1e-4,
                   max_shift=2, seed=1)  # seed 1: the evaluation classifier uses 0
   parser = tc.tool_parser('train_feature_net', 'feature_net', __doc__.split('\n')[0], defaults)
-  return tc.with_default_out(parser.parse_args(list(argv)))
+  parser.add_argument('--channels', default=','.join(map(str, feature_term.LossFeatureNet.channels)),
+                      help="the three convs' widths, e.g. 48,96,192 (recorded in <out>.json)")
+  args = parser.parse_args(list(argv))
+  try:
+    args.channels = tuple(int(c) for c in args.channels.split(','))
+  except ValueError:
+    parser.error(f'--channels={args.channels!r}: give comma-separated integers')
+  if len(args.channels) != len(feature_term.LossFeatureNet.strides) or min(args.channels) < 1:
+    parser.error(f'--channels={args.channels}: give {len(feature_term.LossFeatureNet.strides)} '
+                 'positive widths')
+  return tc.with_default_out(args)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -39,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   (train_x, train_y), (heldout_x, heldout_y), provenance = tc.load_dataset(args.dataset,
                                                                            args.data_path)
   provenance['split'] += ': trained on the train part only'
-  module = feature_term.LossFeatureNet(num_classes=int(train_y.max()) + 1)
+  module = feature_term.LossFeatureNet(channels=args.channels, num_classes=int(train_y.max()) + 1)
   params, losses, seconds = tc.fit(args, module, train_x, train_y)
   acc = feature_term.accuracy(module, params, heldout_x, heldout_y)
   info = tc.provenance_record(args, argv, 'train_feature_net', provenance, train_x.shape[1:],

@@ -58,6 +58,22 @@ def test_student_t_samples_have_unit_variance_and_a_base_is_checked():
     base_density.sample(jax.random.PRNGKey(0), (3,), 'laplace', 1.0)
 
 
+def test_host_draws_have_the_base_distribution_and_follow_the_key():
+  key = jax.random.PRNGKey(3)
+  z = base_density.host_sample(key, (200_000,), 'student_t', 6.0, temperature=2.0)
+  assert z.dtype == np.float32 and z.shape == (200_000,)
+  assert float(np.var(z)) == pytest.approx(4.0, rel=0.03)  # unit variance, times T^2
+  # Same law as jax's draws: their quantiles agree (KS two-sample test).
+  ref = np.asarray(base_density.sample(key, (200_000,), 'student_t', 6.0, 2.0))
+  assert stats.ks_2samp(z, ref).pvalue > 1e-3
+  np.testing.assert_array_equal(z, base_density.host_sample(key, (200_000,), 'student_t', 6.0,
+                                                            temperature=2.0))
+  assert not np.array_equal(z, base_density.host_sample(jax.random.PRNGKey(4), (200_000,),
+                                                        'student_t', 6.0, temperature=2.0))
+  g = base_density.host_sample(key, (100_000,), 'gaussian')
+  assert float(np.std(g)) == pytest.approx(1.0, rel=0.02)
+
+
 def test_temperature_costs_t_squared_minus_one_d_over_two():
   z = jax.random.normal(jax.random.PRNGKey(2), (4000, 20, 20))
   drop = base_density.log_density_drop(z, 1.2, 'gaussian')

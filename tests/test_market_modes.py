@@ -99,7 +99,7 @@ def test_stress_runs_every_method_with_probabilities_beside_it(run, tmp_path):
   # probability q of fresh base draws (a Gaussian base's would be the chi2 ball).
   region = rv['region']
   assert region['kind'] == 'level' and region['base'] == 'student_t' and region['d'] == 400
-  z = base_density.sample(jax.random.PRNGKey(7), (20_000, 400), 'student_t', region['nu'])
+  z = base_density.host_sample(jax.random.PRNGKey(7), (20_000, 400), 'student_t', region['nu'])
   inside = np.mean(np.asarray(base_density.log_prob(z, 'student_t', region['nu'])) >= region['log_p_min'])
   assert inside == pytest.approx(region['q'], abs=0.005)
   assert rv['worst']['loss_20d'] == pytest.approx(rv['worst']['loss_check'], rel=1e-3, abs=1e-4)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,7 @@ def mean_shift(rng: Array, n: int, shape: tuple[int, ...], mu: np.ndarray | None
   log w = log p(z) - log p(z - mu): the weight that turns draws of q into draws of the
   base. mu None (or all zeros) is plain Monte Carlo: every log w is exactly 0.
   """
-  e = base_density.sample(rng, (n, *shape), base, nu)
+  e = jnp.asarray(base_density.host_sample(rng, (n, *shape), base, nu))
   if mu is None or not np.any(mu):
     return e, np.zeros(n)
   z = e + jnp.asarray(mu, jnp.float32)[None]
@@ -92,11 +92,19 @@ def shift_size(direction: np.ndarray, level: float, base: str, nu: float, rng: A
                n: int = 100_000) -> float:
   """The level-quantile of u.z under the base (u = direction): Phi^{-1}(level) for N(0, I),
   by Monte Carlo of n draws otherwise."""
+  return shift_sizes(direction, (level,), base, nu, rng, n)[0]
+
+
+def shift_sizes(direction: np.ndarray, levels: Sequence[float], base: str, nu: float,
+                rng: Array, n: int = 100_000) -> list[float]:
+  """`shift_size` at each level from one set of n draws (the same numbers as calling it per
+  level with the same rng; a Student-t draw of n x d values is the expensive part)."""
   if base == 'gaussian':
-    return float(stats.norm.ppf(level))
+    return [float(stats.norm.ppf(level)) for level in levels]
   u = jnp.asarray(direction, jnp.float32)
-  proj = jnp.sum(base_density.sample(rng, (n, *direction.shape), base, nu) * u, axis=(1, 2))
-  return float(np.quantile(np.asarray(proj), level))
+  proj = np.asarray(jnp.sum(jnp.asarray(base_density.host_sample(rng, (n, *direction.shape), base, nu)) * u,
+                            axis=(1, 2)))
+  return [float(np.quantile(proj, level)) for level in levels]
 
 
 # -------------------------------------------------------------------- reverse stress test
@@ -141,7 +149,7 @@ def plausible_region(q: float, d: int, base: str, nu: float, rng: Array,
     raise ValueError(f'the plausibility quantile q must be in (0, 1), got {q}')
   if base == 'gaussian':
     return Region(q, d, base, nu, 'ball', radius2=float(stats.chi2.ppf(q, d)))
-  lp = np.asarray(base_density.log_prob(base_density.sample(rng, (n, d), base, nu), base, nu))
+  lp = np.asarray(base_density.log_prob(base_density.host_sample(rng, (n, d), base, nu), base, nu))
   return Region(q, d, base, nu, 'level', log_p_min=float(np.quantile(lp, 1 - q)))
 
 

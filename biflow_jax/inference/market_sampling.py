@@ -11,7 +11,7 @@ volatility-regime bins, -1 = no label (F: the mean class embedding; G: its null 
   under F's own base density, at u itself (no noise added): a proper density of
   model-space windows, so held-out windows can be scored with it.
 - `MarketSamplers.encode(forward_params, u, labels)`: z = F(u | y).
-- `noise(rng, n, temperature)`: z drawn from F's base (`base_density.sample`).
+- `noise(rng, n, temperature)`: z drawn from F's base (`base_density.host_sample`: numpy on the host).
 
 Unlike `sampling.make_decoder` nothing is clipped to [-1, 1]: returns are not pixels.
 """
@@ -58,9 +58,10 @@ class MarketSamplers:
     return self.flow.num_tokens, self.flow.token_dim
 
   def noise(self, rng: Array, n: int, temperature: float = 1.0) -> Array:
-    """(n, days, A) draws of F's base density, times `temperature`."""
-    return base_density.sample(rng, (n, *self.shape), self.flow.base, self.flow.nu,
-                               temperature)
+    """(n, days, A) draws of F's base density, times `temperature` (drawn on the host:
+    `base_density.host_sample`)."""
+    return jnp.asarray(base_density.host_sample(rng, (n, *self.shape), self.flow.base,
+                                                self.flow.nu, temperature))
 
   def base_log_prob(self, z: Array) -> Array:
     """(n,) base log-density of z (nats)."""

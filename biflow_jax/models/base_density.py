@@ -25,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -75,6 +76,21 @@ def sample(rng: Array, shape: tuple[int, ...], base: str = 'gaussian', nu: float
   else:
     z = jax.random.t(rng, nu, shape, jnp.float32) * t_scale(nu)
   return temperature * z
+
+
+def host_sample(rng: Array, shape: tuple[int, ...], base: str = 'gaussian', nu: float = 0.0,
+                temperature: float = 1.0) -> np.ndarray:
+  """`sample`'s distribution drawn on the host by numpy, seeded from the jax key: float32
+  numpy array of `shape`. For draws outside a jitted step (samplers, Monte Carlo): a
+  Student-t draw of 10^7 values takes about 1 s here against 25-30 s for jax.random.t
+  (eager or jitted, 2 CPU cores), and stress tests draw up to 10^8."""
+  check(base, nu)
+  gen = np.random.default_rng(np.asarray(jax.random.key_data(rng)).astype(np.uint32).tolist())
+  if base == 'gaussian':
+    z = gen.standard_normal(shape, np.float32)
+  else:
+    z = (gen.standard_t(nu, shape) * t_scale(nu)).astype(np.float32)
+  return (z * np.float32(temperature)).astype(np.float32)
 
 
 def log_density_drop(z: Array, temperature: float, base: str = 'gaussian',

@@ -253,9 +253,9 @@ def importance(ctx: _Ctx, opts: dict[str, Any]) -> dict[str, Any]:
   l_mc = losses(z_mc, mr.marginal_labels(rng, m))
   mc_seconds = time.perf_counter() - started
   rows = []
-  for j, level in enumerate(opts['levels']):
-    size = market_stress.shift_size(direction, level, flow.base, flow.nu,
+  sizes = market_stress.shift_sizes(direction, opts['levels'], flow.base, flow.nu,
                                     jax.random.PRNGKey(seed + 17))
+  for j, (level, size) in enumerate(zip(opts['levels'], sizes)):
     z, log_w = market_stress.mean_shift(jax.random.PRNGKey(seed + 19 + j), n, ctx.mr.samplers.shape,
                                         size * direction, flow.base, flow.nu)
     l_is = losses(np.asarray(z), mr.marginal_labels(rng, n))

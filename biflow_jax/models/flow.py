@@ -376,7 +376,9 @@ class ForwardFlow(nn.Module):
                dtype=layers.resolve_dtype(m.dtype),
                attention=m.get('attention', 'einsum'), scan=bool(m.get('scan', False)),
                remat=m.get('remat', 'none'), base=m.get('base', 'gaussian'),
-               nu=float(m.get('nu', 0.0)))
+               # nu only means something for the Student-t base: a Gaussian F is the same
+               # module whatever config.model.nu says (tools build it without the field).
+               nu=float(m.get('nu', 0.0)) if m.get('base', 'gaussian') == 'student_t' else 0.0)
 
   @property
   def num_tokens(self) -> int:

@@ -10,6 +10,7 @@ from scipy import stats
 
 from biflow_jax.data import market, market_space
 from biflow_jax.evaluation import market_metrics as mm, market_stress, tail_risk
+from biflow_jax.models import base_density
 
 SHAPE = (4, 5)  # a small (days, assets) latent: d = 20
 D = 20
@@ -22,7 +23,7 @@ def linear_loss(z):
 
 def test_importance_sampling_with_q_equal_to_p_is_plain_monte_carlo():
   z, log_w = market_stress.mean_shift(jax.random.PRNGKey(0), 5000, SHAPE, None, 'gaussian', 0.0)
-  plain = jax.random.normal(jax.random.PRNGKey(0), (5000, *SHAPE))
+  plain = base_density.host_sample(jax.random.PRNGKey(0), (5000, *SHAPE), 'gaussian')
   np.testing.assert_array_equal(np.asarray(z), np.asarray(plain))
   assert np.all(log_w == 0)
   losses = np.asarray(linear_loss(z), np.float64)

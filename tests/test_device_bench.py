@@ -20,6 +20,7 @@ PROGRAMS = ('G sample (1 NFE)', 'VAE decode', 'F exact inverse (KV cache)', 'F s
             'train step, F phase (NLL)', 'train step, G phase (alignment, no perceptual)')
 
 
+@pytest.mark.slow  # a subprocess compiles every device program: about 2 minutes of CI (round 4)
 def test_toy_run_without_the_data_stack_writes_json_and_table(tmp_path):
   out = tmp_path / 'bench.json'
   proc = python('-c', BLOCKED_RUN, '--size=toy', '--repeats=1', '--batch=2', '--serial_batch=1',

@@ -138,6 +138,7 @@ def assert_close(a, b, where='eval.json'):
     assert a == b, (where, a, b)
 
 
+@pytest.mark.slow  # two processes run a whole eval: about 3 minutes of CI on 2 cores (round 4)
 def test_two_processes_write_the_eval_json_of_one(tmp_path):
   trained = tmp_path / 'trained'
   config = parse_config(*OVERRIDES)

@@ -14,14 +14,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from biflow_jax import assets
 from biflow_jax.models.flow import ForwardFlow
 from biflow_jax.modes import sample
 from biflow_jax.tools import pretrained
 from biflow_jax.training import checkpoints, restore
+
+from test_train import parse_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = 'mnist'
@@ -146,12 +146,7 @@ def test_unknown_missing_and_damaged_weights_are_clear_errors(tmp_path):
 
 
 def _mnist_config(*overrides):
-  argv = ['prog', f'--config={ROOT / "configs" / "mnist.py"}', *overrides]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
-  fv(argv)
-  return fv.config, config_flags.get_override_values(fv['config'])
+  return parse_config_file(ROOT / 'configs' / 'mnist.py', *overrides)
 
 
 @pytest.fixture(scope='module')

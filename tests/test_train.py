@@ -22,13 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / 'configs' / 'tiny.py')
 
 
-def parse_config(*overrides):
-  argv = ['prog', f'--config={TINY}', *overrides]
+def parse_config_file(config_file, *overrides):
+  """(config, the command line's overrides) as main's --config flag parses them."""
+  argv = ['prog', f'--config={config_file}', *overrides]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, lock_config=True,
                                   sys_argv=argv)
   fv(argv)
-  return fv.config
+  return fv.config, config_flags.get_override_values(fv['config'])
+
+
+def parse_config(*overrides):
+  return parse_config_file(TINY, *overrides)[0]
 
 
 def tiny_config(**schedule):

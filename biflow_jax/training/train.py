@@ -77,18 +77,24 @@ class _StopSignals:
         self._abandon()
       return  # a repeated SIGTERM changes nothing: the save is already on its way
     self.requested = signum
+    # Straight to fd 2, not through logging: the signal can land while the main thread is
+    # inside a log handler's flush, and logging again from here then fails with
+    # "reentrant call inside BufferedWriter" (a traceback in the middle of a clean stop).
+    # The loop logs the stop itself after the step (see `_stop_reason`).
     if signum == signal.SIGINT:
-      logging.warning('Ctrl-C: finishing this step, saving a checkpoint and stopping (Ctrl-C '
-                      'again stops at once without saving).')
+      _say('Ctrl-C: finishing this step, saving a checkpoint and stopping (Ctrl-C again '
+           'stops at once without saving).')
     else:
-      logging.warning('SIGTERM received: saving a checkpoint and exiting.')
+      _say('SIGTERM received: saving a checkpoint and exiting.')
 
   def _abandon(self):
-    logging.error('second Ctrl-C: stopping now without saving; %s. Rerun the same command to '
-                  'resume from it.', checkpoints.newest_complete(self._dir))
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _say(f'second Ctrl-C: stopping now without saving; '
+         f'{checkpoints.newest_complete(self._dir)}. Rerun the same command to resume from it.')
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except RuntimeError:  # interrupted inside this stream's own write: its buffer is lost
+        pass
     # os._exit: a KeyboardInterrupt would unwind into orbax's threads at shutdown (pages of
     # tracebacks); the workdir lock is a flock, which the kernel drops with the process.
     os._exit(cli.INTERRUPTED_STATUS)  # pylint: disable=protected-access  (130, as shells report)
@@ -96,6 +102,15 @@ class _StopSignals:
   def __exit__(self, *exc):
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)
+
+
+def _say(message: str) -> None:
+  """One line to stderr from a signal handler: os.write takes no Python-level lock."""
+  os.write(2, (message + '\n').encode())
+
+
+def _stop_reason(signum: int) -> str:
+  return 'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -182,6 +197,8 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
       # Read once per step: a signal arriving later in this iteration is acted on after
       # the next step, never between deciding to save and deciding to stop.
       stop = signals.requested is not None
+      if stop and parallel.is_main_process():
+        logging.warning('%s: stopping after step %d.', _stop_reason(signals.requested), step)
       finished = step == last or stop
       if skipping or step % skip_check_every == 0 or finished:
         skips = int(state.skips)

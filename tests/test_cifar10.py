@@ -54,6 +54,7 @@ def mtimes():
   return {p: p.stat().st_mtime_ns for p in assets.ASSETS_DIR.iterdir()}
 
 
+@pytest.mark.slow  # trains a classifier (~40 s)
 def test_classifier_tool_trains_from_a_jpeg_tar_and_writes_a_32x32_asset(tiny_tar, tmp_path):
   before = mtimes()
   out = tmp_path / 'c10'
@@ -72,6 +73,7 @@ def test_classifier_tool_trains_from_a_jpeg_tar_and_writes_a_32x32_asset(tiny_ta
   assert mtimes() == before  # never writes into the package
 
 
+@pytest.mark.slow  # trains a feature net (~25 s)
 def test_feature_net_tool_trains_from_a_jpeg_tar(tiny_tar, tmp_path):
   info = tf.main(['--dataset=cifar10', f'--data_path={tiny_tar}', f'--out={tmp_path / "f"}',
                   '--steps=3', '--batch_size=20', '--log_every=0', '--max_shift=4'])

@@ -122,6 +122,7 @@ def test_load_rejects_params_of_another_architecture(tmp_path):
     clf.load_classifier(tmp_path / 'x')
 
 
+@pytest.mark.slow  # trains the classifier through the tool (~10 s); the subset-training test stays
 def test_tool_main_writes_only_to_out(tmp_path, capsys):
   before = {p: p.stat().st_mtime_ns for p in SHIPPED}
   info = tc.main([f'--out={tmp_path / "clf"}', '--steps=3', '--log_every=0', '--seed=7'])

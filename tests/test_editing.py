@@ -113,6 +113,7 @@ def test_noise_interpolation_draws_at_the_temperature_g_samples_with(run, monkey
   assert abs(std - 1.15) < 0.05, std
 
 
+@pytest.mark.slow  # three main-job subprocesses (~60 s)
 def test_modes_use_the_runs_config_without_its_training_flags(run):
   """Issue 32, item 6: a run trained with --config.reverse.enabled=True
   --config.schedule.plan=two_stage ... could not be sampled or edited with the quick

@@ -115,6 +115,7 @@ def stand_in_suite_net():
   return adm.SuiteNet(fn, {'net': 'stand-in'}, dims)
 
 
+@pytest.mark.slow  # Inception-V3 features of a reference batch (~35 s)
 def test_fid_against_an_adm_reference_batch(run, tmp_path, monkeypatch, caplog):
   config, workdir, _ = run
   monkeypatch.setattr(adm, 'make_suite_net', lambda weights, batch: stand_in_suite_net())

@@ -74,6 +74,7 @@ def _strict_json(path):
   return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow  # Inception-V3 forward on CPU (~50 s)
 def test_inception_features_report_no_class_accuracy(trained, tmp_path):
   """Issue 32, item 4: with the FID Inception, eval.json reported class_accuracy and
   real_heldout_class_accuracy as the argmax of its 1008 ImageNet logits compared with

@@ -171,6 +171,7 @@ def _run_until(workdir, kill_at_step, sig):
     return proc.finish(expect=0, timeout=240)
 
 
+@pytest.mark.slow  # a kill and 2 runs of the main job (~2 min); test_train.test_resume_equals_uninterrupted stays in the default run
 def test_killed_and_restarted_job_equals_uninterrupted_run(tmp_path):
   """SIGKILL and SIGTERM at random steps (fixed seed, bounded), restart each time."""
   straight = train.train_and_evaluate(parse_config(*FAULT_FLAGS), tmp_path / 'straight')
@@ -234,6 +235,7 @@ def test_ctrl_c_saves_the_checkpoint_it_announces_and_a_restart_resumes_there(tm
   assert _resumed_from(workdir, newest + 2) == newest
 
 
+@pytest.mark.slow  # a main-job run (~45 s); the first-Ctrl-C test stays in the default run
 def test_second_ctrl_c_stops_at_once_and_names_what_a_restart_resumes_from(tmp_path):
   workdir = tmp_path / 'run'
   status, output, announced = _ctrl_c(workdir, 12, presses=2)
@@ -248,6 +250,7 @@ def test_second_ctrl_c_stops_at_once_and_names_what_a_restart_resumes_from(tmp_p
   assert _resumed_from(workdir, newest + 2) == newest
 
 
+@pytest.mark.slow  # two in-process runs (~20 s)
 def test_same_config_and_seed_give_identical_losses_step_for_step():
   config = parse_config()
   plan = phases.build_phase_plan(config)

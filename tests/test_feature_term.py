@@ -158,6 +158,7 @@ def test_bad_path_in_the_config_fails_when_the_experiment_is_built(tmp_path):
 # ------------------------------------------------------------------------- in G's loss
 
 
+@pytest.mark.slow  # a G gradient through the feature net (~35 s)
 def test_feature_term_enters_the_reverse_loss_and_its_gradient_reaches_g(heldout):
   config = biflow_config()
   config.perceptual.feature_weight = 1.0

@@ -13,6 +13,7 @@ def b2():
   return step_cost.step_cost(load_config('imagenet256', 'B'))
 
 
+@pytest.mark.slow  # builds the B/2 model (~35 s); test_variants_validate_and_xl_shards_params stays
 def test_b2_parameter_counts(b2):
   assert 110e6 < b2['params_forward'] < 130e6, b2    # paper: iTARFlow-B/2 ~120M
   assert 125e6 < b2['params_reverse'] < 140e6, b2    # paper: BiFlow-B/2 133M
@@ -22,6 +23,7 @@ def test_b2_parameter_counts(b2):
   assert 85e6 < b2['params_perceptual']['convnext'] < 95e6     # ConvNeXt-V2-B
 
 
+@pytest.mark.slow  # lowers the B/2 train step (~20 s); the variants test stays
 def test_b2_train_step_lowers_with_plausible_flops(b2):
   batch, tokens = b2['batch_size'], 256
   flops = b2['train_step_flops']

@@ -131,6 +131,7 @@ def test_export_then_import_is_exact(exported):
   assert float(jnp.max(jnp.abs(z_run - z_imported))) == 0
 
 
+@pytest.mark.slow  # a G-only run from an export (~25 s)
 def test_reverse_only_from_the_export_trains_g_with_f_bit_identical(exported, tmp_path, caplog):
   _, out = exported
   config = reverse_only_config(out)

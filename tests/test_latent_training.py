@@ -91,6 +91,7 @@ def test_missing_vae_weights_fail_before_training(cache, tmp_path):
   assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
+@pytest.mark.slow  # VAE decoder + LPIPS gradient (~100 s)
 def test_lpips_gradient_reaches_G_through_the_frozen_decoder(cache, lpips_file):
   config = latent_config(cache, lpips_file)
   exp = build_experiment(config)
@@ -134,6 +135,7 @@ def trained_run(cache, lpips_file, tmp_path_factory):
   return config, workdir, state
 
 
+@pytest.mark.slow  # a latent run (~50 s)
 def test_latent_run_end_to_end(trained_run):
   config, workdir, state = trained_run
   assert int(state.step) == 6
@@ -146,6 +148,7 @@ def test_latent_run_end_to_end(trained_run):
     assert saved['images'].shape == (10, 32, 32, 3) and saved['images'].dtype == np.uint8
 
 
+@pytest.mark.slow  # needs the latent run above
 def test_latent_eval_scores_decoded_images(trained_run, tmp_path):
   """--mode=eval on a latent run: samples and held-out latents are decoded to pixels
   and scored by the FID InceptionV3 (stand-in weights); NLL per latent dimension."""

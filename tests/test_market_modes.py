@@ -75,6 +75,7 @@ def test_eval_reports_g_exact_inverse_baselines_and_speed(run):
   assert market.NOT_ADVICE in md.read_text()
 
 
+@pytest.mark.slow  # every stress method (~35 s); test_market_stress covers each method
 def test_stress_runs_every_method_with_probabilities_beside_it(run, tmp_path):
   config, workdir = run
   weights = tmp_path / 'w.json'

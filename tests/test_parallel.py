@@ -109,6 +109,7 @@ def test_sharded_steps_equal_one_device():
   assert report['fsdp_2x4']['leaves_split'] > report['fsdp_2x4']['leaves'] // 2
 
 
+@pytest.mark.slow  # two gloo processes and a reference run (~2 min); sharded-equals-unsharded stays in the default run
 def test_two_processes_match_one(tmp_path):
   """2 processes x 2 devices (gloo over 127.0.0.1) == 1 process x 4 devices, 5 steps;
   the 2-process checkpoint then resumes in 1 process and still matches at step 8."""
@@ -138,6 +139,7 @@ def test_two_processes_match_one(tmp_path):
   assert (tmp_path / 'two' / 'samples' / 'step_8.png').exists()
 
 
+@pytest.mark.slow  # two 8/4-device subprocess runs (~1 min)
 def test_checkpoint_from_8_devices_trains_on_with_4(tmp_path):
   """Saved mid-run on 8 devices (replicated), resumed on 4 (FSDP): equals 8 devices throughout."""
   child = CHILDREN / 'train_child.py'

@@ -183,7 +183,9 @@ def _image_pair(size, batch=2):
   return jnp.asarray(x0), jnp.asarray(x1)
 
 
-@pytest.mark.parametrize('which', ['lpips', 'convnext'])
+@pytest.mark.parametrize('which', [
+    pytest.param('lpips', marks=pytest.mark.slow),  # ~17 s; test_lpips_parity stays
+    'convnext'])
 def test_distance_zero_positive_and_gradient(which, lpips_params, convnext):
   if which == 'lpips':
     fn = jax.tree_util.Partial(perceptual.lpips_distance, perceptual_nets.LPIPS())

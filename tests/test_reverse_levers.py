@@ -55,6 +55,7 @@ def test_prior_pairs_invert_f_and_take_tweedie_targets(setup):
   np.testing.assert_array_equal(np.asarray(same), np.asarray(x_noisy))
 
 
+@pytest.mark.slow  # two G steps compiled (~35 s)
 def test_prior_rows_replace_the_last_rows_and_keep_data_metrics(setup):
   config, exp, params, batch = setup
   phase = reverse_phase(exp)
@@ -85,6 +86,7 @@ def test_the_ema_teacher_is_the_f_g_learns_from(setup):
   assert float(other['reverse/loss']) != pytest.approx(float(own['reverse/loss']))
 
 
+@pytest.mark.slow  # a joint F+G step compiled (~40 s)
 def test_in_a_joint_phase_f_learns_from_every_data_row_and_no_prior_row(setup):
   config, exp, params, batch = setup
   config.schedule.plan, config.schedule.joint_steps = 'progressive', 4
@@ -120,6 +122,7 @@ def test_bad_values_are_clear_errors():
     config_lib.validate(config)
 
 
+@pytest.mark.slow  # two G steps compiled (~30 s)
 def test_a_g_step_with_a_smaller_batch_trains_on_the_first_rows(setup):
   config, exp, params, batch = setup
   full = config.batch_size

@@ -122,6 +122,7 @@ def test_inverse_matching_target_is_the_flow_inverse(two_stage_run):
   np.testing.assert_allclose(target, layers.patchify(exact, flow.patch_size), atol=1e-4)
 
 
+@pytest.mark.slow  # a two-phase run (~25 s)
 def test_inverse_matching_phase_trains(tmp_path):
   config = biflow_config(reverse_target='inverse_matching')
   config.schedule.forward_steps = 10
@@ -131,6 +132,7 @@ def test_inverse_matching_phase_trains(tmp_path):
   assert all(np.all(np.isfinite(np.asarray(l))) for l in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow  # a three-phase run (~50 s)
 def test_progressive_plan_with_cfg_trains_both(tmp_path):
   config = biflow_config(cfg_w_max=2.0)
   config.schedule.plan = 'progressive'

@@ -126,6 +126,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
       sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()), output[-6000:])
 
 
+@pytest.mark.slow  # a main-job run (~12 s); test_sigterm_saves_and_exits_cleanly stays
 def test_sigterm_late_in_a_step_still_saves(tmp_path, monkeypatch):
   """A SIGTERM that arrives after a step has decided not to save (here: during its held-out
   evaluation) is acted on after the next step, with a checkpoint, never by stopping unsaved.

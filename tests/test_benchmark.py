@@ -21,7 +21,8 @@ KEYS = ('device', 'backend', 'weights', 'batch', 'exact_ms_per_image', 'fixed_po
         'train_step_memory_bytes')
 
 
-@pytest.mark.slow  # compiles and times every sampler (~70 s); test_step_cost_reports_compiled_memory_per_phase stays
+# The default run keeps test_step_cost_reports_compiled_memory_per_phase.
+@pytest.mark.slow  # compiles and times every sampler (~70 s)
 def test_bench_writes_every_key(tmp_path, capsys, caplog):
   config = parse_config('--config.reverse.enabled=True', '--config.bench.repeats=2',
                         '--config.bench.batch=4', '--config.bench.peak_tflops=1.0',

@@ -171,7 +171,8 @@ def _run_until(workdir, kill_at_step, sig):
     return proc.finish(expect=0, timeout=240)
 
 
-@pytest.mark.slow  # a kill and 2 runs of the main job (~2 min); test_train.test_resume_equals_uninterrupted stays in the default run
+# The default run keeps test_train.test_resume_equals_uninterrupted.
+@pytest.mark.slow  # a kill and 2 runs of the main job (~2 min)
 def test_killed_and_restarted_job_equals_uninterrupted_run(tmp_path):
   """SIGKILL and SIGTERM at random steps (fixed seed, bounded), restart each time."""
   straight = train.train_and_evaluate(parse_config(*FAULT_FLAGS), tmp_path / 'straight')

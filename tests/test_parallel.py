@@ -109,7 +109,8 @@ def test_sharded_steps_equal_one_device():
   assert report['fsdp_2x4']['leaves_split'] > report['fsdp_2x4']['leaves'] // 2
 
 
-@pytest.mark.slow  # two gloo processes and a reference run (~2 min); sharded-equals-unsharded stays in the default run
+# The default run keeps test_sharded_steps_equal_one_device.
+@pytest.mark.slow  # two gloo processes and a reference run (~2 min)
 def test_two_processes_match_one(tmp_path):
   """2 processes x 2 devices (gloo over 127.0.0.1) == 1 process x 4 devices, 5 steps;
   the 2-process checkpoint then resumes in 1 process and still matches at step 8."""

@@ -1,0 +1,75 @@
+"""Guard against the unguided collapse of G (issue 28), at a size CI can train.
+
+At the MNIST default's size the collapse showed as G regressing towards the class mean:
+recall 0.03-0.12 at w = 0, reconstruction MSE of G(F(x~)) against x 0.12, swap ratio
+0.73; G's learning rate (2e-3 -> 8e-3) and F's EMA as teacher took them to recall 0.32,
+MSE 0.057, swap 0.86 (docs/experiments/mnist.md, round 4). Prior samples of a run CI can
+afford are at chance for every decoder, so this guard trains the default's G recipe
+(learning rate, its schedule's floor, teacher: read from configs/mnist.py) at the tiny
+fixture's size (F 200 steps, G 400) and checks the reconstruction numbers, which move
+the same way at both sizes.
+
+Measured at this size, seeds 0, 1, 2 (2026-12-06, `docs/experiments/mnist.md`, "The
+collapse guard"): reconstruction MSE
+- the default's recipe (lr 8e-3, EMA teacher): 0.0138, 0.0126, 0.0130;
+- round 3's collapsing recipe (lr 2e-3, F's raw parameters as teacher): 0.0219, 0.0210,
+  0.0219;
+- lr 3e-3 (the two-stage fixture's): 0.0186, 0.0177, 0.0181.
+The threshold 0.0165 sits 0.0027 above the default's worst seed and 0.0045 below round
+3's best. The control test trains round 3's recipe and checks that the guard would have
+caught it, so a change that lifts every recipe past the threshold makes the guard
+re-calibrate instead of passing silently.
+"""
+import numpy as np
+import pytest
+
+from biflow_jax.data import input_pipeline
+from biflow_jax.tools import z_sensitivity
+from biflow_jax.training import restore, train
+
+from test_reverse_training import biflow_config
+from test_train import ROOT, parse_config_file
+
+MSE_THRESHOLD = 0.0165
+
+
+def default_recipe_config():
+  """The fixture's tiny two-stage config with the MNIST default's G optimisation."""
+  default = parse_config_file(str(ROOT / 'configs' / 'mnist.py'))[0]
+  config = biflow_config()
+  config.optim.reverse.lr = default.optim.reverse.lr
+  config.optim.reverse.min_lr_ratio = default.optim.reverse.min_lr_ratio
+  config.objective.reverse_teacher = default.objective.reverse_teacher
+  return config
+
+
+def round3_recipe_config():
+  """Round 3's G optimisation, whose G collapsed without guidance at the default's size."""
+  config = biflow_config()
+  config.optim.reverse.lr = 2e-3
+  config.objective.reverse_teacher = 'params'
+  return config
+
+
+def reconstruction(config, workdir) -> dict:
+  train.train_and_evaluate(config, workdir)
+  exp, state, _ = restore.restore_run(config, workdir)
+  heldout, _ = input_pipeline.take_subset(config, 'heldout')
+  x = heldout['image'].astype(np.float32) / 127.5 - 1.0
+  y = heldout['label'].astype(np.int32)
+  return z_sensitivity.reconstruction(config, exp, state.ema, x, y, guidance=0.0)
+
+
+def test_default_recipe_reconstructs_held_out_digits(tmp_path):
+  result = reconstruction(default_recipe_config(), tmp_path / 'default')
+  assert result['examples'] == 64
+  assert result['mse'] < MSE_THRESHOLD, (
+      f"G's reconstruction MSE {result['mse']:.4f} >= {MSE_THRESHOLD} at w = 0: the "
+      "default's G recipe regresses towards the class mean as round 3's collapsed G did")
+
+
+def test_guard_catches_round3_recipe(tmp_path):
+  result = reconstruction(round3_recipe_config(), tmp_path / 'round3')
+  assert result['mse'] >= MSE_THRESHOLD, (
+      f"round 3's recipe now reconstructs at MSE {result['mse']:.4f} < {MSE_THRESHOLD}: "
+      'the guard no longer separates it from the default; re-measure and re-calibrate')

@@ -21,7 +21,6 @@ caught it, so a change that lifts every recipe past the threshold makes the guar
 re-calibrate instead of passing silently.
 """
 import numpy as np
-import pytest
 
 from biflow_jax.data import input_pipeline
 from biflow_jax.tools import z_sensitivity

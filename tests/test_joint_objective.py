@@ -33,9 +33,11 @@ def joint_config(reverse_weight: float, grad_clip: float, eps: float | None = No
 
 
 def params_after_joint_steps(reverse_weight: float, grad_clip: float, eps: float | None = None):
+  """(G's initial params, params after JOINT_STEPS joint steps, the last step's metrics)."""
   config = joint_config(reverse_weight, grad_clip, eps)
   exp = build_experiment(config)
   state = exp.create_state()
+  start = jax.tree.map(np.asarray, state.params['reverse'])
   (phase,) = exp.plan
   assert phase.name == 'joint'
   rng = np.random.default_rng(0)
@@ -44,7 +46,7 @@ def params_after_joint_steps(reverse_weight: float, grad_clip: float, eps: float
                                                dtype=np.uint8)),
              'label': jnp.asarray(rng.integers(0, 10, config.batch_size), jnp.int32)}
     state, metrics = exp.step(state, exp.global_batch(batch), exp.frozen_params, phase)
-  return jax.tree.map(np.asarray, state.params), jax.tree.map(float, metrics)
+  return start, jax.tree.map(np.asarray, state.params), jax.tree.map(float, metrics)
 
 
 def update_difference(a, b, start) -> float:
@@ -55,20 +57,15 @@ def update_difference(a, b, start) -> float:
   return (diff / norm) ** 0.5
 
 
-def initial_reverse_params():
-  exp = build_experiment(joint_config(1.0, 0.0))
-  return jax.tree.map(np.asarray, exp.create_state().params['reverse'])
-
 
 @pytest.mark.slow  # three joint steps compiled and run three times (~70 s)
 def test_lambda_changes_neither_f_nor_g_without_clipping():
   # Adam's eps is set near 0 here: with the default 1e-8, leaves whose gradients are that
   # small (zero-initialised paths, early steps) move differently under lambda.
-  base, metrics = params_after_joint_steps(1.0, grad_clip=0.0, eps=1e-30)
+  start, base, metrics = params_after_joint_steps(1.0, grad_clip=0.0, eps=1e-30)
   assert metrics['grad_norm/reverse'] > 0 and metrics['grad_norm/forward'] > 0
-  start = initial_reverse_params()
   for weight in (0.5, 2.0):
-    params, _ = params_after_joint_steps(weight, grad_clip=0.0, eps=1e-30)
+    _, params, _ = params_after_joint_steps(weight, grad_clip=0.0, eps=1e-30)
     # F learns from the NLL alone: lambda does not reach it.
     for a, b in zip(jax.tree.leaves(params['forward']), jax.tree.leaves(base['forward'])):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -82,10 +79,10 @@ def test_with_the_clip_lambda_changes_g_only():
   # is not. A per-step clip scale is not a constant scale, so Adam does not undo it.
   # (Two lambdas whose gradients are both clipped give the same update: only the band
   # where one is clipped and the other not is affected.)
-  base, metrics = params_after_joint_steps(1.0, grad_clip=1.0)
+  start, base, metrics = params_after_joint_steps(1.0, grad_clip=1.0)
   assert metrics['grad_norm/reverse'] > 1.0
-  params, metrics = params_after_joint_steps(1e-3, grad_clip=1.0)
+  _, params, metrics = params_after_joint_steps(1e-3, grad_clip=1.0)
   assert metrics['grad_norm/reverse'] < 1.0
   for a, b in zip(jax.tree.leaves(params['forward']), jax.tree.leaves(base['forward'])):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-  assert update_difference(params['reverse'], base['reverse'], initial_reverse_params()) > 1e-2
+  assert update_difference(params['reverse'], base['reverse'], start) > 1e-2

@@ -44,6 +44,13 @@ def spread(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarr
   return np.asarray([images[labels == c].std(axis=0).mean() for c in range(num_classes)])
 
 
+def heldout_images(config) -> tuple[np.ndarray, np.ndarray]:
+  """The held-out split: images (N, H, W, C) in [-1, 1] and labels (N,) int32."""
+  heldout, _ = input_pipeline.take_subset(config, 'heldout')
+  return (heldout['image'].astype(np.float32) / 127.5 - 1.0,
+          heldout['label'].astype(np.int32))
+
+
 def measure(config, workdir, guidance: float = 0.0, temperature: float = 1.0,
             per_class: int = 100) -> dict:
   """The module docstring's numbers for the run in `workdir`."""
@@ -54,9 +61,7 @@ def measure(config, workdir, guidance: float = 0.0, temperature: float = 1.0,
                      'unconditional (model.num_classes=0)')
   exp, state, _ = restore.restore_run(config, workdir)
   params = state.ema
-  heldout, _ = input_pipeline.take_subset(config, 'heldout')
-  x = heldout['image'].astype(np.float32) / 127.5 - 1.0
-  y = heldout['label'].astype(np.int32)
+  x, y = heldout_images(config)
   data_spread = spread(x, y, classes)
   labels = jnp.asarray(np.repeat(np.arange(classes, dtype=np.int32), per_class))
   names = ('reverse', 'exact') if config.reverse.enabled else ('exact',)

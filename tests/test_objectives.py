@@ -243,3 +243,24 @@ def test_inverse_matching_loss():
   assert float(jnp.max(jnp.abs(g_t))) == 0.0
   g_p = jax.grad(lambda p: primitives.inverse_matching_loss(p, target)[0])(pred)
   np.testing.assert_allclose(g_p, 2 * (pred - target) / pred.size, rtol=1e-5)
+
+
+def test_inverse_matching_token_weighting():
+  """Importance weighting (§4.10) on inverse matching: the hand formula, the plain loss
+  where every token errs equally, a larger loss where errors are uneven (the weights
+  favour the worse tokens), and a gradient through the error only (weights detached)."""
+  pred = jax.random.normal(jax.random.PRNGKey(5), (2, T, D))
+  target = jax.random.normal(jax.random.PRNGKey(6), (2, T, D))
+  loss, m = primitives.inverse_matching_loss(pred, target, token_weighting=True)
+  e = np.mean(np.square(np.asarray(pred) - np.asarray(target)), axis=2)    # (batch, T)
+  w = e / e.mean(axis=1, keepdims=True)
+  np.testing.assert_allclose(float(loss), float(np.mean(w * e)), rtol=1e-5)
+  np.testing.assert_allclose(float(m['inverse/mse']), float(e.mean()), rtol=1e-6)
+  assert float(loss) > float(m['inverse/mse'])          # mean(e^2)/mean(e) >= mean(e)
+  uniform = target + 0.5 * jnp.sign(jax.random.normal(jax.random.PRNGKey(7), target.shape))
+  plain, _ = primitives.inverse_matching_loss(uniform, target)
+  weighted, _ = primitives.inverse_matching_loss(uniform, target, token_weighting=True)
+  np.testing.assert_allclose(float(weighted), float(plain), rtol=1e-6)
+  g = jax.grad(lambda p: primitives.inverse_matching_loss(p, target, True)[0])(pred)
+  expected = 2 * w[..., None] * (np.asarray(pred) - np.asarray(target)) / pred.size
+  np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-9)

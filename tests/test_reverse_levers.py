@@ -149,3 +149,25 @@ def test_a_g_step_with_a_smaller_batch_trains_on_the_first_rows(setup):
       config_lib.validate(config)
   finally:
     config.schedule.reverse_batch_size = 0
+
+
+def test_inverse_matching_honours_token_weighting_and_the_teacher(setup):
+  """objective.token_weighting reaches inverse matching (it was silently ignored before),
+  and the target is the teacher's inverse."""
+  config, exp, params, batch = setup
+  phase = reverse_phase(exp)
+  config.objective.reverse_target = 'inverse_matching'
+  try:
+    _, plain = loss(exp, config, params, batch, phase)
+    config.objective.token_weighting = True
+    _, weighted = loss(exp, config, params, batch, phase)
+    config.objective.token_weighting = False
+    _, other = loss(exp, config, params, batch, phase, teacher=perturbed(params['forward'], seed=2))
+  finally:
+    config.objective.reverse_target, config.objective.token_weighting = 'trajectory', False
+  # Same z, same target: the unweighted MSE agrees, the weighted loss is larger
+  # (mean(w e) = mean(e^2) / mean(e) per sample, above mean(e) when errors are uneven).
+  assert float(weighted['inverse/mse']) == pytest.approx(float(plain['inverse/mse']), rel=1e-6)
+  assert float(plain['reverse/loss']) == pytest.approx(float(plain['inverse/mse']), rel=1e-6)
+  assert float(weighted['reverse/loss']) > 1.001 * float(weighted['inverse/mse'])
+  assert float(other['inverse/mse']) != pytest.approx(float(plain['inverse/mse']))

@@ -269,7 +269,9 @@ def reverse_objective(models: Models, params, x_clean: Array, x_noisy: Array, y,
     z = base_density.sample(z_rng, (batch, flow.num_tokens, flow.token_dim), flow.base, flow.nu)
     target = inverse_matching_target(flow, params['forward'], z, y, config)
     out, _ = generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
-    return primitives.inverse_matching_loss(out, target)
+    value, metrics = primitives.inverse_matching_loss(out, target,
+                                                      token_weighting=obj.token_weighting)
+    return value, {**metrics, 'reverse/loss': value}
   z = jax.lax.stop_gradient(trajectory[-1])
   out, projections = generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
   decode, terms = perceptual_terms(models.frozen, frozen_params or {}, flow.patch_size,
@@ -323,9 +325,10 @@ def loss_fn(params, batch: dict, rng: Array, *, phase: phases.Phase, models: Mod
     metrics['bits_per_dim'] = jnp.mean(primitives.bits_per_dim(nll[:data], num_dims))
   loss = nll_weight * nll_per_dim
   if reverse_weight > 0:
-    if phase.trains('forward') and (teacher_forward is not None or k):
+    uses_trajectory = config.objective.reverse_target == 'trajectory'
+    if phase.trains('forward') and uses_trajectory and (teacher_forward is not None or k):
       # F trains on data only; G's trajectories (of the teacher, over data and prior rows)
-      # take one more pass of F.
+      # take one more pass of F. Inverse matching draws its own z and needs none.
       x_clean, x_noisy = with_prior_rows(flow, teacher, x_clean, x_noisy, y, prior_rng, config)
       _, _, trajectory = flow.apply({'params': jax.lax.stop_gradient(teacher)}, x_noisy, y)
     reverse_loss_value, reverse_metrics = reverse_objective(

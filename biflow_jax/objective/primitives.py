@@ -164,8 +164,17 @@ def sample_guidance_scale(rng: Array, batch: int, w_max: float, zero_prob: float
   return jnp.where(is_zero, 0.0, w).astype(jnp.float32)
 
 
-def inverse_matching_loss(pred: Array, target: Array) -> tuple[Array, dict]:
-  """Inverse matching on fresh noise: mean_elements ||G(z) - sg(F^-1(z))||^2 (float32)."""
-  diff = _f32(pred) - jax.lax.stop_gradient(_f32(target))
-  loss = jnp.mean(diff * diff)
-  return loss, {'inverse/mse': loss}
+def inverse_matching_loss(pred: Array, target: Array, token_weighting: bool = False
+                          ) -> tuple[Array, dict]:
+  """Inverse matching on fresh noise: mean_elements ||G(z) - sg(F^-1(z))||^2 (float32).
+
+  pred, target: (batch, T, D) tokens. token_weighting: the founding description's
+  importance weighting of hard-to-reconstruct regions (docs/method.md §4.10: each token's
+  squared error times its detached weight, mean 1 per sample), on the same scale as the
+  plain loss. Metrics: 'inverse/mse', always the unweighted element mean.
+  """
+  target = jax.lax.stop_gradient(_f32(target))
+  diff = _f32(pred) - target
+  mse_value = jnp.mean(diff * diff)
+  loss = jnp.mean(token_weighted_mse(_f32(pred), target)) if token_weighting else mse_value
+  return loss, {'inverse/mse': mse_value}

@@ -3,7 +3,9 @@
     python -m biflow_jax.tools.ablate --config=configs/mnist.py --study=all --workdir=DIR
 
 Studies (`ablations.STUDIES`, or `all`): supervision, denoising, norm_control, distance,
-guidance; what each row is lives in `biflow_jax/tools/ablations.py`. Every F setting is trained
+guidance; what each row is lives in `biflow_jax/tools/ablations.py`. `--study=objective`
+(alone) is the joint-objective study of `biflow_jax/tools/objective_study.py`: whole runs
+(F only, two stages, the progressive plan) at equal wall time, with its own table. Every F setting is trained
 once into DIR/forward/<name>/ (the default one is config.model.init_from when that is set),
 every G training once into DIR/reverse/<name>/ (plan reverse_only from that F, the config's
 reverse_steps, seed and data order), and every evaluation once (`evaluation.evaluate` with
@@ -30,7 +32,7 @@ from ml_collections import config_flags
 
 from biflow_jax.modes import evaluate
 from biflow_jax.runtime import cli, files
-from biflow_jax.tools import ablations
+from biflow_jax.tools import ablations, objective_study
 from biflow_jax.training import train
 
 DONE = 'ablate_done.json'
@@ -39,7 +41,7 @@ DONE = 'ablate_done.json'
 @dataclasses.dataclass
 class Job:
   """One unit of work: kind 'F' | 'G' | 'eval', done when `record` exists."""
-  kind: str
+  kind: str                    # 'F' | 'G' | 'run' (a whole training) | 'eval'
   name: str
   config: ml_collections.ConfigDict
   workdir: epath.Path          # where it trains, or the run it evaluates
@@ -115,7 +117,7 @@ def eta(jobs: list[Job], records: dict[str, dict]) -> str:
   unit of cost of its finished jobs: per step for trainings, x2 for CFG); a lower bound
   ('>=') while a kind still to run has not been measured."""
   rate = {}
-  for kind in ('F', 'G', 'eval'):
+  for kind in ('F', 'G', 'run', 'eval'):
     done = [(records[id_of(j)]['seconds'], j.cost) for j in jobs
             if j.kind == kind and id_of(j) in records]
     if done:
@@ -137,14 +139,20 @@ def _clock(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s'
 
 
-def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike
+def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
+            log: Callable[[str], Any] = logging.info
             ) -> tuple[tuple[str, ...], list[Job], dict[str, dict]]:
   """(studies, jobs, records of the finished ones). Raises ValueError for an unknown study,
   a config that cannot run a variant, or a workdir holding jobs of another config; nothing
-  is trained or written."""
+  is trained. The objective study first measures its step costs (DIR/step_costs.json)."""
   studies = ablations.parse_studies(study)
-  ablations.check(config, studies)
-  jobs = plan(config, studies, epath.Path(workdir))
+  if studies == (ablations.OBJECTIVE_STUDY,):
+    objective_study.check(config)
+    costs = objective_study.step_costs(config, epath.Path(workdir), log=log)  # compiles
+    jobs = objective_study.plan(config, epath.Path(workdir), costs)
+  else:
+    ablations.check(config, studies)
+    jobs = plan(config, studies, epath.Path(workdir))
   return studies, jobs, {id_of(j): r for j in jobs if (r := finished(j)) is not None}
 
 
@@ -155,7 +163,7 @@ def run(config: ml_collections.ConfigDict, study: str, workdir: str | epath.Path
 
   Raises `prepare`'s ValueErrors before anything trains.
   """
-  studies, jobs, records = prepare(config, study, workdir)
+  studies, jobs, records = prepare(config, study, workdir, log)
   return execute(config, studies, jobs, records, epath.Path(workdir), command, log)
 
 
@@ -163,9 +171,11 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
             command: str, log: Callable[[str], Any] = logging.info) -> dict:
   """Runs the unfinished jobs in order, then writes DIR/ablations.json and .md."""
   t0, jobs_run = time.perf_counter(), []
+  count = lambda kind: sum(j.kind == kind for j in jobs)
+  whole = f", {count('run')} whole" if count('run') else ''
   log(f'ablate: studies {", ".join(studies)}: {len(jobs)} jobs '
-      f"({sum(j.kind == 'F' for j in jobs)} F, {sum(j.kind == 'G' for j in jobs)} G trainings, "
-      f"{sum(j.kind == 'eval' for j in jobs)} evaluations), {len(records)} already done")
+      f"({count('F')} F, {count('G')} G{whole} trainings, "
+      f"{count('eval')} evaluations), {len(records)} already done")
   for i, job in enumerate(jobs):
     if id_of(job) in records:
       continue
@@ -175,18 +185,25 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
     jobs_run.append(id_of(job))
   wall = time.perf_counter() - t0
   by_kind = lambda kind: {j.name: records[id_of(j)] for j in jobs if j.kind == kind}
-  report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'))
+  if studies == (ablations.OBJECTIVE_STUDY,):
+    costs = objective_study.step_costs(config, workdir, log=log)  # read back, not measured
+    report = objective_study.report(config, costs, records)
+    to_markdown = objective_study.markdown
+  else:
+    report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'))
+    to_markdown = ablations.markdown
   report.update(command=command, jobs_run=jobs_run, wall_seconds_this_call=round(wall, 1))
   workdir.mkdir(parents=True, exist_ok=True)
   files.write_text_atomic(workdir / 'ablations.json', files.json_text(report, 'ablations.json'))
-  files.write_text_atomic(workdir / 'ablations.md', ablations.markdown(report))
+  files.write_text_atomic(workdir / 'ablations.md', to_markdown(report))
   log(f'ablate: wrote {workdir / "ablations.md"} and ablations.json ({_clock(wall)} this call)')
   return report
 
 
 def main(argv=None) -> None:
   config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-  flags.DEFINE_string('study', 'all', f"'all' or comma-separated of {', '.join(ablations.STUDIES)}")
+  flags.DEFINE_string('study', 'all', f"'all' or comma-separated of {', '.join(ablations.STUDIES)}"
+                      f"; or '{ablations.OBJECTIVE_STUDY}' alone")
   flags.DEFINE_string('workdir', None, 'Directory of the runs, evaluations and tables.')
   flags.mark_flags_as_required(['config', 'workdir'])
   argv = argv or sys.argv
@@ -195,7 +212,7 @@ def main(argv=None) -> None:
     command = ' '.join(['python -m biflow_jax.tools.ablate'] + list(argv[1:]))
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     try:
-      studies, jobs, records = prepare(config, flags.FLAGS.study, workdir)
+      studies, jobs, records = prepare(config, flags.FLAGS.study, workdir, logging.info)
     except ValueError as e:  # bad input: one line, before anything trains
       print(f'FATAL: {e}', file=sys.stderr)
       sys.exit(2)

@@ -31,6 +31,7 @@ from biflow_jax.inference import decoders
 from biflow_jax.objective import phases
 
 STUDIES = ('supervision', 'denoising', 'norm_control', 'distance', 'guidance')
+OBJECTIVE_STUDY = 'objective'  # tools/objective_study.py; not part of 'all'
 PERCEPTUAL_WEIGHTS = ('perceptual.feature_weight', 'perceptual.lpips_weight',
                       'perceptual.convnext_weight')
 
@@ -113,17 +114,26 @@ ROWS = (
 # ------------------------------------------------------------------------------ selection
 
 def parse_studies(spec: str) -> tuple[str, ...]:
-  """'all' or a comma-separated list of STUDIES -> the studies in table order.
+  """'all', a comma-separated list of STUDIES, or 'objective' alone (the joint-objective
+  study, `tools/objective_study.py`, which trains whole runs, not G's from one F) -> the
+  studies in table order.
 
   Raises ValueError naming an unknown study and listing the valid ones.
   """
   names = [s.strip() for s in spec.split(',') if s.strip()]
   if names == ['all']:
     return STUDIES
+  if OBJECTIVE_STUDY in names:
+    if names != [OBJECTIVE_STUDY]:
+      raise ValueError(f"--study={spec!r}: '{OBJECTIVE_STUDY}' runs alone (it trains whole "
+                       'runs at equal wall time); give it in a separate call with its own '
+                       '--workdir')
+    return (OBJECTIVE_STUDY,)
   unknown = [s for s in names if s not in STUDIES]
   if unknown or not names:
     raise ValueError(f'--study={spec!r}: unknown study {unknown or spec!r}; use one of '
-                     f"{', '.join(STUDIES)} (comma-separated) or 'all'")
+                     f"{', '.join(STUDIES)} (comma-separated), 'all', or "
+                     f"'{OBJECTIVE_STUDY}' alone")
   return tuple(s for s in STUDIES if s in names)
 
 

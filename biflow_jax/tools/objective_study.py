@@ -1,0 +1,388 @@
+"""The joint-objective study (`tools/ablate --study=objective`): the founding description's
+joint objective and progressive plan against the paper's two stages, at equal wall time.
+
+    python -m biflow_jax.tools.ablate --config=configs/mnist.py --study=objective --workdir=DIR
+
+Every row (`ARMS`) trains from scratch with the config's F, G, seed and data order and
+changes only what trains when and on which targets (docs/experiments/objective.md defines
+each row; docs/method.md §4.7 inverse matching, §4.10 token weighting, §5 the plans):
+- F only: F by NLL for the whole budget, scored by its exact inverse + score denoising;
+- two stages (the paper): F for the config's forward_steps, then G alone, by hidden
+  alignment (the config's G recipe) or by inverse matching on fresh noise;
+- progressive (the founding description): F alone for half the config's forward_steps,
+  then F and G together (NLL + lambda * reverse loss), then G alone; inverse matching with
+  lambda 0.5, 1, 2, with importance (token) weighting, or alignment with prior rows.
+
+Equal wall time. The budget B is the config's own two-stage run in F-step units,
+forward_steps + reverse_steps * c(G step), where c(kind) is the time of one step of that
+kind over one F step, measured at the start on this machine and config (`measure_costs`,
+kept in DIR/step_costs.json so a resumed study keeps its step counts). A progressive row
+spends what its F phase leaves half on joint steps and half on G-only steps.
+
+Each row is scored twice by `--mode=eval`'s protocol: unguided (w = 0, the paper's
+ablation protocol) and at the config's guidance scale; both at the config's temperature.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+
+from biflow_jax import config_lib
+from biflow_jax.objective import phases
+from biflow_jax.runtime import files
+from biflow_jax.tools import ablations
+
+STUDY = 'objective'
+COSTS_FILE = 'step_costs.json'
+
+_IM = {'objective.reverse_target': 'inverse_matching', 'objective.prior_fraction': 0.0}
+_PRIOR = {'objective.reverse_target': 'trajectory', 'objective.prior_fraction': 0.25}
+
+#: Step kinds whose cost sets the rows' step counts: kind -> (phase timed, overrides).
+COST_KINDS: dict[str, tuple[str, dict]] = {
+    'F': ('forward', {}),
+    'G align': ('reverse', {}),
+    'G inverse matching': ('reverse', _IM),
+    'G align + prior rows': ('reverse', _PRIOR),
+    'joint inverse matching': ('joint', _IM),
+    'joint align + prior rows': ('joint', _PRIOR),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One row: how it trains (plan), the objective overrides, the step kinds it uses."""
+  name: str
+  label: str
+  plan: str                   # 'forward_only' | 'two_stage' | 'progressive'
+  overrides: dict = dataclasses.field(default_factory=dict)
+  joint_kind: str = ''        # COST_KINDS key of its joint step (progressive)
+  reverse_kind: str = ''      # COST_KINDS key of its G-only step
+
+  @property
+  def decoder(self) -> str:
+    return 'exact' if self.plan == 'forward_only' else 'reverse'
+
+
+ARMS = (
+    Arm('forward_only', "F only (its exact inverse + score denoising)", 'forward_only'),
+    Arm('two_stage_align', 'F, then G by hidden alignment (the paper)', 'two_stage',
+        reverse_kind='G align'),
+    Arm('two_stage_im', "F, then G by inverse matching (the reading of 'reverse loss only')",
+        'two_stage', _IM, reverse_kind='G inverse matching'),
+    *(Arm(f'joint_im_lambda_{lam:g}'.replace('.', 'p'),
+          f'progressive, inverse matching, lambda {lam:g}', 'progressive',
+          {**_IM, 'objective.reverse_weight': lam}, 'joint inverse matching',
+          'G inverse matching') for lam in (0.5, 1.0, 2.0)),
+    Arm('joint_im_weighted', 'progressive, inverse matching, lambda 1, importance weighting',
+        'progressive', {**_IM, 'objective.token_weighting': True}, 'joint inverse matching',
+        'G inverse matching'),
+    Arm('joint_align_prior', 'progressive, alignment + inverse pairs of fresh noise (1/4 of '
+        'each batch)', 'progressive', _PRIOR, 'joint align + prior rows', 'G align + prior rows'),
+)
+ARM_NAMES = tuple(a.name for a in ARMS)
+#: The two scorings of every row: name -> (G's guidance, F's inverses' guidance); None =
+#: the config's own.
+SCORINGS = {'unguided': 0.0, 'guided': None}
+
+
+# ----------------------------------------------------------------------------- configs
+
+def _with(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  out = config.copy_and_resolve_references()
+  out.update_from_flattened_dict(overrides)
+  return out
+
+
+def budget(config: ml_collections.ConfigDict, costs: dict[str, float]) -> float:
+  """The config's two-stage run in F-step units: forward_steps + reverse_steps * c(G)."""
+  s = config.schedule
+  return int(s.forward_steps) + int(s.reverse_steps) * costs['G align']
+
+
+def schedule(arm: Arm, config: ml_collections.ConfigDict, costs: dict[str, float]
+             ) -> dict[str, int]:
+  """The arm's (forward_steps, joint_steps, reverse_steps) filling the budget.
+
+  Raises ValueError when the budget leaves a phase no step (the fix: more steps)."""
+  b, forward = budget(config, costs), int(config.schedule.forward_steps)
+  if arm.plan == 'forward_only':
+    steps = {'forward_steps': round(b), 'joint_steps': 0, 'reverse_steps': 0}
+  elif arm.plan == 'two_stage':
+    g = round((b - forward) / costs[arm.reverse_kind])
+    steps = {'forward_steps': forward, 'joint_steps': 0, 'reverse_steps': g}
+  else:
+    first = forward // 2
+    half = (b - first) / 2
+    steps = {'forward_steps': first, 'joint_steps': round(half / costs[arm.joint_kind]),
+             'reverse_steps': round(half / costs[arm.reverse_kind])}
+  empty = [k for k, v in steps.items() if v <= 0 and (
+      k == 'forward_steps' or arm.plan == 'progressive' or
+      (k == 'reverse_steps' and arm.plan == 'two_stage'))]
+  if empty:
+    raise ValueError(f'objective study row {arm.name!r}: the budget ({b:.0f} F steps) leaves '
+                     f'{", ".join(empty)} at 0; raise config.schedule.forward_steps and '
+                     'reverse_steps')
+  return steps
+
+
+def forward_run_config(config, steps: int) -> ml_collections.ConfigDict:
+  """F alone (plan forward_only) for `steps` steps; its samples by the exact inverse."""
+  return _with(config, {'schedule.plan': 'forward_only', 'schedule.forward_steps': steps,
+                        'schedule.joint_steps': 0, 'schedule.reverse_steps': 0,
+                        'reverse.enabled': False, 'model.init_from': '',
+                        'sample.decoder': 'exact'})
+
+
+def reverse_run_config(config, arm: Arm, steps: dict, forward_run: str):
+  """G alone (plan reverse_only) from the F in forward_run, with the arm's objective."""
+  return _with(config, {**arm.overrides, 'schedule.plan': 'reverse_only',
+                        'schedule.forward_steps': 0, 'schedule.joint_steps': 0,
+                        'schedule.reverse_steps': steps['reverse_steps'],
+                        'model.init_from': str(forward_run)})
+
+
+def progressive_run_config(config, arm: Arm, steps: dict):
+  return _with(config, {**arm.overrides, 'schedule.plan': 'progressive',
+                        'model.init_from': '',
+                        **{f'schedule.{k}': v for k, v in steps.items()}})
+
+
+def eval_config(train_config, arm: Arm, scoring: str, source) -> ml_collections.ConfigDict:
+  """The training's config scored by the arm's decoder, unguided or at `source`'s guidance."""
+  w = SCORINGS[scoring]
+  g_w = source.sample.reverse_guidance if w is None else w
+  f_w = source.sample.guidance if w is None else w
+  extra = {'sample.denoise': 'score'} if arm.decoder == 'exact' else {}
+  return _with(train_config, {'eval.decoders': arm.decoder, 'sample.reverse_guidance': g_w,
+                              'sample.guidance': f_w, **extra})
+
+
+# ------------------------------------------------------------------------------ checks
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """The study can run with this config; ValueError naming the problem and the fix."""
+  if not config.reverse.enabled:
+    raise ValueError('the objective study trains G: set --config.reverse.enabled=True')
+  if config.schedule.plan != 'two_stage':
+    raise ValueError(f'config.schedule.plan={config.schedule.plan!r}: the objective study '
+                     "takes its budget from the config's two-stage run; use "
+                     '--config.schedule.plan=two_stage')
+  if config.model.init_from:
+    raise ValueError('the objective study trains every F itself (the progressive rows train F '
+                     'with G): unset --config.model.init_from')
+  if int(config.schedule.forward_steps) < 2 or int(config.schedule.reverse_steps) <= 0:
+    raise ValueError('the objective study needs config.schedule.forward_steps >= 2 and '
+                     'reverse_steps > 0 (its budget is that two-stage run)')
+  if config.objective.reverse_target != 'trajectory' or config.objective.prior_fraction:
+    raise ValueError("the objective study's base is the paper's G (hidden alignment on "
+                     "trajectories); set objective.reverse_target='trajectory' and "
+                     'prior_fraction=0 (the rows change them)')
+  for kind in COST_KINDS:
+    _validate(_cost_config(config, kind)[0], f'step-cost measurement {kind!r}')
+  unit = {k: 1.0 for k in COST_KINDS}
+  for arm in ARMS:
+    steps = schedule(arm, config, unit)
+    for scoring in SCORINGS:
+      _validate(eval_config(_train_config(config, arm, steps, '<F run>'), arm, scoring, config),
+                f'row {arm.name!r} ({scoring})')
+
+
+def _validate(config, what: str) -> None:
+  try:
+    config_lib.validate(config)
+    phases.build_phase_plan(config)
+  except ValueError as e:
+    raise ValueError(f'the objective study {what} cannot run with this config: {e}') from e
+
+
+def _train_config(config, arm: Arm, steps: dict, forward_run: str):
+  if arm.plan == 'forward_only':
+    return forward_run_config(config, steps['forward_steps'])
+  if arm.plan == 'two_stage':
+    return reverse_run_config(config, arm, steps, forward_run)
+  return progressive_run_config(config, arm, steps)
+
+
+# ------------------------------------------------------------------------- step costs
+
+def _cost_config(config, kind: str):
+  phase, overrides = COST_KINDS[kind]
+  steps = lambda f, j, r: {'schedule.forward_steps': f, 'schedule.joint_steps': j,
+                           'schedule.reverse_steps': r}
+  plan = {'forward': {'schedule.plan': 'forward_only', 'reverse.enabled': False,
+                      **steps(10, 0, 0)},
+          'reverse': {'schedule.plan': 'two_stage', **steps(10, 0, 10)},
+          'joint': {'schedule.plan': 'progressive', **steps(10, 10, 10)}}[phase]
+  return _with(config, {**overrides, **plan, 'model.init_from': ''}), phase
+
+
+def measure_costs(config: ml_collections.ConfigDict, rounds: int = 3, steps: int = 5,
+                  log=print) -> dict[str, Any]:
+  """Seconds per train step of each COST_KINDS kind at this config's size, on fixed
+  random batches: each compiled once, then `rounds` rounds in which the kinds alternate,
+  `steps` steps each; the median over rounds. Alternating keeps the ratios fair on a
+  shared machine. Returns {'seconds': {kind: s}, 'ratio': {kind: s / s_F}}."""
+  from biflow_jax.tools.step_time_ab import random_batch
+  from biflow_jax.training.experiment import build_experiment
+  runs = {}
+  for kind in COST_KINDS:
+    c, phase_name = _cost_config(config, kind)
+    exp = build_experiment(c)
+    state = exp.create_state()
+    phase = next(p for p in exp.plan if p.name == phase_name)
+    batch = exp.global_batch(random_batch(c))
+    t0 = time.perf_counter()
+    state, metrics = exp.step(state, batch, exp.frozen_params, phase)
+    jax.block_until_ready(metrics)
+    log(f'objective study: step kind {kind!r} compiled in {time.perf_counter() - t0:.0f} s')
+    runs[kind] = [exp, state, batch, phase]
+  seconds = {kind: [] for kind in runs}
+  for _ in range(rounds):
+    for kind, run in runs.items():
+      exp, state, batch, phase = run
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = exp.step(state, batch, exp.frozen_params, phase)
+      jax.block_until_ready(metrics)
+      seconds[kind].append((time.perf_counter() - t0) / steps)
+      run[1] = state
+  median = {k: statistics.median(v) for k, v in seconds.items()}
+  return {'seconds': median, 'ratio': {k: v / median['F'] for k, v in median.items()},
+          'rounds': rounds, 'steps_per_round': steps, 'device': jax.devices()[0].device_kind}
+
+
+def costs_key(config: ml_collections.ConfigDict) -> dict:
+  """What the measured costs depend on: the training config without its step counts."""
+  key = ablations.training_key(config)
+  key['schedule'] = {k: v for k, v in key.get('schedule', {}).items() if not k.endswith('_steps')}
+  return key
+
+
+def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print
+               ) -> dict[str, float]:
+  """The step cost ratios from DIR/step_costs.json, or measured now and written there."""
+  path = epath.Path(workdir) / COSTS_FILE
+  record = files.read_json(path)
+  key = costs_key(config)
+  if record is not None:
+    if record.get('key') != key:
+      raise ValueError(f'{path} holds step costs measured for another config; use a new '
+                       '--workdir, or delete that file to measure again')
+    return record['ratio']
+  log('objective study: measuring the step cost of each kind of step (sets equal wall time)')
+  record = {**measure_costs(config, log=log), 'key': key}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  files.write_text_atomic(path, files.json_text(record, str(path)))
+  return record['ratio']
+
+
+# -------------------------------------------------------------------------------- jobs
+
+def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str, float]):
+  """The study's jobs, in order: the two F runs, the G runs, the progressive runs, each
+  training followed by its evaluations (ablate.Job)."""
+  from biflow_jax.tools import ablate  # the Job type and its record layout
+  jobs = []
+  default_f = workdir / 'forward' / 'default'
+  schedules = {arm.name: schedule(arm, config, costs) for arm in ARMS}
+  fc = forward_run_config(config, int(config.schedule.forward_steps))
+  jobs.append(ablate.Job('F', 'default', fc, default_f, default_f / ablate.DONE,
+                         ablations.training_key(fc), float(fc.schedule.forward_steps)))
+  for arm in ARMS:
+    steps = schedules[arm.name]
+    if arm.plan == 'forward_only':
+      kind, run = 'F', workdir / 'forward' / arm.name
+      cost = float(steps['forward_steps'])
+    elif arm.plan == 'two_stage':
+      kind, run = 'G', workdir / 'reverse' / arm.name
+      cost = steps['reverse_steps'] * costs[arm.reverse_kind]
+    else:
+      kind, run = 'run', workdir / 'runs' / arm.name
+      cost = (steps['forward_steps'] + steps['joint_steps'] * costs[arm.joint_kind]
+              + steps['reverse_steps'] * costs[arm.reverse_kind])
+    tc = _train_config(config, arm, steps, str(default_f))
+    jobs.append(ablate.Job(kind, arm.name, tc, run, run / ablate.DONE,
+                           ablations.training_key(tc), cost))
+    for scoring in SCORINGS:
+      ec = eval_config(tc, arm, scoring, config)
+      name = f'{arm.name}.{scoring}'
+      row = ablations.Row(STUDY, name, arm.label, arm.name, name, arm.decoder)
+      jobs.append(ablate.Job('eval', name, ec, run, workdir / 'evals' / f'{name}.json',
+                             ablations.config_key(ec), 1.0, row))
+  return jobs
+
+
+# ------------------------------------------------------------------------------ report
+
+def _phases_text(steps: dict) -> str:
+  return ' + '.join(f'{v} {k.split("_")[0]}' for k, v in steps.items() if v)
+
+
+def report(config, costs: dict[str, float], records: dict[str, dict]) -> dict:
+  """DIR/ablations.json's content: one row per arm, both scorings, the runs' seconds.
+
+  records: ablate's id ('F:default', 'G:two_stage_im', 'eval:forward_only.guided', ...)
+  -> finished record."""
+  rows = []
+  for arm in ARMS:
+    steps = schedule(arm, config, costs)
+    kind = {'forward_only': 'F', 'two_stage': 'G', 'progressive': 'run'}[arm.plan]
+    seconds = records[f'{kind}:{arm.name}']['seconds']
+    if arm.plan == 'two_stage':  # its F is the shared default F
+      seconds += records['F:default']['seconds']
+    used = (steps['forward_steps'] + steps['joint_steps'] * costs.get(arm.joint_kind, 0.0)
+            + steps['reverse_steps'] * costs.get(arm.reverse_kind, 0.0))
+    row = {'name': arm.name, 'label': arm.label, 'plan': arm.plan, 'decoder': arm.decoder,
+           'steps': steps, 'phases': _phases_text(steps), 'budget_used': used,
+           'overrides': arm.overrides, 'training_seconds': seconds}
+    for scoring in SCORINGS:
+      ev = records[f'eval:{arm.name}.{scoring}']
+      entry = ev['entry']
+      row[scoring] = {k: entry.get(k) for k in (
+          'frechet_distance', 'class_accuracy', 'precision', 'recall', 'guidance',
+          'temperature')}
+      row[scoring]['eval_seconds'] = ev['seconds']
+    rows.append(row)
+  return {'studies': {STUDY: {'rows': rows}}, 'budget_f_steps': budget(config, costs),
+          'step_cost_ratios': costs, 'config': ablations.config_key(config)}
+
+
+def _f(value, spec):
+  return '-' if value is None else format(value, spec)
+
+
+def markdown(report_: dict) -> str:
+  """DIR/ablations.md for the objective study."""
+  c = report_['config']
+  lines = ['# The joint-objective study', '', f"Command: `{report_.get('command', '')}`", '',
+           f"Budget: {report_['budget_f_steps']:.0f} F-step units (the config's two-stage run: "
+           f"F {c['schedule']['forward_steps']} + G {c['schedule']['reverse_steps']} steps); "
+           'step costs measured here, relative to an F step: '
+           + ', '.join(f'{k} {v:.2f}' for k, v in report_['step_cost_ratios'].items())
+           + f". Batch {c['batch_size']}, seed {c['seed']}, {c['eval']['num_samples']} samples "
+           'per evaluation.', '',
+           '| row | phases (steps) | budget used | unguided: FD / acc. / P / R | guided: w, '
+           'FD / acc. / P / R | train s | eval s |', '|' + '---|' * 7]
+  for r in report_['studies'][STUDY]['rows']:
+    cells = []
+    for scoring in SCORINGS:
+      e = r[scoring]
+      text = ' / '.join(_f(e[k], s) for k, s in (('frechet_distance', '.1f'),
+                        ('class_accuracy', '.3f'), ('precision', '.2f'), ('recall', '.2f')))
+      cells.append(text if scoring == 'unguided' else f"{_f(e['guidance'], 'g')}, {text}")
+    lines.append(f"| {r['label']} | {r['phases']} | {r['budget_used']:.0f} | {cells[0]} | "
+                 f"{cells[1]} | {r['training_seconds']:.0f} | "
+                 f"{r['unguided']['eval_seconds'] + r['guided']['eval_seconds']:.0f} |")
+  lines += ['', "Train s of a two-stage row includes the shared F's seconds. Rows are defined "
+            'in docs/experiments/objective.md.']
+  if 'wall_seconds_this_call' in report_:
+    lines += ['', f"Wall time of this call: {report_['wall_seconds_this_call']:.0f} s "
+                  f"({len(report_.get('jobs_run', []))} jobs run, the rest already done)."]
+  return '\n'.join(lines) + '\n'

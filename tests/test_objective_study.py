@@ -1,0 +1,136 @@
+"""The joint-objective study (`tools/ablate --study=objective`): rows at equal wall time,
+the jobs they need, resume, bad input; the step-cost measurement (slow)."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+from etils import epath
+
+from biflow_jax.tools import ablate, ablations, objective_study as study
+
+from test_ablate import fake, toy  # noqa: F401  (fake is a fixture)
+
+# Step costs relative to an F step, as measured at the MNIST default's size
+# (docs/experiments/objective.md); any positive values would do for the pure tests.
+COSTS = {'F': 1.0, 'G align': 1.64, 'G inverse matching': 1.81, 'G align + prior rows': 1.95,
+         'joint inverse matching': 4.30, 'joint align + prior rows': 2.95}
+
+
+def mnist_sized():
+  return toy('--config.schedule.forward_steps=1800', '--config.schedule.reverse_steps=1000')
+
+
+def test_every_row_fills_the_same_budget():
+  config = mnist_sized()
+  b = study.budget(config, COSTS)
+  assert b == pytest.approx(1800 + 1000 * 1.64)
+  for arm in study.ARMS:
+    steps = study.schedule(arm, config, COSTS)
+    used = (steps['forward_steps'] + steps['joint_steps'] * COSTS.get(arm.joint_kind, 0)
+            + steps['reverse_steps'] * COSTS.get(arm.reverse_kind, 0))
+    # Rounding each phase to whole steps moves the total by at most half a step per phase.
+    assert abs(used - b) <= 0.5 * (1 + COSTS['joint inverse matching'] + COSTS['G align + prior rows'])
+  by_name = {a.name: study.schedule(a, config, COSTS) for a in study.ARMS}
+  assert by_name['two_stage_align'] == {'forward_steps': 1800, 'joint_steps': 0,
+                                        'reverse_steps': 1000}  # the config's own run
+  assert by_name['forward_only']['forward_steps'] == 3440
+  assert by_name['two_stage_im']['reverse_steps'] == round(1640 / 1.81)
+  assert by_name['joint_im_lambda_1']['forward_steps'] == 900
+  lambdas = [a for a in study.ARMS if a.name.startswith('joint_im_lambda')]
+  assert [a.overrides['objective.reverse_weight'] for a in lambdas] == [0.5, 1.0, 2.0]
+  assert len({json.dumps(by_name[a.name]) for a in lambdas}) == 1  # lambda costs nothing
+
+
+def test_rows_change_only_what_they_say(tmp_path):
+  config = mnist_sized()
+  jobs = {(j.kind, j.name): j for j in study.plan(config, epath.Path(tmp_path), COSTS)}
+  f_default = jobs[('F', 'default')].config
+  assert f_default.schedule.plan == 'forward_only' and not f_default.reverse.enabled
+  g = jobs[('G', 'two_stage_im')].config
+  assert g.schedule.plan == 'reverse_only' and g.model.init_from == str(tmp_path / 'forward' /
+                                                                         'default')
+  assert g.objective.reverse_target == 'inverse_matching'
+  assert jobs[('G', 'two_stage_align')].config.objective.reverse_target == 'trajectory'
+  weighted = jobs[('run', 'joint_im_weighted')].config
+  assert weighted.schedule.plan == 'progressive' and weighted.objective.token_weighting
+  assert weighted.objective.reverse_weight == 1.0
+  assert jobs[('run', 'joint_align_prior')].config.objective.prior_fraction == 0.25
+  for (kind, name), job in jobs.items():
+    c = job.config
+    assert (c.seed, c.data.seed, c.reverse.width, c.optim.reverse.lr) == (
+        config.seed, config.data.seed, config.reverse.width, config.optim.reverse.lr)
+    if kind == 'eval':
+      w = 0.0 if name.endswith('unguided') else config.sample.reverse_guidance
+      assert c.sample.reverse_guidance == w
+      assert c.eval.decoders == ('exact' if name.startswith('forward_only') else 'reverse')
+  assert jobs[('eval', 'forward_only.guided')].config.sample.denoise == 'score'
+
+
+@pytest.mark.parametrize('overrides, match', [
+    (('--config.schedule.plan=progressive', '--config.schedule.joint_steps=2'),
+     "takes its budget from the config's two-stage run"),
+    (('--config.model.init_from=/runs/F',), 'unset --config.model.init_from'),
+    (('--config.objective.reverse_target=inverse_matching',), "reverse_target='trajectory'"),
+    (('--config.schedule.forward_steps=1',), 'forward_steps >= 2'),
+])
+def test_bad_configs_fail_before_anything_is_measured(tmp_path, monkeypatch, overrides, match):
+  monkeypatch.setattr(study, 'measure_costs', lambda *a, **k: pytest.fail('measured'))
+  with pytest.raises(ValueError, match=match):
+    ablate.prepare(toy(*overrides), 'objective', tmp_path)
+
+
+def test_objective_runs_alone():
+  assert ablations.parse_studies('objective') == ('objective',)
+  with pytest.raises(ValueError, match="'objective' runs alone"):
+    ablations.parse_studies('objective,denoising')
+  assert 'objective' not in ablations.parse_studies('all')
+
+
+def test_a_budget_too_small_for_a_phase_is_named():
+  config = toy('--config.schedule.forward_steps=2', '--config.schedule.reverse_steps=1')
+  costs = dict(COSTS, **{'joint inverse matching': 40.0})
+  arm = next(a for a in study.ARMS if a.name == 'joint_im_lambda_1')
+  with pytest.raises(ValueError, match="'joint_im_lambda_1'.*joint_steps at 0"):
+    study.schedule(arm, config, costs)
+
+
+def test_the_study_runs_each_job_once_resumes_and_keeps_its_costs(fake, tmp_path, monkeypatch):
+  measured = []
+  def measure(config, **kwargs):
+    measured.append(config)
+    return {'seconds': {k: v / 10 for k, v in COSTS.items()}, 'ratio': dict(COSTS)}
+  monkeypatch.setattr(study, 'measure_costs', measure)
+  workdir = tmp_path / 'objective'
+  config = toy()
+  report = ablate.run(config, 'objective', workdir, 'the command', log=lambda _: None)
+  arms = len(study.ARMS)
+  assert len(measured) == 1 and len(fake.trained) == 1 + arms
+  assert len(fake.evaluated) == 2 * arms
+  rows = report['studies']['objective']['rows']
+  assert [r['name'] for r in rows] == list(study.ARM_NAMES)
+  for r in rows:
+    assert r['unguided']['guidance'] == 0.0 and r['guided']['guidance'] == pytest.approx(0.5)
+    assert math.isfinite(r['unguided']['frechet_distance'])
+    assert r['budget_used'] == pytest.approx(report['budget_f_steps'], abs=4)
+  on_disk = json.loads((workdir / 'ablations.json').read_text())
+  md = (workdir / 'ablations.md').read_text()
+  assert on_disk['step_cost_ratios'] == COSTS and '`the command`' in md
+  for arm in study.ARMS:
+    assert f'| {arm.label} |' in md
+  # A rerun measures and redoes nothing; another config's costs are not reused.
+  again = ablate.run(config, 'objective', workdir, 'the command', log=lambda _: None)
+  assert again['jobs_run'] == [] and len(measured) == 1 and len(fake.trained) == 1 + arms
+  with pytest.raises(ValueError, match='step costs measured for another config'):
+    ablate.prepare(toy('--config.reverse.width=32'), 'objective', workdir)
+  # Step counts alone do not change what a step costs.
+  assert study.costs_key(toy('--config.schedule.reverse_steps=7')) == study.costs_key(config)
+
+
+@pytest.mark.slow  # six train steps compiled on the toy config (~2 min on 2 cores)
+def test_measured_costs_are_positive_and_a_joint_step_costs_more_than_an_f_step():
+  result = study.measure_costs(toy(), rounds=2, steps=2, log=lambda _: None)
+  assert set(result['ratio']) == set(study.COST_KINDS) and result['ratio']['F'] == 1.0
+  assert all(math.isfinite(v) and v > 0 for v in result['seconds'].values())
+  # A joint inverse-matching step is an F step plus a fixed-point inverse and G's step.
+  assert result['ratio']['joint inverse matching'] > 1.0

@@ -166,6 +166,8 @@ def base_config() -> ml_collections.ConfigDict:
       token_weighting=False,    # weight tokens by their own detached error
       cfg_w_max=0.0,            # training-time CFG: w ~ U[0, cfg_w_max] per example (0 = off)
       cfg_zero_prob=0.25,       # fraction of examples trained at w = 0
+      cfg_guided_fraction=1.0,  # rows of each G batch that may get w > 0; the others train at
+                                # w = 0, so the unconditional pass runs on these rows only
       inverse_tol=1e-3,         # inverse matching: F^-1(z) by the fixed-point inverse
       inverse_max_iters=0,      # 0 = number of tokens (exact)
       inverse_groups=1,
@@ -411,6 +413,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.objective.prior_fraction < 1:
     raise ValueError(f'config.objective.prior_fraction={config.objective.prior_fraction} must be '
                      'in [0, 1): the share of each G batch given to prior pairs (0 = off)')
+  if not 0 < config.objective.cfg_guided_fraction <= 1:
+    raise ValueError(f'config.objective.cfg_guided_fraction={config.objective.cfg_guided_fraction}'
+                     ' must be in (0, 1]: the share of each G batch trained with guidance '
+                     '(1 = every row may be)')
   if config.objective.prior_fraction > 0 and config.objective.reverse_target != 'trajectory':
     raise ValueError('config.objective.prior_fraction adds prior pairs to trajectory supervision; '
                      "with reverse_target='inverse_matching' every row is already prior noise: "

@@ -137,16 +137,32 @@ def with_prior_rows(flow: ForwardFlow, forward_params, x_clean: Array, x_noisy: 
 
 # ------------------------------------------------------------------------ reverse term
 
-def generator_outputs(generator: ReverseModel, params, z: Array, y, w: Array, use_cfg: bool):
+def generator_outputs(generator: ReverseModel, params, z: Array, y, w: Array, use_cfg: bool,
+                      guided_rows: int | None = None):
   """G's (output, projections); with training-time CFG the combination
-  (G(z|c,w) + w G(z|null,w)) / (1 + w) is what gets supervised (docs/method.md §4.6)."""
+  (G(z|c,w) + w G(z|null,w)) / (1 + w) is what gets supervised (docs/method.md §4.6).
+
+  guided_rows: with CFG, only the first guided_rows rows may have w > 0 (the caller zeroes
+  the rest); the unconditional pass runs on those rows alone. At w = 0 the combination is
+  the conditional output exactly, so the result equals the full two-pass one."""
   out, projections = generator.apply({'params': params}, z, y, w)
   if not use_cfg:
     return out, projections
-  null = None if y is None else jnp.full_like(y, -1)
-  out_u, projections_u = generator.apply({'params': params}, z, null, w)
-  combine = lambda c, u: primitives.cfg_combine(c, u, w)
+  k = z.shape[0] if guided_rows is None else guided_rows
+  null = None if y is None else jnp.full_like(y[:k], -1)
+  out_u, projections_u = generator.apply({'params': params}, z[:k], null, w[:k])
+
+  def combine(c, u):
+    guided = primitives.cfg_combine(c[:k], u, w[:k])
+    return guided if k == c.shape[0] else jnp.concatenate([guided, c[k:]], axis=0)
+
   return combine(out, out_u), [combine(c, u) for c, u in zip(projections, projections_u)]
+
+
+def cfg_guided_rows(batch: int, config) -> int:
+  """Rows of a G batch that training-time CFG may guide (objective.cfg_guided_fraction)."""
+  fraction = float(config.objective.get('cfg_guided_fraction', 1.0))
+  return batch if fraction >= 1 else max(1, int(round(fraction * batch)))
 
 
 def inverse_matching_target(flow: ForwardFlow, forward_params, z: Array, y, config) -> Array:
@@ -265,15 +281,18 @@ def reverse_objective(models: Models, params, x_clean: Array, x_noisy: Array, y,
   use_cfg = obj.cfg_w_max > 0 and flow.num_classes > 0
   w = (primitives.sample_guidance_scale(w_rng, batch, obj.cfg_w_max, obj.cfg_zero_prob)
        if use_cfg else jnp.zeros((batch,), jnp.float32))
+  k = cfg_guided_rows(batch, config)
+  if use_cfg and k < batch:  # the rest train at w = 0 and skip the unconditional pass
+    w = w.at[k:].set(0.0)
   if obj.reverse_target == 'inverse_matching':
     z = base_density.sample(z_rng, (batch, flow.num_tokens, flow.token_dim), flow.base, flow.nu)
     target = inverse_matching_target(flow, params['forward'], z, y, config)
-    out, _ = generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
+    out, _ = generator_outputs(generator, params['reverse'], z, y, w, use_cfg, k)
     value, metrics = primitives.inverse_matching_loss(out, target,
                                                       token_weighting=obj.token_weighting)
     return value, {**metrics, 'reverse/loss': value}
   z = jax.lax.stop_gradient(trajectory[-1])
-  out, projections = generator_outputs(generator, params['reverse'], z, y, w, use_cfg)
+  out, projections = generator_outputs(generator, params['reverse'], z, y, w, use_cfg, k)
   decode, terms = perceptual_terms(models.frozen, frozen_params or {}, flow.patch_size,
                                    flow.image_shape)
   return reverse_loss(

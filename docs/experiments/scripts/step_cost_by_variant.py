@@ -3,7 +3,8 @@ ratios are fair on a shared machine (docs/experiments/mnist.md, E12; objective.m
 
     python docs/experiments/scripts/step_cost_by_variant.py SET ROUNDS
 
-SET: `half_batch` (G's step at batch 64 and at reverse_batch_size 32) or `objective` (the
+SET: `half_batch` (G's step at batch 64 and at reverse_batch_size 32), `cfg_fraction` (G's
+step with training-time CFG on every row, half or a quarter of them) or `objective` (the
 phases the joint-objective study's rows train). Each variant's phase is compiled with one
 step, then the variants alternate, ROUNDS rounds of 10 steps each. Prints one Markdown row
 per variant: median CPU ms per step (all of XLA's threads) and the ratio to the first.
@@ -24,6 +25,11 @@ MNIST = str(Path(__file__).resolve().parents[3] / 'configs' / 'mnist.py')
 IM = {'objective.reverse_target': 'inverse_matching'}
 PROG = {'schedule.plan': 'progressive', 'schedule.joint_steps': 100}
 SETS = {  # set -> {variant: (overrides of configs/mnist.py, the phase timed)}
+    'cfg_fraction': {
+        'G, CFG on every row (the default)': ({}, 'reverse'),
+        'G, CFG on half the rows': ({'objective.cfg_guided_fraction': 0.5}, 'reverse'),
+        'G, CFG on a quarter of the rows': ({'objective.cfg_guided_fraction': 0.25}, 'reverse'),
+    },
     'half_batch': {
         'G, batch 64 (the default)': ({}, 'reverse'),
         'G, reverse_batch_size 32': ({'schedule.reverse_batch_size': 32}, 'reverse'),

@@ -20,7 +20,6 @@ anything trains.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from typing import Any, Callable
@@ -35,20 +34,10 @@ from biflow_jax.runtime import cli, files
 from biflow_jax.tools import ablations, objective_study
 from biflow_jax.training import train
 
-DONE = 'ablate_done.json'
+DONE = ablations.DONE
 
 
-@dataclasses.dataclass
-class Job:
-  """One unit of work: kind 'F' | 'G' | 'eval', done when `record` exists."""
-  kind: str                    # 'F' | 'G' | 'run' (a whole training) | 'eval'
-  name: str
-  config: ml_collections.ConfigDict
-  workdir: epath.Path          # where it trains, or the run it evaluates
-  record: epath.Path           # written last, atomically, when the job is finished
-  key: dict                    # what a finished record must match
-  cost: float                  # in the kind's units: steps (x2 for CFG), or 1 evaluation
-  row: ablations.Row | None = None
+Job = ablations.Job
 
 
 def plan(config: ml_collections.ConfigDict, studies: tuple[str, ...],

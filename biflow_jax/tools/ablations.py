@@ -25,6 +25,7 @@ import json
 from typing import Any, Iterable
 
 import ml_collections
+from etils import epath
 
 from biflow_jax import config_lib
 from biflow_jax.inference import decoders
@@ -109,6 +110,23 @@ ROWS = (
         sample={'sample.reverse_guidance': GuidanceScale(), 'sample.reverse_cfg': 'two_pass'},
         paper_fd=6.90, note='paper: with CFG; the base G (label dropout) in two passes'),
 )
+
+
+#: Written last, atomically, in a finished training's workdir.
+DONE = 'ablate_done.json'
+
+
+@dataclasses.dataclass
+class Job:
+  """One unit of work of `tools/ablate`, done when `record` exists."""
+  kind: str                    # 'F' | 'G' | 'run' (a whole training) | 'eval'
+  name: str
+  config: ml_collections.ConfigDict
+  workdir: epath.Path          # where it trains, or the run it evaluates
+  record: epath.Path           # written last, atomically, when the job is finished
+  key: dict                    # what a finished record must match
+  cost: float                  # in the kind's units: steps (x2 for CFG), or 1 evaluation
+  row: Row | None = None
 
 
 # ------------------------------------------------------------------------------ selection

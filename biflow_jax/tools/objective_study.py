@@ -37,6 +37,8 @@ from biflow_jax import config_lib
 from biflow_jax.objective import phases
 from biflow_jax.runtime import files
 from biflow_jax.tools import ablations
+from biflow_jax.tools.step_time_ab import random_batch
+from biflow_jax.training.experiment import build_experiment
 
 STUDY = 'objective'
 COSTS_FILE = 'step_costs.json'
@@ -229,8 +231,6 @@ def measure_costs(config: ml_collections.ConfigDict, rounds: int = 3, steps: int
   random batches: each compiled once, then `rounds` rounds in which the kinds alternate,
   `steps` steps each; the median over rounds. Alternating keeps the ratios fair on a
   shared machine. Returns {'seconds': {kind: s}, 'ratio': {kind: s / s_F}}."""
-  from biflow_jax.tools.step_time_ab import random_batch
-  from biflow_jax.training.experiment import build_experiment
   runs = {}
   for kind in COST_KINDS:
     c, phase_name = _cost_config(config, kind)
@@ -287,13 +287,12 @@ def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print
 
 def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str, float]):
   """The study's jobs, in order: the two F runs, the G runs, the progressive runs, each
-  training followed by its evaluations (ablate.Job)."""
-  from biflow_jax.tools import ablate  # the Job type and its record layout
+  training followed by its evaluations (ablations.Job)."""
   jobs = []
   default_f = workdir / 'forward' / 'default'
   schedules = {arm.name: schedule(arm, config, costs) for arm in ARMS}
   fc = forward_run_config(config, int(config.schedule.forward_steps))
-  jobs.append(ablate.Job('F', 'default', fc, default_f, default_f / ablate.DONE,
+  jobs.append(ablations.Job('F', 'default', fc, default_f, default_f / ablations.DONE,
                          ablations.training_key(fc), float(fc.schedule.forward_steps)))
   for arm in ARMS:
     steps = schedules[arm.name]
@@ -308,13 +307,13 @@ def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str
       cost = (steps['forward_steps'] + steps['joint_steps'] * costs[arm.joint_kind]
               + steps['reverse_steps'] * costs[arm.reverse_kind])
     tc = _train_config(config, arm, steps, str(default_f))
-    jobs.append(ablate.Job(kind, arm.name, tc, run, run / ablate.DONE,
+    jobs.append(ablations.Job(kind, arm.name, tc, run, run / ablations.DONE,
                            ablations.training_key(tc), cost))
     for scoring in SCORINGS:
       ec = eval_config(tc, arm, scoring, config)
       name = f'{arm.name}.{scoring}'
       row = ablations.Row(STUDY, name, arm.label, arm.name, name, arm.decoder)
-      jobs.append(ablate.Job('eval', name, ec, run, workdir / 'evals' / f'{name}.json',
+      jobs.append(ablations.Job('eval', name, ec, run, workdir / 'evals' / f'{name}.json',
                              ablations.config_key(ec), 1.0, row))
   return jobs
 

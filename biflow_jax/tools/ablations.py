@@ -371,7 +371,9 @@ def report(config: ml_collections.ConfigDict, studies: Iterable[str], forward_ru
   return out
 
 
-def _fmt(value, spec: str) -> str:
+def format_value(value, spec: str) -> str:
+  """A table cell: '-' for None, a string as is (a non-finite number read back from JSON),
+  else format(value, spec)."""
   if value is None:
     return '-'
   return value if isinstance(value, str) else format(value, spec)
@@ -396,11 +398,11 @@ def markdown(report_: dict) -> str:
               'G train s | eval s | note |', '|' + '---|' * 12]
     for r in table['rows']:
       lines.append(
-          f"| {r['label']} | {_fmt(r['guidance'], 'g')} | {_fmt(r['frechet_distance'], '.2f')} | "
-          f"{_fmt(r['class_accuracy'], '.3f')} | {_fmt(r['precision'], '.3f')} | "
-          f"{_fmt(r['recall'], '.3f')} | {_fmt(r['ms_per_image'], '.3f')} | "
-          f"{_fmt(r['paper_fd'], '.2f')} | {r['training'] or '- (F only)'} | "
-          f"{_fmt(r['training_seconds'], '.0f')} | {_fmt(r['eval_seconds'], '.0f')} | {r['note']} |")
+          f"| {r['label']} | {format_value(r['guidance'], 'g')} | {format_value(r['frechet_distance'], '.2f')} | "
+          f"{format_value(r['class_accuracy'], '.3f')} | {format_value(r['precision'], '.3f')} | "
+          f"{format_value(r['recall'], '.3f')} | {format_value(r['ms_per_image'], '.3f')} | "
+          f"{format_value(r['paper_fd'], '.2f')} | {r['training'] or '- (F only)'} | "
+          f"{format_value(r['training_seconds'], '.0f')} | {format_value(r['eval_seconds'], '.0f')} | {r['note']} |")
     order = table['paper_ordering']
     verdict = {None: 'n/a (fewer than two rows with a paper number)', True: 'yes',
                False: 'no: ' + '; '.join(order['broken'])}[order['holds']]
@@ -409,7 +411,7 @@ def markdown(report_: dict) -> str:
   for kind, key in (('F', 'forward_runs'), ('G', 'reverse_runs'), ('eval', 'evaluations')):
     for name, r in report_[key].items():
       lines.append(f"| {kind} | {name} | {r.get('steps', r.get('step', '-'))} | "
-                   f"{_fmt(r.get('seconds'), '.0f')} |")
+                   f"{format_value(r.get('seconds'), '.0f')} |")
   if 'wall_seconds_this_call' in report_:
     lines += ['', f"Wall time of this call: {report_['wall_seconds_this_call']:.0f} s "
                   f"({len(report_.get('jobs_run', []))} jobs run, the rest already done)."]

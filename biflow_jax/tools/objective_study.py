@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -134,6 +134,12 @@ def schedule(arm: Arm, config: ml_collections.ConfigDict, costs: dict[str, float
   return steps
 
 
+def budget_used(arm: Arm, steps: dict, costs: dict[str, float]) -> float:
+  """F-step units an arm's schedule spends: its steps of each kind times their costs."""
+  return (steps['forward_steps'] + steps['joint_steps'] * costs.get(arm.joint_kind, 0.0)
+          + steps['reverse_steps'] * costs.get(arm.reverse_kind, 0.0))
+
+
 def forward_run_config(config, steps: int) -> ml_collections.ConfigDict:
   """F alone (plan forward_only) for `steps` steps; its samples by the exact inverse."""
   return _with(config, {'schedule.plan': 'forward_only', 'schedule.forward_steps': steps,
@@ -225,15 +231,18 @@ def _cost_config(config, kind: str):
   return _with(config, {**overrides, **plan, 'model.init_from': ''}), phase
 
 
-def measure_costs(config: ml_collections.ConfigDict, rounds: int = 3, steps: int = 5,
-                  log=print) -> dict[str, Any]:
-  """Seconds per train step of each COST_KINDS kind at this config's size, on fixed
-  random batches: each compiled once, then `rounds` rounds in which the kinds alternate,
-  `steps` steps each; the median over rounds. Alternating keeps the ratios fair on a
-  shared machine. Returns {'seconds': {kind: s}, 'ratio': {kind: s / s_F}}."""
+def alternating_step_seconds(variants: dict[str, tuple[ml_collections.ConfigDict, str]],
+                             rounds: int, steps: int,
+                             clock: Callable[[], float] = time.perf_counter,
+                             log=print) -> dict[str, float]:
+  """Seconds per train step of each variant: name -> (config, phase name timed).
+
+  Each variant's phase is compiled with one step on a fixed random batch; then `rounds`
+  rounds in which the variants alternate, `steps` steps each, timed by `clock` (wall time
+  by default; a CPU-time clock counts all of XLA's threads). Returns the median over rounds.
+  Alternating keeps the ratios fair on a shared machine."""
   runs = {}
-  for kind in COST_KINDS:
-    c, phase_name = _cost_config(config, kind)
+  for name, (c, phase_name) in variants.items():
     exp = build_experiment(c)
     state = exp.create_state()
     phase = next(p for p in exp.plan if p.name == phase_name)
@@ -241,19 +250,29 @@ def measure_costs(config: ml_collections.ConfigDict, rounds: int = 3, steps: int
     t0 = time.perf_counter()
     state, metrics = exp.step(state, batch, exp.frozen_params, phase)
     jax.block_until_ready(metrics)
-    log(f'objective study: step kind {kind!r} compiled in {time.perf_counter() - t0:.0f} s')
-    runs[kind] = [exp, state, batch, phase]
-  seconds = {kind: [] for kind in runs}
+    log(f'{name}: compiled in {time.perf_counter() - t0:.0f} s')
+    runs[name] = [exp, state, batch, phase]
+  seconds = {name: [] for name in runs}
   for _ in range(rounds):
-    for kind, run in runs.items():
+    for name, run in runs.items():
       exp, state, batch, phase = run
-      t0 = time.perf_counter()
+      t0 = clock()
       for _ in range(steps):
         state, metrics = exp.step(state, batch, exp.frozen_params, phase)
       jax.block_until_ready(metrics)
-      seconds[kind].append((time.perf_counter() - t0) / steps)
+      seconds[name].append((clock() - t0) / steps)
       run[1] = state
-  median = {k: statistics.median(v) for k, v in seconds.items()}
+  return {name: statistics.median(v) for name, v in seconds.items()}
+
+
+def measure_costs(config: ml_collections.ConfigDict, rounds: int = 3, steps: int = 5,
+                  log=print) -> dict[str, Any]:
+  """Seconds per train step of each COST_KINDS kind at this config's size
+  (`alternating_step_seconds`, wall time). Returns {'seconds': {kind: s}, 'ratio':
+  {kind: s / s_F}} and how it was measured."""
+  median = alternating_step_seconds(
+      {kind: _cost_config(config, kind) for kind in COST_KINDS}, rounds, steps,
+      log=lambda text: log(f'objective study: step kind {text}'))
   return {'seconds': median, 'ratio': {k: v / median['F'] for k, v in median.items()},
           'rounds': rounds, 'steps_per_round': steps, 'device': jax.devices()[0].device_kind}
 
@@ -285,6 +304,10 @@ def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print
 
 # -------------------------------------------------------------------------------- jobs
 
+#: An arm's plan -> (ablate job kind of its training, folder of DIR it trains in).
+_JOB_KIND = {'forward_only': ('F', 'forward'), 'two_stage': ('G', 'reverse'),
+             'progressive': ('run', 'runs')}
+
 def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str, float]):
   """The study's jobs, in order: the two F runs, the G runs, the progressive runs, each
   training followed by its evaluations (ablations.Job)."""
@@ -296,16 +319,10 @@ def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str
                          ablations.training_key(fc), float(fc.schedule.forward_steps)))
   for arm in ARMS:
     steps = schedules[arm.name]
-    if arm.plan == 'forward_only':
-      kind, run = 'F', workdir / 'forward' / arm.name
-      cost = float(steps['forward_steps'])
-    elif arm.plan == 'two_stage':
-      kind, run = 'G', workdir / 'reverse' / arm.name
-      cost = steps['reverse_steps'] * costs[arm.reverse_kind]
-    else:
-      kind, run = 'run', workdir / 'runs' / arm.name
-      cost = (steps['forward_steps'] + steps['joint_steps'] * costs[arm.joint_kind]
-              + steps['reverse_steps'] * costs[arm.reverse_kind])
+    kind, folder = _JOB_KIND[arm.plan]
+    run = workdir / folder / arm.name
+    # A two-stage row's F is the shared default F: its G job costs its G steps only.
+    cost = budget_used(arm, dict(steps, forward_steps=0) if kind == 'G' else steps, costs)
     tc = _train_config(config, arm, steps, str(default_f))
     jobs.append(ablations.Job(kind, arm.name, tc, run, run / ablations.DONE,
                            ablations.training_key(tc), cost))
@@ -332,12 +349,11 @@ def report(config, costs: dict[str, float], records: dict[str, dict]) -> dict:
   rows = []
   for arm in ARMS:
     steps = schedule(arm, config, costs)
-    kind = {'forward_only': 'F', 'two_stage': 'G', 'progressive': 'run'}[arm.plan]
+    kind = _JOB_KIND[arm.plan][0]
     seconds = records[f'{kind}:{arm.name}']['seconds']
     if arm.plan == 'two_stage':  # its F is the shared default F
       seconds += records['F:default']['seconds']
-    used = (steps['forward_steps'] + steps['joint_steps'] * costs.get(arm.joint_kind, 0.0)
-            + steps['reverse_steps'] * costs.get(arm.reverse_kind, 0.0))
+    used = budget_used(arm, steps, costs)
     row = {'name': arm.name, 'label': arm.label, 'plan': arm.plan, 'decoder': arm.decoder,
            'steps': steps, 'phases': _phases_text(steps), 'budget_used': used,
            'overrides': arm.overrides, 'training_seconds': seconds}
@@ -353,12 +369,9 @@ def report(config, costs: dict[str, float], records: dict[str, dict]) -> dict:
           'step_cost_ratios': costs, 'config': ablations.config_key(config)}
 
 
-def _f(value, spec):
-  return '-' if value is None else format(value, spec)
-
-
 def markdown(report_: dict) -> str:
   """DIR/ablations.md for the objective study."""
+  cell = ablations.format_value
   c = report_['config']
   lines = ['# The joint-objective study', '', f"Command: `{report_.get('command', '')}`", '',
            f"Budget: {report_['budget_f_steps']:.0f} F-step units (the config's two-stage run: "
@@ -373,9 +386,9 @@ def markdown(report_: dict) -> str:
     cells = []
     for scoring in SCORINGS:
       e = r[scoring]
-      text = ' / '.join(_f(e[k], s) for k, s in (('frechet_distance', '.1f'),
+      text = ' / '.join(cell(e[k], s) for k, s in (('frechet_distance', '.1f'),
                         ('class_accuracy', '.3f'), ('precision', '.2f'), ('recall', '.2f')))
-      cells.append(text if scoring == 'unguided' else f"{_f(e['guidance'], 'g')}, {text}")
+      cells.append(text if scoring == 'unguided' else f"{cell(e['guidance'], 'g')}, {text}")
     lines.append(f"| {r['label']} | {r['phases']} | {r['budget_used']:.0f} | {cells[0]} | "
                  f"{cells[1]} | {r['training_seconds']:.0f} | "
                  f"{r['unguided']['eval_seconds'] + r['guided']['eval_seconds']:.0f} |")

@@ -8,18 +8,15 @@ step with training-time CFG on every row, half or a quarter of them) or `objecti
 phases the joint-objective study's rows train). Each variant's phase is compiled with one
 step, then the variants alternate, ROUNDS rounds of 10 steps each. Prints one Markdown row
 per variant: median CPU ms per step (all of XLA's threads) and the ratio to the first.
+The timing is `objective_study.alternating_step_seconds` with a CPU-time clock, on a fixed
+random batch.
 """
 import resource
 import sys
-import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
-from biflow_jax.data import input_pipeline
+from biflow_jax.tools.objective_study import alternating_step_seconds
 from biflow_jax.tools.step_time_ab import load_config
-from biflow_jax.training.experiment import build_experiment
 
 MNIST = str(Path(__file__).resolve().parents[3] / 'configs' / 'mnist.py')
 IM = {'objective.reverse_target': 'inverse_matching'}
@@ -51,37 +48,19 @@ def cpu_seconds() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def compiled_step(overrides: dict, phase_name: str):
+def variant(overrides: dict, phase_name: str):
   config = load_config(MNIST)
   config.update_from_flattened_dict(overrides)
-  exp = build_experiment(config)
-  state = exp.create_state()
-  phase = next(p for p in exp.plan if p.name == phase_name)
-  batch = exp.global_batch(next(input_pipeline.create_train_iterator(
-      config, rows=exp.process_rows())))
-  state, metrics = exp.step(state, batch, exp.frozen_params, phase)
-  jax.block_until_ready(metrics)
-  return exp, state, batch, phase
+  return config, phase_name
 
 
 def main(set_name: str, rounds: int) -> None:
-  runs = {}
-  for name, (overrides, phase_name) in SETS[set_name].items():
-    t0 = time.perf_counter()
-    runs[name] = compiled_step(overrides, phase_name)
-    print(f'{name}: compiled in {time.perf_counter() - t0:.0f} s', flush=True)
-  per_step = {name: [] for name in runs}
-  for _ in range(rounds):
-    for name, (exp, state, batch, phase) in runs.items():
-      c0 = cpu_seconds()
-      for _ in range(10):
-        state, metrics = exp.step(state, batch, exp.frozen_params, phase)
-      jax.block_until_ready(metrics)
-      per_step[name].append((cpu_seconds() - c0) / 10)
-      runs[name] = (exp, state, batch, phase)
-  base = np.median(next(iter(per_step.values())))
+  per_step = alternating_step_seconds(
+      {name: variant(*spec) for name, spec in SETS[set_name].items()}, rounds, 10,
+      clock=cpu_seconds)
+  base = next(iter(per_step.values()))
   for name, seconds in per_step.items():
-    print(f'| {name} | {np.median(seconds) * 1000:.0f} | {np.median(seconds) / base:.2f} |')
+    print(f'| {name} | {seconds * 1000:.0f} | {seconds / base:.2f} |')
 
 
 if __name__ == '__main__':

@@ -463,6 +463,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
       raise ValueError(f'config.perceptual.{name}={value!r} must be a finite number >= 0 '
                        '(0 = the term is off)')
+  # Inverse matching regresses G(z) on sg(F^-1(z)) token by token (method.md §4.7): no data
+  # image, so no perceptual or feature term; a weight set with it would be silently dropped.
+  weighted = [f'perceptual.{name}' for name in ('lpips_weight', 'convnext_weight',
+                                                 'feature_weight')
+              if config.perceptual.get(name, 0.0) > 0]
+  if weighted and config.objective.reverse_target == 'inverse_matching':
+    raise ValueError(f"config.objective.reverse_target='inverse_matching' has no data image for "
+                     f"{', '.join(weighted)} to compare G's output with (the term would be "
+                     f"dropped): set {'=0, '.join(weighted)}=0, or use reverse_target="
+                     "'trajectory'")
   if not isinstance(config.perceptual.get('feature_net', ''), str):
     raise ValueError(f'config.perceptual.feature_net={config.perceptual.feature_net!r} must be '
                      "an asset prefix (a string; '' = the bundled MNIST feature net)")

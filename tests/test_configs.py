@@ -158,3 +158,14 @@ def test_g_is_not_guided_below_zero():
   config.sample.guidance = -1.0  # F's scale, which G takes with reverse_guidance=-1
   with pytest.raises(ValueError, match='G is asked for guidance w=-1'):
     config_lib.validate(config)
+
+
+def test_inverse_matching_refuses_a_feature_term_it_would_drop():
+  """Inverse matching has no data image to compare G's output with, so the MNIST default's
+  feature term (weight 1) would be silently dropped: an error naming the fix instead."""
+  config = load_config('mnist')
+  config.objective.reverse_target = 'inverse_matching'
+  with pytest.raises(ValueError, match=r'perceptual.feature_weight.*set perceptual.feature_weight=0'):
+    config_lib.validate(config)
+  config.perceptual.feature_weight = 0.0
+  config_lib.validate(config)

@@ -127,6 +127,43 @@ def test_the_study_runs_each_job_once_resumes_and_keeps_its_costs(fake, tmp_path
   assert study.costs_key(toy('--config.schedule.reverse_steps=7')) == study.costs_key(config)
 
 
+def test_rows_run_by_parts_in_the_order_given_and_the_table_grows(fake, tmp_path, monkeypatch):
+  monkeypatch.setattr(study, 'measure_costs', lambda config, **kwargs: {
+      'seconds': {k: v / 10 for k, v in COSTS.items()}, 'ratio': dict(COSTS)})
+  workdir, config = tmp_path / 'objective', toy()
+  first = ablate.run(config, 'objective', workdir, log=lambda _: None,
+                     rows='joint_im_lambda_1,two_stage_im')
+  # The shared F first (a two-stage row needs it), then the rows in the order given.
+  assert first['jobs_run'] == ['F:default', 'run:joint_im_lambda_1',
+                               'eval:joint_im_lambda_1.unguided', 'eval:joint_im_lambda_1.guided',
+                               'G:two_stage_im', 'eval:two_stage_im.unguided',
+                               'eval:two_stage_im.guided']
+  table = first['studies']['objective']
+  assert [r['name'] for r in table['rows']] == ['two_stage_im', 'joint_im_lambda_1']
+  assert set(table['rows_not_run']) == set(study.ARM_NAMES) - {'two_stage_im',
+                                                               'joint_im_lambda_1'}
+  assert 'Rows not run yet' in (workdir / 'ablations.md').read_text()
+  # A progressive row alone needs no shared F; the rows already finished stay in the table.
+  second = ablate.run(config, 'objective', workdir, log=lambda _: None, rows='joint_im_lambda_2')
+  assert second['jobs_run'] == ['run:joint_im_lambda_2', 'eval:joint_im_lambda_2.unguided',
+                                'eval:joint_im_lambda_2.guided']
+  assert len(second['studies']['objective']['rows']) == 3
+  rest = ablate.run(config, 'objective', workdir, log=lambda _: None)
+  assert rest['studies']['objective']['rows_not_run'] == []
+  assert len(fake.trained) == 1 + len(study.ARMS)  # nothing trained twice
+
+
+@pytest.mark.parametrize('rows, match', [('two_stage_align,nope', 'unknown row.*nope'),
+                                         ('forward_only,forward_only', 'names a row twice'),
+                                         (',', 'none given')])
+def test_bad_rows_are_named_before_anything_is_measured(tmp_path, monkeypatch, rows, match):
+  monkeypatch.setattr(study, 'measure_costs', lambda *a, **k: pytest.fail('measured'))
+  with pytest.raises(ValueError, match=match):
+    ablate.prepare(toy(), 'objective', tmp_path, rows=rows)
+  with pytest.raises(ValueError, match='applies to --study=objective only'):
+    ablate.prepare(toy(), 'distance', tmp_path, rows='forward_only')
+
+
 @pytest.mark.slow  # six train steps compiled on the toy config (~2 min on 2 cores)
 def test_measured_costs_are_positive_and_a_joint_step_costs_more_than_an_f_step():
   result = study.measure_costs(toy(), rounds=2, steps=2, log=lambda _: None)

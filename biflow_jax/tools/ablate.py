@@ -129,30 +129,36 @@ def _clock(seconds: float) -> str:
 
 
 def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
-            log: Callable[[str], Any] = logging.info
+            log: Callable[[str], Any] = logging.info, rows: str = 'all'
             ) -> tuple[tuple[str, ...], list[Job], dict[str, dict]]:
-  """(studies, jobs, records of the finished ones). Raises ValueError for an unknown study,
-  a config that cannot run a variant, or a workdir holding jobs of another config; nothing
-  is trained. The objective study first measures its step costs (DIR/step_costs.json)."""
+  """(studies, jobs to run, records of the finished ones). Raises ValueError for an unknown
+  study or row, a config that cannot run a variant, or a workdir holding jobs of another
+  config; nothing is trained. The objective study first measures its step costs
+  (DIR/step_costs.json); `rows` (its rows only) picks and orders the rows this call runs,
+  while the records cover every row already finished in DIR, so the table grows by parts."""
   studies = ablations.parse_studies(study)
   if studies == (ablations.OBJECTIVE_STUDY,):
+    chosen = objective_study.parse_rows(rows)
     objective_study.check(config)
     costs = objective_study.step_costs(config, epath.Path(workdir), log=log)  # compiles
-    jobs = objective_study.plan(config, epath.Path(workdir), costs)
+    every = objective_study.plan(config, epath.Path(workdir), costs)
+    jobs = objective_study.plan(config, epath.Path(workdir), costs, chosen)
   else:
+    if rows != 'all':
+      raise ValueError(f'--rows={rows!r} applies to --study={ablations.OBJECTIVE_STUDY} only')
     ablations.check(config, studies)
-    jobs = plan(config, studies, epath.Path(workdir))
-  return studies, jobs, {id_of(j): r for j in jobs if (r := finished(j)) is not None}
+    jobs = every = plan(config, studies, epath.Path(workdir))
+  return studies, jobs, {id_of(j): r for j in every if (r := finished(j)) is not None}
 
 
 def run(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
-        command: str = '', log: Callable[[str], Any] = logging.info) -> dict:
+        command: str = '', log: Callable[[str], Any] = logging.info, rows: str = 'all') -> dict:
   """Runs (or resumes) the studies named by `study` ('all' or comma-separated) in workdir;
   writes and returns DIR/ablations.json's content (its 'jobs_run' lists what this call did).
 
   Raises `prepare`'s ValueErrors before anything trains.
   """
-  studies, jobs, records = prepare(config, study, workdir, log)
+  studies, jobs, records = prepare(config, study, workdir, log, rows)
   return execute(config, studies, jobs, records, epath.Path(workdir), command, log)
 
 
@@ -194,6 +200,9 @@ def main(argv=None) -> None:
   flags.DEFINE_string('study', 'all', f"'all' or comma-separated of {', '.join(ablations.STUDIES)}"
                       f"; or '{ablations.OBJECTIVE_STUDY}' alone")
   flags.DEFINE_string('workdir', None, 'Directory of the runs, evaluations and tables.')
+  flags.DEFINE_string('rows', 'all', f"--study={ablations.OBJECTIVE_STUDY} only: 'all' or "
+                      'comma-separated rows to run now, in that order (the table keeps every '
+                      'row finished in --workdir)')
   flags.mark_flags_as_required(['config', 'workdir'])
   argv = argv or sys.argv
 
@@ -201,7 +210,8 @@ def main(argv=None) -> None:
     command = ' '.join(['python -m biflow_jax.tools.ablate'] + list(argv[1:]))
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     try:
-      studies, jobs, records = prepare(config, flags.FLAGS.study, workdir, logging.info)
+      studies, jobs, records = prepare(config, flags.FLAGS.study, workdir, logging.info,
+                                       flags.FLAGS.rows)
     except ValueError as e:  # bad input: one line, before anything trains
       print(f'FATAL: {e}', file=sys.stderr)
       sys.exit(2)

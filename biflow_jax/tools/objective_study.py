@@ -43,7 +43,11 @@ from biflow_jax.training.experiment import build_experiment
 STUDY = 'objective'
 COSTS_FILE = 'step_costs.json'
 
-_IM = {'objective.reverse_target': 'inverse_matching', 'objective.prior_fraction': 0.0}
+# Inverse matching has no data image, so the config's perceptual/feature terms are off in
+# its rows (config_lib.validate refuses them with it rather than dropping them silently).
+_IM = {'objective.reverse_target': 'inverse_matching', 'objective.prior_fraction': 0.0,
+       'perceptual.lpips_weight': 0.0, 'perceptual.convnext_weight': 0.0,
+       'perceptual.feature_weight': 0.0}
 _PRIOR = {'objective.reverse_target': 'trajectory', 'objective.prior_fraction': 0.25}
 
 #: Step kinds whose cost sets the rows' step counts: kind -> (phase timed, overrides).
@@ -308,16 +312,36 @@ def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print
 _JOB_KIND = {'forward_only': ('F', 'forward'), 'two_stage': ('G', 'reverse'),
              'progressive': ('run', 'runs')}
 
-def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str, float]):
-  """The study's jobs, in order: the two F runs, the G runs, the progressive runs, each
-  training followed by its evaluations (ablations.Job)."""
+def parse_rows(rows: str) -> tuple[str, ...]:
+  """`--rows`: 'all' (every row in ARMS order) or comma-separated ARM_NAMES, run in the order
+  given. Raises ValueError naming an unknown or repeated row."""
+  if rows.strip() == 'all':
+    return ARM_NAMES
+  names = tuple(n.strip() for n in rows.split(',') if n.strip())
+  unknown = [n for n in names if n not in ARM_NAMES]
+  if unknown or not names:
+    raise ValueError(f'--rows={rows!r}: unknown row(s) {", ".join(unknown) or "(none given)"};'
+                     f" use 'all' or comma-separated of {', '.join(ARM_NAMES)}")
+  if len(set(names)) != len(names):
+    raise ValueError(f'--rows={rows!r} names a row twice')
+  return names
+
+
+def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str, float],
+         rows: tuple[str, ...] = ARM_NAMES):
+  """The study's jobs for `rows` (ARM_NAMES, run in the order given): the shared F run when a
+  two-stage row needs it, then each row's training followed by its evaluations
+  (ablations.Job)."""
   jobs = []
   default_f = workdir / 'forward' / 'default'
-  schedules = {arm.name: schedule(arm, config, costs) for arm in ARMS}
+  by_name = {arm.name: arm for arm in ARMS}
+  arms = [by_name[name] for name in rows]
+  schedules = {arm.name: schedule(arm, config, costs) for arm in arms}
   fc = forward_run_config(config, int(config.schedule.forward_steps))
-  jobs.append(ablations.Job('F', 'default', fc, default_f, default_f / ablations.DONE,
-                         ablations.training_key(fc), float(fc.schedule.forward_steps)))
-  for arm in ARMS:
+  if any(arm.plan == 'two_stage' for arm in arms):
+    jobs.append(ablations.Job('F', 'default', fc, default_f, default_f / ablations.DONE,
+                           ablations.training_key(fc), float(fc.schedule.forward_steps)))
+  for arm in arms:
     steps = schedules[arm.name]
     kind, folder = _JOB_KIND[arm.plan]
     run = workdir / folder / arm.name
@@ -345,11 +369,18 @@ def report(config, costs: dict[str, float], records: dict[str, dict]) -> dict:
   """DIR/ablations.json's content: one row per arm, both scorings, the runs' seconds.
 
   records: ablate's id ('F:default', 'G:two_stage_im', 'eval:forward_only.guided', ...)
-  -> finished record."""
-  rows = []
+  -> finished record. A row whose training or evaluations are not all finished is listed
+  under 'rows_not_run' (a study run by parts with --rows)."""
+  rows, not_run = [], []
   for arm in ARMS:
     steps = schedule(arm, config, costs)
     kind = _JOB_KIND[arm.plan][0]
+    needed = [f'{kind}:{arm.name}'] + [f'eval:{arm.name}.{s}' for s in SCORINGS]
+    if arm.plan == 'two_stage':
+      needed.append('F:default')
+    if any(n not in records for n in needed):
+      not_run.append(arm.name)
+      continue
     seconds = records[f'{kind}:{arm.name}']['seconds']
     if arm.plan == 'two_stage':  # its F is the shared default F
       seconds += records['F:default']['seconds']
@@ -365,7 +396,8 @@ def report(config, costs: dict[str, float], records: dict[str, dict]) -> dict:
           'temperature')}
       row[scoring]['eval_seconds'] = ev['seconds']
     rows.append(row)
-  return {'studies': {STUDY: {'rows': rows}}, 'budget_f_steps': budget(config, costs),
+  return {'studies': {STUDY: {'rows': rows, 'rows_not_run': not_run}},
+          'budget_f_steps': budget(config, costs),
           'step_cost_ratios': costs, 'config': ablations.config_key(config)}
 
 
@@ -394,6 +426,10 @@ def markdown(report_: dict) -> str:
                  f"{r['unguided']['eval_seconds'] + r['guided']['eval_seconds']:.0f} |")
   lines += ['', "Train s of a two-stage row includes the shared F's seconds. Rows are defined "
             'in docs/experiments/objective.md.']
+  not_run = report_['studies'][STUDY].get('rows_not_run', [])
+  if not_run:
+    lines += ['', f"Rows not run yet (or not finished): {', '.join(not_run)}; "
+                  '`--rows=` with their names and the same --workdir runs them.']
   if 'wall_seconds_this_call' in report_:
     lines += ['', f"Wall time of this call: {report_['wall_seconds_this_call']:.0f} s "
                   f"({len(report_.get('jobs_run', []))} jobs run, the rest already done)."]

@@ -10,14 +10,13 @@ ones), the discriminative score against real_heldout, the distance to the neares
 training window, the 20-day VaR99 exceedance rate of the held-out windows, and a 1-day
 VaR99 backtest over the held-out days (Kupiec, Christoffersen, Basel traffic light). It
 adds the likelihood baselines (and any per-window held-out NLLs passed in `nll`).
-`write_report` writes market_report.json (json.dump(allow_nan=False): a non-finite
-number becomes a string naming the value and where it was), market_report.md and
+`write_report` writes market_report.json (`runtime.files.json_text`: a non-finite number
+becomes the string 'non-finite (nan)', its path logged), market_report.md and
 acf_abs.png, qq.png, corr_diff.png, loss_hist.png.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from biflow_jax.data import market
+from biflow_jax.runtime import files
 from biflow_jax.evaluation import backtest, block_bootstrap, market_metrics as mm, tail_risk
 
 REAL_HELDOUT, REAL_TRAIN = 'real_heldout', 'real_train'
@@ -247,25 +247,6 @@ def build_report(scenarios: Mapping[str, np.ndarray], dataset: market.MarketData
   return report
 
 
-def json_safe(obj: Any, where: str = '') -> Any:
-  """obj with numpy types made plain and each non-finite float replaced by a string
-  naming the value and its path, e.g. 'non-finite (nan) at sets.x.facts.mean_corr.lo'."""
-  if isinstance(obj, Mapping):
-    return {str(k): json_safe(v, f'{where}.{k}' if where else str(k)) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple, np.ndarray)):
-    return [json_safe(v, f'{where}[{i}]') for i, v in enumerate(list(obj))]
-  if isinstance(obj, (bool, np.bool_)):
-    return bool(obj)
-  if isinstance(obj, (int, np.integer)):
-    return int(obj)
-  if isinstance(obj, (float, np.floating)):
-    v = float(obj)
-    return v if math.isfinite(v) else f'non-finite ({v}) at {where}'
-  if obj is None or isinstance(obj, str):
-    return obj
-  raise TypeError(f'cannot write {type(obj).__name__} at {where} to JSON')
-
-
 def _fmt(v: Any, digits: int = 3) -> str:
   if isinstance(v, str):
     return v
@@ -369,7 +350,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
   lines += ['', '## Plots', '']
   lines += [f'![{f}]({f})' for f in PLOTS]
   if report.get('meta'):
-    lines += ['', '## Run', '', '```', json.dumps(json_safe(report['meta']), indent=1), '```']
+    lines += ['', '## Run', '', '```', files.json_text(report['meta'], 'the run', indent=1), '```']
   return '\n'.join(lines) + '\n'
 
 
@@ -465,8 +446,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike,
   out.mkdir(parents=True, exist_ok=True)
   paths = {'json': out / 'market_report.json', 'md': out / 'market_report.md'}
   with open(paths['json'], 'w') as f:
-    json.dump(json_safe(report), f, indent=1, allow_nan=False)
-    f.write('\n')
+    f.write(files.json_text(report, str(paths['json']), indent=1) + '\n')
   paths['md'].write_text(render_markdown(report))
   if plots:
     for p in write_plots(report, out):

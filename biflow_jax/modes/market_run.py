@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from biflow_jax.data import market, market_source
-from biflow_jax.evaluation import market_metrics, market_report
+from biflow_jax.evaluation import market_metrics
 from biflow_jax.inference import market_sampling
 from biflow_jax.runtime import files
 from biflow_jax.training import restore as restore_lib
@@ -172,8 +171,8 @@ def load_average() -> dict[str, float]:
 
 
 def write_json(path: Path, obj: Any) -> Path:
-  """JSON with numpy types made plain and no NaN/inf (json.dump(allow_nan=False)), atomically."""
+  """JSON with numpy types made plain and no NaN/inf (`files.json_text`), atomically."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  text = json.dumps(market_report.json_safe(obj), indent=1, allow_nan=False) + '\n'
+  text = files.json_text(obj, str(path), indent=1) + '\n'
   files.write_text_atomic(path, text)
   return path

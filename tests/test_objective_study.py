@@ -97,15 +97,16 @@ def test_a_budget_too_small_for_a_phase_is_named():
 
 def test_the_study_runs_each_job_once_resumes_and_keeps_its_costs(fake, tmp_path, monkeypatch):
   measured = []
-  def measure(config, **kwargs):
+  def measure(config, kinds=tuple(COSTS), **kwargs):
     measured.append(config)
-    return {'seconds': {k: v / 10 for k, v in COSTS.items()}, 'ratio': dict(COSTS)}
+    return {'seconds': {k: COSTS[k] / 10 for k in kinds}, 'ratio': {k: COSTS[k] for k in kinds}}
   monkeypatch.setattr(study, 'measure_costs', measure)
   workdir = tmp_path / 'objective'
   config = toy()
   report = ablate.run(config, 'objective', workdir, 'the command', log=lambda _: None)
   arms = len(study.ARMS)
-  assert len(measured) == 1 and len(fake.trained) == 1 + arms
+  # At F's initialisation, then inverse matching's kinds again on the trained shared F.
+  assert len(measured) == 2 and len(fake.trained) == 1 + arms
   assert len(fake.evaluated) == 2 * arms
   rows = report['studies']['objective']['rows']
   assert [r['name'] for r in rows] == list(study.ARM_NAMES)
@@ -120,24 +121,62 @@ def test_the_study_runs_each_job_once_resumes_and_keeps_its_costs(fake, tmp_path
     assert f'| {arm.label} |' in md
   # A rerun measures and redoes nothing; another config's costs are not reused.
   again = ablate.run(config, 'objective', workdir, 'the command', log=lambda _: None)
-  assert again['jobs_run'] == [] and len(measured) == 1 and len(fake.trained) == 1 + arms
+  assert again['jobs_run'] == [] and len(measured) == 2 and len(fake.trained) == 1 + arms
   with pytest.raises(ValueError, match='step costs measured for another config'):
     ablate.prepare(toy('--config.reverse.width=32'), 'objective', workdir)
   # Step counts alone do not change what a step costs.
   assert study.costs_key(toy('--config.schedule.reverse_steps=7')) == study.costs_key(config)
 
 
+def test_inverse_matching_is_costed_on_the_trained_shared_f(fake, tmp_path, monkeypatch):
+  """A G IM step's fixed-point target takes a sweep or two on an untrained F and many on a
+  trained one: its rows are planned only after the shared F exists, by costs measured on it."""
+  calls = []
+  def measure(config, kinds=tuple(COSTS), forward_run='', **kwargs):
+    calls.append((tuple(kinds), forward_run))
+    ratio = {k: COSTS[k] * (2.0 if forward_run and k != 'F' else 1.0) for k in kinds}
+    return {'seconds': {k: v / 10 for k, v in ratio.items()}, 'ratio': ratio}
+  monkeypatch.setattr(study, 'measure_costs', measure)
+  workdir, config = tmp_path / 'objective', mnist_sized()
+  lines = []
+  report = ablate.run(config, 'objective', workdir, log=lines.append, rows='joint_im_lambda_1')
+  forward = str(study.shared_forward(workdir))
+  assert calls == [(tuple(COSTS), ''), (('F',) + study.TRAINED_F_KINDS, forward)]
+  assert [Path(w).name for w, _ in fake.trained] == ['default', 'joint_im_lambda_1']
+  trained = {k: 2.0 * COSTS[k] for k in study.TRAINED_F_KINDS}
+  costs = {**COSTS, **trained}
+  assert report['step_cost_ratios'] == costs
+  steps = study.schedule(study.ARMS[study.ARM_NAMES.index('joint_im_lambda_1')], config, costs)
+  run_config = dict(fake.trained)[str(workdir / 'runs' / 'joint_im_lambda_1')]
+  assert (run_config.schedule.joint_steps, run_config.schedule.reverse_steps) == (
+      steps['joint_steps'], steps['reverse_steps'])
+  record = json.loads((workdir / study.COSTS_FILE).read_text())
+  assert record['trained_forward']['run'] == forward
+  # A row without inverse matching needs no trained costs, nor the shared F.
+  calls.clear()
+  other = tmp_path / 'other'
+  ablate.run(config, 'objective', other, log=lines.append, rows='joint_align_prior')
+  assert calls == [(tuple(COSTS), '')] and not study.shared_forward(other).exists()
+  assert not study.awaits_trained_costs(other, ('joint_align_prior',))
+  assert study.awaits_trained_costs(other, ('two_stage_im',))
+
+
 def test_rows_run_by_parts_in_the_order_given_and_the_table_grows(fake, tmp_path, monkeypatch):
-  monkeypatch.setattr(study, 'measure_costs', lambda config, **kwargs: {
-      'seconds': {k: v / 10 for k, v in COSTS.items()}, 'ratio': dict(COSTS)})
+  monkeypatch.setattr(study, 'measure_costs', lambda config, kinds=tuple(COSTS), **kwargs: {
+      'seconds': {k: COSTS[k] / 10 for k in kinds}, 'ratio': {k: COSTS[k] for k in kinds}})
   workdir, config = tmp_path / 'objective', toy()
-  first = ablate.run(config, 'objective', workdir, log=lambda _: None,
+  lines = []
+  first = ablate.run(config, 'objective', workdir, log=lines.append,
                      rows='joint_im_lambda_1,two_stage_im')
-  # The shared F first (a two-stage row needs it), then the rows in the order given.
-  assert first['jobs_run'] == ['F:default', 'run:joint_im_lambda_1',
-                               'eval:joint_im_lambda_1.unguided', 'eval:joint_im_lambda_1.guided',
-                               'G:two_stage_im', 'eval:two_stage_im.unguided',
-                               'eval:two_stage_im.guided']
+  # The shared F first (a two-stage row needs it and IM is costed on it), then the rows in
+  # the order given.
+  assert [line.split('] ')[1].split(' ->')[0] for line in lines if line.startswith(
+      'ablate [')] == ['F default', 'run joint_im_lambda_1', 'eval joint_im_lambda_1.unguided',
+                       'eval joint_im_lambda_1.guided', 'G two_stage_im',
+                       'eval two_stage_im.unguided', 'eval two_stage_im.guided']
+  assert first['jobs_run'] == ['run:joint_im_lambda_1', 'eval:joint_im_lambda_1.unguided',
+                               'eval:joint_im_lambda_1.guided', 'G:two_stage_im',
+                               'eval:two_stage_im.unguided', 'eval:two_stage_im.guided']
   table = first['studies']['objective']
   assert [r['name'] for r in table['rows']] == ['two_stage_im', 'joint_im_lambda_1']
   assert set(table['rows_not_run']) == set(study.ARM_NAMES) - {'two_stage_im',

@@ -38,6 +38,7 @@ from biflow_jax.objective import phases
 from biflow_jax.runtime import files
 from biflow_jax.tools import ablations
 from biflow_jax.tools.step_time_ab import random_batch
+from biflow_jax.training import init_from
 from biflow_jax.training.experiment import build_experiment
 
 STUDY = 'objective'
@@ -59,6 +60,13 @@ COST_KINDS: dict[str, tuple[str, dict]] = {
     'joint inverse matching': ('joint', _IM),
     'joint align + prior rows': ('joint', _PRIOR),
 }
+#: Kinds whose cost depends on F's weights: inverse matching's target is F's fixed-point
+#: inverse, whose Jacobi sweeps run until objective.inverse_tol. An untrained F converges in
+#: a sweep or two and a trained one needs many: measured at the MNIST default, 1.62 F steps
+#: per G IM step with F at its initialisation, but a G IM step ran at 0.86 steps/s on the
+#: trained F against a G align step's 1.9 (docs/experiments/objective.md). So these kinds are
+#: measured again on the shared F's trained weights before a row using them is planned.
+TRAINED_F_KINDS = ('G inverse matching', 'joint inverse matching')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +232,7 @@ def _train_config(config, arm: Arm, steps: dict, forward_run: str):
 
 # ------------------------------------------------------------------------- step costs
 
-def _cost_config(config, kind: str):
+def _cost_config(config, kind: str, forward_run: str = ''):
   phase, overrides = COST_KINDS[kind]
   steps = lambda f, j, r: {'schedule.forward_steps': f, 'schedule.joint_steps': j,
                            'schedule.reverse_steps': r}
@@ -232,7 +240,7 @@ def _cost_config(config, kind: str):
                       **steps(10, 0, 0)},
           'reverse': {'schedule.plan': 'two_stage', **steps(10, 0, 10)},
           'joint': {'schedule.plan': 'progressive', **steps(10, 10, 10)}}[phase]
-  return _with(config, {**overrides, **plan, 'model.init_from': ''}), phase
+  return _with(config, {**overrides, **plan, 'model.init_from': forward_run}), phase
 
 
 def alternating_step_seconds(variants: dict[str, tuple[ml_collections.ConfigDict, str]],
@@ -241,7 +249,9 @@ def alternating_step_seconds(variants: dict[str, tuple[ml_collections.ConfigDict
                              log=print) -> dict[str, float]:
   """Seconds per train step of each variant: name -> (config, phase name timed).
 
-  Each variant's phase is compiled with one step on a fixed random batch; then `rounds`
+  A variant whose config.model.init_from names a run (or TARFlow weights) starts F (params
+  and EMA) from it, as the main job would. Each variant's phase is compiled with one step on
+  a fixed random batch; then `rounds`
   rounds in which the variants alternate, `steps` steps each, timed by `clock` (wall time
   by default; a CPU-time clock counts all of XLA's threads). Returns the median over rounds.
   Alternating keeps the ratios fair on a shared machine."""
@@ -249,6 +259,8 @@ def alternating_step_seconds(variants: dict[str, tuple[ml_collections.ConfigDict
   for name, (c, phase_name) in variants.items():
     exp = build_experiment(c)
     state = exp.create_state()
+    if c.model.init_from:
+      state = init_from.apply(state, init_from.load(exp))
     phase = next(p for p in exp.plan if p.name == phase_name)
     batch = exp.global_batch(random_batch(c))
     t0 = time.perf_counter()
@@ -270,12 +282,16 @@ def alternating_step_seconds(variants: dict[str, tuple[ml_collections.ConfigDict
 
 
 def measure_costs(config: ml_collections.ConfigDict, rounds: int = 3, steps: int = 5,
-                  log=print) -> dict[str, Any]:
-  """Seconds per train step of each COST_KINDS kind at this config's size
-  (`alternating_step_seconds`, wall time). Returns {'seconds': {kind: s}, 'ratio':
+                  log=print, kinds: tuple[str, ...] = tuple(COST_KINDS),
+                  forward_run: str = '') -> dict[str, Any]:
+  """Seconds per train step of COST_KINDS `kinds` (F among them: the unit) at this config's
+  size (`alternating_step_seconds`, wall time), F at its initialisation or, with
+  `forward_run`, with that run's trained F. Returns {'seconds': {kind: s}, 'ratio':
   {kind: s / s_F}} and how it was measured."""
+  if 'F' not in kinds:
+    raise ValueError(f'measure_costs: kinds {kinds} must include F (the unit of the ratios)')
   median = alternating_step_seconds(
-      {kind: _cost_config(config, kind) for kind in COST_KINDS}, rounds, steps,
+      {kind: _cost_config(config, kind, forward_run) for kind in kinds}, rounds, steps,
       log=lambda text: log(f'objective study: step kind {text}'))
   return {'seconds': median, 'ratio': {k: v / median['F'] for k, v in median.items()},
           'rounds': rounds, 'steps_per_round': steps, 'device': jax.devices()[0].device_kind}
@@ -288,22 +304,59 @@ def costs_key(config: ml_collections.ConfigDict) -> dict:
   return key
 
 
+def shared_forward(workdir: epath.PathLike) -> epath.Path:
+  """The shared F run of the study: the two-stage rows' F, and the trained F the
+  TRAINED_F_KINDS are costed on."""
+  return epath.Path(workdir) / 'forward' / 'default'
+
+
+def needs_trained_forward(rows: tuple[str, ...]) -> bool:
+  """Whether a row among `rows` takes a step whose cost depends on F's weights."""
+  return any({arm.joint_kind, arm.reverse_kind} & set(TRAINED_F_KINDS)
+             for arm in ARMS if arm.name in rows)
+
+
+def awaits_trained_costs(workdir: epath.PathLike, rows: tuple[str, ...]) -> bool:
+  """True while `rows` need TRAINED_F_KINDS costed on the shared F and DIR/step_costs.json
+  has no such measurement yet (so only the shared F can be planned)."""
+  record = files.read_json(epath.Path(workdir) / COSTS_FILE) or {}
+  return needs_trained_forward(rows) and 'trained_forward' not in record
+
+
+def _effective(record: dict) -> dict[str, float]:
+  ratio = dict(record['ratio'])
+  if 'trained_forward' in record:
+    ratio.update({k: record['trained_forward']['ratio'][k] for k in TRAINED_F_KINDS})
+  return ratio
+
+
 def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print
                ) -> dict[str, float]:
-  """The step cost ratios from DIR/step_costs.json, or measured now and written there."""
+  """The step cost ratios from DIR/step_costs.json, or measured now and written there.
+
+  Every kind is measured first with F at its initialisation. Once the shared F
+  (`shared_forward`) has finished, the TRAINED_F_KINDS are measured again, alternating with
+  F steps, on its trained weights and recorded under 'trained_forward'; from then on their
+  ratios are those. ValueError when the file holds another config's costs."""
   path = epath.Path(workdir) / COSTS_FILE
   record = files.read_json(path)
   key = costs_key(config)
-  if record is not None:
-    if record.get('key') != key:
-      raise ValueError(f'{path} holds step costs measured for another config; use a new '
-                       '--workdir, or delete that file to measure again')
-    return record['ratio']
-  log('objective study: measuring the step cost of each kind of step (sets equal wall time)')
-  record = {**measure_costs(config, log=log), 'key': key}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  files.write_text_atomic(path, files.json_text(record, str(path)))
-  return record['ratio']
+  if record is not None and record.get('key') != key:
+    raise ValueError(f'{path} holds step costs measured for another config; use a new '
+                     '--workdir, or delete that file to measure again')
+  if record is None:
+    log('objective study: measuring the step cost of each kind of step (sets equal wall time)')
+    record = {**measure_costs(config, log=log), 'key': key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(path, files.json_text(record, str(path)))
+  forward = shared_forward(workdir)
+  if 'trained_forward' not in record and (forward / ablations.DONE).exists():
+    log(f'objective study: measuring {", ".join(TRAINED_F_KINDS)} again on the trained F of '
+        f'{forward} (their cost depends on F\'s weights)')
+    record['trained_forward'] = {**measure_costs(config, log=log, kinds=('F',) + TRAINED_F_KINDS,
+                                                 forward_run=str(forward)), 'run': str(forward)}
+    files.write_text_atomic(path, files.json_text(record, str(path)))
+  return _effective(record)
 
 
 # -------------------------------------------------------------------------------- jobs
@@ -330,15 +383,15 @@ def parse_rows(rows: str) -> tuple[str, ...]:
 def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str, float],
          rows: tuple[str, ...] = ARM_NAMES):
   """The study's jobs for `rows` (ARM_NAMES, run in the order given): the shared F run when a
-  two-stage row needs it, then each row's training followed by its evaluations
-  (ablations.Job)."""
+  two-stage row needs it or a row's step cost is measured on it (`needs_trained_forward`),
+  then each row's training followed by its evaluations (ablations.Job)."""
   jobs = []
-  default_f = workdir / 'forward' / 'default'
+  default_f = shared_forward(workdir)
   by_name = {arm.name: arm for arm in ARMS}
   arms = [by_name[name] for name in rows]
   schedules = {arm.name: schedule(arm, config, costs) for arm in arms}
   fc = forward_run_config(config, int(config.schedule.forward_steps))
-  if any(arm.plan == 'two_stage' for arm in arms):
+  if any(arm.plan == 'two_stage' for arm in arms) or needs_trained_forward(rows):
     jobs.append(ablations.Job('F', 'default', fc, default_f, default_f / ablations.DONE,
                            ablations.training_key(fc), float(fc.schedule.forward_steps)))
   for arm in arms:

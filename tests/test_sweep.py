@@ -7,7 +7,8 @@ import pytest
 from biflow_jax.modes import evaluate
 from biflow_jax.tools import sweep
 from biflow_jax.training import train
-from test_train import parse_config
+from subprocess_util import python
+from test_train import TINY, parse_config
 
 
 def bowl(w0: float, t0: float):
@@ -85,3 +86,17 @@ def test_bad_requests_are_clear_errors(trained):
   forward_only = parse_config()
   with pytest.raises(ValueError, match="--decoder='reverse'"):
     sweep.make_scorer(forward_only, workdir, 'reverse')
+
+
+def test_the_command_scores_a_run_as_it_was_trained(trained, tmp_path):
+  """configs/tiny.py trains F alone; the run here also has G. The command takes the run's own
+  model (as --mode=eval does), so --decoder=reverse works with that file, where the file as
+  it is would have no G (and a checkpoint 'written by a different model')."""
+  _, workdir = trained
+  python('-m', 'biflow_jax.tools.sweep', f'--config={TINY}', f'--workdir={workdir}',
+         '--decoder=reverse', '--cells=1', '--w=1', '--t=1', f'--out={tmp_path}',
+         '--config.eval.num_samples=20', '--config.eval.batch=20', '--config.eval.is_splits=2',
+         timeout=600)
+  saved = json.loads((tmp_path / 'sweep_reverse.json').read_text())
+  assert [(c['w'], c['t']) for c in saved['cells']] == [(1.0, 1.0)]
+  assert np.isfinite(saved['cells'][0]['frechet_distance'])

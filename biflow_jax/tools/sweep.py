@@ -3,7 +3,9 @@
     python -m biflow_jax.tools.sweep --config=configs/mnist.py --workdir=workdir/mnist \
         --decoder=reverse --cells=16 [--w=0,0.5,1] [--t=0.85,1,1.15] [--out=DIR]
 
-Every cell is scored exactly as `--mode=eval` scores a decoder (`modes/evaluate.py`:
+The run is used as it was trained (`restore.config_for_mode`, as `--mode=eval` does): its own
+model and whether it has G; --config gives the sampling and evaluation settings. Every cell
+is scored exactly as `--mode=eval` scores a decoder (`modes/evaluate.py`:
 `eval.num_samples` class-balanced samples from the same seeds, the same feature net,
 the same cached real held-out statistics), so a cell and `--mode=eval` at that w and t
 give the same numbers.
@@ -257,7 +259,12 @@ def main(argv=None) -> None:
   def run(_):
     f = flags.FLAGS
     console.setup(f.workdir, 0)
-    sweep(f.config, f.workdir, f.decoder, f.cells, _floats(f.w, 'w') or None,
+    # The run is scored as it was trained, like --mode=eval (restore.config_for_mode): its
+    # own model and whether it has G; the sampling and evaluation settings from --config.
+    config = restore.config_for_mode(
+        f.config, f.workdir, config_flags.get_override_values(f['config']),
+        f"--config={config_flags.get_config_filename(f['config'])}")
+    sweep(config, f.workdir, f.decoder, f.cells, _floats(f.w, 'w') or None,
           _floats(f.t, 't') or None, f.out or None,
           command=' '.join(['python -m biflow_jax.tools.sweep'] + sys.argv[1:]))
 

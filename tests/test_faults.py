@@ -229,7 +229,10 @@ def test_ctrl_c_saves_the_checkpoint_it_announces_and_a_restart_resumes_there(tm
                       r'step (\d+) in ', output)
   assert stopped, output[-3000:]
   step, newest = int(stopped.group(1)), int(stopped.group(2))
-  assert step == newest == announced[-1] and step in (12, 13), (stopped.group(0), announced)
+  # Stopped promptly: at a step boundary a few steps after the press. The tiny job runs
+  # several steps/s and its log reaches the test through a pipe, so 'step 12' may be read a
+  # step or two late on loaded cores (a clean-clone CI run stopped after 14).
+  assert step == newest == announced[-1] and 12 <= step <= 15, (stopped.group(0), announced)
   assert 'Traceback' not in output and 'cannot schedule new futures' not in output
   assert checkpoints.complete_steps(workdir / 'checkpoints')[-1] == newest
   assert not list((workdir / 'checkpoints').glob('*orbax-checkpoint-tmp*'))

@@ -197,7 +197,8 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
   wall = time.perf_counter() - t0
   by_kind = lambda kind: {j.name: records[id_of(j)] for j in jobs if j.kind == kind}
   if studies == (ablations.OBJECTIVE_STUDY,):
-    costs = objective_study.step_costs(config, workdir, log=log)  # read back, not measured
+    # Read back: a pass that trained the shared F leaves IM's re-measurement to `prepare`.
+    costs = objective_study.recorded_costs(workdir)
     report = objective_study.report(config, costs, records)
     to_markdown = objective_study.markdown
   else:

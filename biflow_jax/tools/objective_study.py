@@ -330,6 +330,12 @@ def _effective(record: dict) -> dict[str, float]:
   return ratio
 
 
+def recorded_costs(workdir: epath.PathLike) -> dict[str, float]:
+  """The step cost ratios DIR/step_costs.json holds now (`step_costs` wrote them; nothing is
+  measured here)."""
+  return _effective(files.read_json(epath.Path(workdir) / COSTS_FILE))
+
+
 def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print
                ) -> dict[str, float]:
   """The step cost ratios from DIR/step_costs.json, or measured now and written there.

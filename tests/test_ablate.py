@@ -88,6 +88,29 @@ def test_derived_configs():
       'two_pass', 0.5, 'reverse')
 
 
+def test_guided_base_keeps_the_configs_cfg_and_perceptual_terms():
+  """--base=guided: each row still changes one thing, from the config's own G (CFG on,
+  the feature term on), and is sampled at the config's guided cells; the paper's base is
+  unchanged."""
+  config = toy()
+  for training in ('base', 'naive', 'hidden', 'denoise_at_sampling', 'no_norm_control'):
+    paper = ablations.reverse_config(config, training, '/runs/F')
+    guided = ablations.reverse_config(config, training, '/runs/F', 'guided')
+    assert (paper.objective.cfg_w_max, paper.perceptual.feature_weight) == (0.0, 0.0)
+    assert (guided.objective.cfg_w_max, guided.perceptual.feature_weight) == (1.0, 1.0)
+    for field in ('objective.reverse_mode', 'reverse.head_mode', 'objective.denoise',
+                  'objective.norm_control', 'model.clip', 'schedule.plan'):
+      assert ablations._get(paper, field) == ablations._get(guided, field), (training, field)
+  by_name = {r.name: r for r in ablations.ROWS}
+  g = ablations.eval_config(config, by_name['align'], '/runs/F', 'guided')
+  assert (g.sample.reverse_guidance, g.sample.reverse_cfg, g.eval.decoders) == (
+      0.5, 'input', 'reverse')
+  exact = ablations.eval_config(config, by_name['exact_inverse'], '/runs/F', 'guided')
+  assert (exact.sample.guidance, exact.sample.denoise, exact.eval.decoders) == (
+      config.sample.guidance, 'score', 'exact')
+  assert ablations.eval_config(config, by_name['align'], '/runs/F').sample.reverse_guidance == 0
+
+
 # ------------------------------------------------------------------------- bad input
 
 @pytest.fixture
@@ -112,6 +135,20 @@ def no_training(monkeypatch):
 def test_bad_input_fails_before_anything_trains(no_training, tmp_path, overrides, study, match):
   with pytest.raises(ValueError, match=match):
     ablate.run(toy(*overrides), study, tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('overrides, study, base, match', [
+    ((), 'supervision', 'nope', 'use one of paper, guided'),
+    ((), 'supervision,guidance', 'guided', 'not guidance.*--base=paper'),
+    ((), 'all', 'guided', 'not distance, guidance'),
+    (('--config.objective.cfg_w_max=0.0',), 'denoising', 'guided', 'cfg_w_max > 0'),
+    ((), 'objective', 'guided', "not --study=objective"),
+])
+def test_bad_base_fails_before_anything_trains(no_training, tmp_path, overrides, study, base,
+                                               match):
+  with pytest.raises(ValueError, match=match):
+    ablate.run(toy(*overrides), study, tmp_path / 'run', base=base)
   assert not (tmp_path / 'run').exists()
 
 
@@ -216,6 +253,22 @@ def test_given_forward_is_not_trained(fake, tmp_path):
   assert [Path(w).name for w, _ in fake.trained] == ['base', 'denoise_at_sampling']
   assert all(c.model.init_from == '/runs/F' for _, c in fake.trained)
   assert report['given_forward'] == '/runs/F'
+
+
+def test_guided_base_trains_guided_gs_and_says_so(fake, tmp_path):
+  report = ablate.run(toy('--config.model.init_from=/runs/F'), 'supervision,norm_control',
+                      tmp_path, 'cmd', base='guided')
+  assert [Path(w).name for w, _ in fake.trained] == ['no_clip', 'base', 'naive', 'hidden',
+                                                     'no_norm_control']
+  assert all(c.objective.cfg_w_max == 1.0 and c.perceptual.feature_weight == 1.0
+             for w, c in fake.trained if Path(w).name != 'no_clip')
+  assert all(c.sample.reverse_guidance == 0.5 for _, c in fake.evaluated)
+  assert report['base'] == 'guided' and list(report['studies']) == ['supervision',
+                                                                    'norm_control']
+  assert 'Base (--base=guided)' in (tmp_path / 'ablations.md').read_text()
+  # A paper-base run of the same studies in that workdir is another config.
+  with pytest.raises(ValueError, match='another config'):
+    ablate.run(toy('--config.model.init_from=/runs/F'), 'supervision', tmp_path)
 
 
 # ---------------------------------------------------------------------- end to end

@@ -7,7 +7,9 @@ guidance; what each row is lives in `biflow_jax/tools/ablations.py`. `--study=ob
 (alone) is the joint-objective study of `biflow_jax/tools/objective_study.py`: whole runs
 (F only, two stages, the progressive plan) at equal wall time, with its own table;
 `--rows=a,b` runs some of its rows, in that order, and the table keeps every row finished in
-the workdir. Its shared F trains first when an inverse-matching row is asked for: that
+the workdir. `--base=guided` re-runs supervision, denoising and norm_control on the MNIST
+default's G (training-time CFG and perceptual terms kept, rows scored guided) instead of the
+paper's unguided base (`ablations.BASES`). Its shared F trains first when an inverse-matching row is asked for: that
 step's cost is measured on the trained F before the row is planned. Every F setting is trained
 once into DIR/forward/<name>/ (the default one is config.model.init_from when that is set),
 every G training once into DIR/reverse/<name>/ (plan reverse_only from that F, the config's
@@ -44,7 +46,7 @@ Job = ablations.Job
 
 
 def plan(config: ml_collections.ConfigDict, studies: tuple[str, ...],
-         workdir: epath.Path) -> list[Job]:
+         workdir: epath.Path, base: str = 'paper') -> list[Job]:
   """Every job of the studies in the order they run: the F runs, then each G training
   followed by the evaluations of its rows (so results arrive as the run goes)."""
   jobs, forward_runs = [], {}
@@ -54,20 +56,20 @@ def plan(config: ml_collections.ConfigDict, studies: tuple[str, ...],
       continue
     run = workdir / 'forward' / f
     forward_runs[f] = str(run)
-    fc = ablations.forward_config(config, f)
+    fc = ablations.forward_config(config, f, base)
     jobs.append(Job('F', f, fc, run, run / DONE, ablations.training_key(fc),
                     float(fc.schedule.forward_steps)))
   evaluations = ablations.evaluations(studies)
   for t in ablations.trainings(studies):
     run = workdir / 'reverse' / t
     forward_run = forward_runs[ablations.TRAININGS[t][0]]
-    gc = ablations.reverse_config(config, t, forward_run)
+    gc = ablations.reverse_config(config, t, forward_run, base)
     cfg = 2.0 if gc.objective.cfg_w_max > 0 else 1.0  # two passes of G per step
     jobs.append(Job('G', t, gc, run, run / DONE, ablations.training_key(gc),
                     cfg * gc.schedule.reverse_steps))
     for name, row in evaluations.items():
       if row.training == t:
-        ec = ablations.eval_config(config, row, forward_run)
+        ec = ablations.eval_config(config, row, forward_run, base)
         jobs.append(Job('eval', name, ec, run, workdir / 'evals' / f'{name}.json',
                         ablations.config_key(ec), 1.0, row))
   return jobs
@@ -132,15 +134,19 @@ def _clock(seconds: float) -> str:
 
 
 def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
-            log: Callable[[str], Any] = logging.info, rows: str = 'all'
+            log: Callable[[str], Any] = logging.info, rows: str = 'all', base: str = 'paper'
             ) -> tuple[tuple[str, ...], list[Job], dict[str, dict]]:
   """(studies, jobs to run, records of the finished ones). Raises ValueError for an unknown
   study or row, a config that cannot run a variant, or a workdir holding jobs of another
   config; nothing is trained. The objective study first measures its step costs
   (DIR/step_costs.json); `rows` (its rows only) picks and orders the rows this call runs,
-  while the records cover every row already finished in DIR, so the table grows by parts."""
+  while the records cover every row already finished in DIR, so the table grows by parts.
+  `base` (ablations.BASES) is what every G of the paper's studies keeps."""
   studies = ablations.parse_studies(study)
   if studies == (ablations.OBJECTIVE_STUDY,):
+    if base != 'paper':
+      raise ValueError(f'--base={base!r} applies to the paper\'s studies, not '
+                       f'--study={ablations.OBJECTIVE_STUDY} (whole runs of the config)')
     chosen = objective_study.parse_rows(rows)
     objective_study.check(config)
     costs = objective_study.step_costs(config, epath.Path(workdir), log=log)  # compiles
@@ -153,22 +159,23 @@ def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.
   else:
     if rows != 'all':
       raise ValueError(f'--rows={rows!r} applies to --study={ablations.OBJECTIVE_STUDY} only')
-    ablations.check(config, studies)
-    jobs = every = plan(config, studies, epath.Path(workdir))
+    ablations.check(config, studies, base)
+    jobs = every = plan(config, studies, epath.Path(workdir), base)
   return studies, jobs, {id_of(j): r for j in every if (r := finished(j)) is not None}
 
 
 def run(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
-        command: str = '', log: Callable[[str], Any] = logging.info, rows: str = 'all') -> dict:
+        command: str = '', log: Callable[[str], Any] = logging.info, rows: str = 'all',
+        base: str = 'paper') -> dict:
   """Runs (or resumes) the studies named by `study` ('all' or comma-separated) in workdir;
   writes and returns DIR/ablations.json's content (its 'jobs_run' lists what this call did).
 
   Raises `prepare`'s ValueErrors before anything trains.
   """
   while True:  # twice at most: an objective study's shared F, then its rows (see prepare)
-    studies, jobs, records = prepare(config, study, workdir, log, rows)
+    studies, jobs, records = prepare(config, study, workdir, log, rows, base)
     again = _prepares_again(studies, workdir, rows)
-    report = execute(config, studies, jobs, records, epath.Path(workdir), command, log)
+    report = execute(config, studies, jobs, records, epath.Path(workdir), command, log, base)
     if not again:
       return report
 
@@ -179,7 +186,7 @@ def _prepares_again(studies: tuple[str, ...], workdir, rows: str) -> bool:
 
 
 def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir: epath.Path,
-            command: str, log: Callable[[str], Any] = logging.info) -> dict:
+            command: str, log: Callable[[str], Any] = logging.info, base: str = 'paper') -> dict:
   """Runs the unfinished jobs in order, then writes DIR/ablations.json and .md."""
   t0, jobs_run = time.perf_counter(), []
   count = lambda kind: sum(j.kind == kind for j in jobs)
@@ -202,7 +209,7 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
     report = objective_study.report(config, costs, records)
     to_markdown = objective_study.markdown
   else:
-    report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'))
+    report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'), base)
     to_markdown = ablations.markdown
   report.update(command=command, jobs_run=jobs_run, wall_seconds_this_call=round(wall, 1))
   workdir.mkdir(parents=True, exist_ok=True)
@@ -220,21 +227,27 @@ def main(argv=None) -> None:
   flags.DEFINE_string('rows', 'all', f"--study={ablations.OBJECTIVE_STUDY} only: 'all' or "
                       'comma-separated rows to run now, in that order (the table keeps every '
                       'row finished in --workdir)')
+  flags.DEFINE_string('base', 'paper', f"{', '.join(ablations.BASES)}: what every G of the "
+                      "paper's studies keeps ('guided': the config's training-time CFG and "
+                      'perceptual terms, rows scored at its guided cells; supervision, '
+                      'denoising, norm_control only)')
   flags.mark_flags_as_required(['config', 'workdir'])
   argv = argv or sys.argv
 
   def go(_):
     command = ' '.join(['python -m biflow_jax.tools.ablate'] + list(argv[1:]))
     config, workdir, rows = flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.rows
+    base = flags.FLAGS.base
     again = True
     while again:  # twice at most: an objective study's shared F, then its rows (see prepare)
       try:
-        studies, jobs, records = prepare(config, flags.FLAGS.study, workdir, logging.info, rows)
+        studies, jobs, records = prepare(config, flags.FLAGS.study, workdir, logging.info, rows,
+                                         base)
       except ValueError as e:  # bad input: one line, before anything trains
         print(f'FATAL: {e}', file=sys.stderr)
         sys.exit(2)
       again = _prepares_again(studies, workdir, rows)
-      execute(config, studies, jobs, records, epath.Path(workdir), command)
+      execute(config, studies, jobs, records, epath.Path(workdir), command, base=base)
 
   app.run(go, argv=argv, flags_parser=cli.parse_flags)
 

@@ -16,6 +16,14 @@ scored the same way share an evaluation (`Row.eval`):
 - F's exact inverse is scored on the base G's workdir, whose F EMA is F's own (copied by
   init_from and never trained there).
 Paper numbers: FID, ImageNet 256, B/2, without CFG unless the row says otherwise.
+
+A second base, `--base=guided` (`BASES`), keeps what the MNIST default's G trains with
+(training-time CFG and the config's perceptual terms) and scores every row at the config's
+guided cells (`sample.guidance`/`temperature` for F's inverse, `sample.reverse_guidance`/
+`reverse_temperature` for G): the paper's base collapses without guidance at our budget
+(recall 0.02-0.20, docs/experiments/evidence.md), so the supervision, denoising and
+norm-control orderings are re-tested between G's that work guided. Only those three studies
+take it: distance and guidance vary what the guided base keeps.
 """
 from __future__ import annotations
 
@@ -52,6 +60,40 @@ BASE_G = {'objective.reverse_mode': 'align', 'reverse.head_mode': 'per_stage',
           'objective.cfg_w_max': 0.0, **{f: 0.0 for f in PERCEPTUAL_WEIGHTS}}
 BASE_SAMPLE = {'sample.guidance': 0.0, 'sample.reverse_guidance': 0.0,
                'sample.reverse_cfg': 'input'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+  """What every G of a study keeps unless its row changes it, and how rows are sampled."""
+  g: dict                       # overrides of the config for every G (and its F run)
+  sample: dict                  # overrides of the config's sample group for every row
+  studies: tuple[str, ...]      # the studies that can run on this base
+  description: str
+
+
+BASES = {
+    'paper': Base(BASE_G, BASE_SAMPLE, STUDIES,
+                  "the paper's ablation base: hidden alignment, learned denoising, norm "
+                  'control, MSE only, no training-time CFG, sampled at w = 0'),
+    'guided': Base({k: BASE_G[k] for k in ('objective.reverse_mode', 'reverse.head_mode',
+                                           'objective.denoise', 'objective.norm_control')},
+                   {'sample.reverse_cfg': 'input'}, ('supervision', 'denoising', 'norm_control'),
+                   "the MNIST default's G (issue 28's base): hidden alignment, learned "
+                   "denoising, norm control, the config's training-time CFG and perceptual "
+                   "terms, every row sampled at the config's guided cells"),
+}
+
+
+def parse_base(name: str, studies: Iterable[str]) -> Base:
+  """BASES[name], checked against the studies; raises ValueError naming the fix."""
+  if name not in BASES:
+    raise ValueError(f'--base={name!r}: use one of {", ".join(BASES)}')
+  other = [s for s in studies if s not in BASES[name].studies]
+  if other:
+    raise ValueError(f'--base={name} holds the studies {", ".join(BASES[name].studies)} only, '
+                     f'not {", ".join(other)} (they vary what this base keeps): drop them from '
+                     '--study or use --base=paper')
+  return BASES[name]
 
 #: F settings: name -> overrides of the config's F.
 FORWARDS = {'default': {}, 'no_clip': {'model.clip': None}}
@@ -210,14 +252,16 @@ def uses_given_forward(config: ml_collections.ConfigDict, forward: str) -> bool:
   return forward == 'default' and bool(config.model.init_from)
 
 
-def forward_config(config: ml_collections.ConfigDict, forward: str) -> ml_collections.ConfigDict:
+def forward_config(config: ml_collections.ConfigDict, forward: str,
+                   base: str = 'paper') -> ml_collections.ConfigDict:
   """F alone (plan forward_only, G off) for an F setting."""
   sample_decoder = 'exact' if config.sample.decoder == 'reverse' else config.sample.decoder
-  return _with(config, {**BASE_G, **FORWARDS[forward], 'model.init_from': '',
+  b = BASES[base]
+  return _with(config, {**b.g, **FORWARDS[forward], 'model.init_from': '',
                         'reverse.enabled': False, 'schedule.plan': 'forward_only',
                         'schedule.joint_steps': 0, 'schedule.reverse_steps': 0,
                         'schedule.forward_steps': _forward_steps(config),
-                        'sample.decoder': sample_decoder, **BASE_SAMPLE})
+                        'sample.decoder': sample_decoder, **b.sample})
 
 
 def _forward_steps(config) -> int:
@@ -225,28 +269,36 @@ def _forward_steps(config) -> int:
 
 
 def reverse_config(config: ml_collections.ConfigDict, training: str,
-                   forward_run: str) -> ml_collections.ConfigDict:
+                   forward_run: str, base: str = 'paper') -> ml_collections.ConfigDict:
   """G alone (plan reverse_only) from the F in `forward_run` (a workdir or init_from source)."""
   forward, overrides = TRAININGS[training]
-  return _with(config, {**BASE_G, **FORWARDS[forward], **overrides,
+  b = BASES[base]
+  return _with(config, {**b.g, **FORWARDS[forward], **overrides,
                         'model.init_from': str(forward_run), 'reverse.enabled': True,
                         'schedule.plan': 'reverse_only', 'schedule.forward_steps': 0,
-                        'schedule.joint_steps': 0, **BASE_SAMPLE})
+                        'schedule.joint_steps': 0, **b.sample})
 
 
 def eval_config(config: ml_collections.ConfigDict, row: Row,
-                forward_run: str) -> ml_collections.ConfigDict:
+                forward_run: str, base: str = 'paper') -> ml_collections.ConfigDict:
   """The row's G config, sampled as the row says and scored with its decoder only."""
-  g = reverse_config(config, row.training, forward_run)
+  g = reverse_config(config, row.training, forward_run, base)
   return _with(g, {**row.sample, 'eval.decoders': row.decoder}, source=config)
 
 
 # ------------------------------------------------------------------------------- checks
 
-def check(config: ml_collections.ConfigDict, studies: Iterable[str]) -> None:
-  """Every variant of the studies can run with this config; raises ValueError naming the
-  problem and the fix before anything trains."""
+def check(config: ml_collections.ConfigDict, studies: Iterable[str],
+          base: str = 'paper') -> None:
+  """Every variant of the studies can run with this config on this base; raises ValueError
+  naming the problem and the fix before anything trains."""
   studies = tuple(studies)
+  parse_base(base, studies)
+  if base == 'guided' and (config.objective.cfg_w_max <= 0 or
+                           decoders.reverse_guidance(config) <= 0):
+    raise ValueError('--base=guided scores G guided, as the config trains it: set '
+                     'config.objective.cfg_w_max > 0 and config.sample.reverse_guidance > 0 '
+                     '(configs/mnist.py: 3.0 and 1.0), or use --base=paper')
   plan = config.schedule.plan
   if not config.reverse.enabled:
     raise ValueError('the ablations train the reverse model G: set --config.reverse.enabled=True')
@@ -280,9 +332,9 @@ def check(config: ml_collections.ConfigDict, studies: Iterable[str]) -> None:
   # Every derived config must itself be valid (e.g. a guidance scale above cfg_w_max).
   for f in forwards(studies):
     if not uses_given_forward(config, f):
-      _validate(forward_config(config, f), f'F {f!r}')
+      _validate(forward_config(config, f, base), f'F {f!r}')
   for name, row in evaluations(studies).items():
-    _validate(eval_config(config, row, '<F run>'), f'evaluation {name!r}')
+    _validate(eval_config(config, row, '<F run>', base), f'evaluation {name!r}')
 
 
 def _validate(config: ml_collections.ConfigDict, what: str) -> None:
@@ -355,9 +407,10 @@ def _row_result(row: Row, evaluation: dict, training: dict | None) -> dict:
 
 
 def report(config: ml_collections.ConfigDict, studies: Iterable[str], forward_runs: dict,
-           reverse_runs: dict, evaluations_done: dict) -> dict:
+           reverse_runs: dict, evaluations_done: dict, base: str = 'paper') -> dict:
   """The content of DIR/ablations.json from the job records (name -> record of each kind)."""
-  out: dict[str, Any] = {'studies': {}}
+  out: dict[str, Any] = {'studies': {}, 'base': base,
+                         'base_description': BASES[base].description}
   for study in studies:
     results = [_row_result(r, evaluations_done[r.eval], reverse_runs.get(r.training))
                for r in rows([study])]
@@ -389,6 +442,8 @@ def markdown(report_: dict) -> str:
            f"{c['eval']['num_samples']} samples per evaluation, features: {c['eval']['feature_net']}"
            + (f", F given by model.init_from={report_['given_forward']}"
               if 'given_forward' in report_ else '') + ' (full config in ablations.json).', '',
+           f"Base (--base={report_.get('base', 'paper')}): "
+           f"{report_.get('base_description', BASES['paper'].description)}.", '',
            'FD: Frechet distance of the evaluation (evaluation.evaluate); ms/img: sampling '
            'seconds / samples, measured during the evaluation (compilation of the first batch '
            'included). Paper: FID on ImageNet 256, B/2, without CFG unless the note says so.', '']

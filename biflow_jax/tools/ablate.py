@@ -7,10 +7,11 @@ guidance; what each row is lives in `biflow_jax/tools/ablations.py`. `--study=ob
 (alone) is the joint-objective study of `biflow_jax/tools/objective_study.py`: whole runs
 (F only, two stages, the progressive plan) at equal wall time, with its own table;
 `--rows=a,b` runs some of its rows, in that order, and the table keeps every row finished in
-the workdir. `--base=guided` re-runs supervision, denoising and norm_control on the MNIST
-default's G (training-time CFG and perceptual terms kept, rows scored guided) instead of the
-paper's unguided base (`ablations.BASES`). Its shared F trains first when an inverse-matching row is asked for: that
-step's cost is measured on the trained F before the row is planned. Every F setting is trained
+the workdir. Its shared F trains first when an inverse-matching row is asked for: that
+step's cost is measured on the trained F before the row is planned. `--base=guided` re-runs
+supervision, denoising and norm_control on the MNIST default's G (training-time CFG and
+perceptual terms kept, rows scored guided) instead of the paper's unguided base
+(`ablations.BASES`). Every F setting is trained
 once into DIR/forward/<name>/ (the default one is config.model.init_from when that is set),
 every G training once into DIR/reverse/<name>/ (plan reverse_only from that F, the config's
 reverse_steps, seed and data order), and every evaluation once (`evaluation.evaluate` with

@@ -21,7 +21,7 @@ A second base, `--base=guided` (`BASES`), keeps what the MNIST default's G train
 (training-time CFG and the config's perceptual terms) and scores every row at the config's
 guided cells (`sample.guidance`/`temperature` for F's inverse, `sample.reverse_guidance`/
 `reverse_temperature` for G): the paper's base collapses without guidance at our budget
-(recall 0.02-0.20, docs/experiments/evidence.md), so the supervision, denoising and
+(recall 0.02-0.20, docs/ablations.md), so the supervision, denoising and
 norm-control orderings are re-tested between G's that work guided. Only those three studies
 take it: distance and guidance vary what the guided base keeps.
 """
@@ -68,16 +68,18 @@ class Base:
   g: dict                       # overrides of the config for every G (and its F run)
   sample: dict                  # overrides of the config's sample group for every row
   studies: tuple[str, ...]      # the studies that can run on this base
+  scores_guided: bool           # rows sampled at the config's guidance (needs CFG training)
   description: str
 
 
 BASES = {
-    'paper': Base(BASE_G, BASE_SAMPLE, STUDIES,
+    'paper': Base(BASE_G, BASE_SAMPLE, STUDIES, False,
                   "the paper's ablation base: hidden alignment, learned denoising, norm "
                   'control, MSE only, no training-time CFG, sampled at w = 0'),
     'guided': Base({k: BASE_G[k] for k in ('objective.reverse_mode', 'reverse.head_mode',
                                            'objective.denoise', 'objective.norm_control')},
                    {'sample.reverse_cfg': 'input'}, ('supervision', 'denoising', 'norm_control'),
+                   True,
                    "the MNIST default's G (issue 28's base): hidden alignment, learned "
                    "denoising, norm control, the config's training-time CFG and perceptual "
                    "terms, every row sampled at the config's guided cells"),
@@ -293,10 +295,9 @@ def check(config: ml_collections.ConfigDict, studies: Iterable[str],
   """Every variant of the studies can run with this config on this base; raises ValueError
   naming the problem and the fix before anything trains."""
   studies = tuple(studies)
-  parse_base(base, studies)
-  if base == 'guided' and (config.objective.cfg_w_max <= 0 or
-                           decoders.reverse_guidance(config) <= 0):
-    raise ValueError('--base=guided scores G guided, as the config trains it: set '
+  if parse_base(base, studies).scores_guided and (config.objective.cfg_w_max <= 0 or
+                                                  decoders.reverse_guidance(config) <= 0):
+    raise ValueError(f'--base={base} scores G guided, as the config trains it: set '
                      'config.objective.cfg_w_max > 0 and config.sample.reverse_guidance > 0 '
                      '(configs/mnist.py: 3.0 and 1.0), or use --base=paper')
   plan = config.schedule.plan
@@ -442,8 +443,7 @@ def markdown(report_: dict) -> str:
            f"{c['eval']['num_samples']} samples per evaluation, features: {c['eval']['feature_net']}"
            + (f", F given by model.init_from={report_['given_forward']}"
               if 'given_forward' in report_ else '') + ' (full config in ablations.json).', '',
-           f"Base (--base={report_.get('base', 'paper')}): "
-           f"{report_.get('base_description', BASES['paper'].description)}.", '',
+           f"Base (--base={report_['base']}): {report_['base_description']}.", '',
            'FD: Frechet distance of the evaluation (evaluation.evaluate); ms/img: sampling '
            'seconds / samples, measured during the evaluation (compilation of the first batch '
            'included). Paper: FID on ImageNet 256, B/2, without CFG unless the note says so.', '']

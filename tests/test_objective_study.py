@@ -161,6 +161,61 @@ def test_inverse_matching_is_costed_on_the_trained_shared_f(fake, tmp_path, monk
   assert study.awaits_trained_costs(other, ('two_stage_im',))
 
 
+def test_a_second_seed_copies_the_first_seeds_costs_and_runs_its_step_counts(
+    fake, tmp_path, monkeypatch):
+  """--costs_from: a seed replicate runs the first seed's step counts, measures nothing, and
+  needs no shared F for a row costed on the first seed's trained F."""
+  calls = []
+  def measure(config, kinds=tuple(COSTS), forward_run='', **kwargs):
+    calls.append(forward_run)
+    ratio = {k: COSTS[k] * (2.0 if forward_run and k != 'F' else 1.0) for k in kinds}
+    return {'seconds': {k: v / 10 for k, v in ratio.items()}, 'ratio': ratio}
+  monkeypatch.setattr(study, 'measure_costs', measure)
+  seed0, seed1 = tmp_path / 'seed0', tmp_path / 'seed1'
+  row = 'joint_im_lambda_1'
+  ablate.run(mnist_sized(), 'objective', seed0, log=lambda _: None, rows=row)
+  assert len(calls) == 2
+  first = dict(fake.trained)[str(seed0 / 'runs' / row)]
+  config1 = toy('--config.schedule.forward_steps=1800', '--config.schedule.reverse_steps=1000',
+                '--config.seed=1')
+  lines = []
+  report = ablate.run(config1, 'objective', seed1, log=lines.append, rows=row,
+                      costs_from=str(seed0))
+  assert len(calls) == 2 and any('copied from' in line for line in lines)
+  assert report['jobs_run'] == [f'run:{row}', f'eval:{row}.unguided', f'eval:{row}.guided']
+  assert not study.shared_forward(seed1).exists()
+  second = dict(fake.trained)[str(seed1 / 'runs' / row)]
+  assert second.seed == 1 and first.seed == 0
+  steps = lambda c: (c.schedule.forward_steps, c.schedule.joint_steps, c.schedule.reverse_steps)
+  assert steps(second) == steps(first)
+  record = json.loads((seed1 / study.COSTS_FILE).read_text())
+  assert record['copied_from'] == str(seed0 / study.COSTS_FILE)
+  assert report['step_cost_ratios'] == study.recorded_costs(seed0)
+  # A record written before the seed left the key (it kept 'seed': 0) still matches.
+  old = json.loads((seed0 / study.COSTS_FILE).read_text())
+  old['key']['seed'] = 0
+  (seed0 / study.COSTS_FILE).write_text(json.dumps(old))
+  assert study.step_costs(config1, seed0) == study.recorded_costs(seed0)
+
+
+@pytest.mark.parametrize('study_, overrides, source, match', [
+    ('objective', (), 'empty', 'no step_costs.json there'),
+    ('objective', ('--config.reverse.width=32',), 'measured', 'another config'),
+    ('denoising', (), 'measured', 'applies to --study=objective only'),
+])
+def test_bad_costs_from_is_named_before_anything_is_measured(
+    tmp_path, monkeypatch, study_, overrides, source, match):
+  measured = tmp_path / 'measured'
+  monkeypatch.setattr(study, 'measure_costs', lambda config, kinds=tuple(COSTS), **kwargs: {
+      'seconds': {k: COSTS[k] / 10 for k in kinds}, 'ratio': {k: COSTS[k] for k in kinds}})
+  study.step_costs(toy(), measured, log=lambda _: None)
+  monkeypatch.setattr(study, 'measure_costs', lambda *a, **k: pytest.fail('measured'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match=match):
+    ablate.prepare(toy(*overrides), study_, tmp_path / 'new', costs_from=str(tmp_path / source))
+  assert not (tmp_path / 'new' / study.COSTS_FILE).exists()
+
+
 def test_rows_run_by_parts_in_the_order_given_and_the_table_grows(fake, tmp_path, monkeypatch):
   monkeypatch.setattr(study, 'measure_costs', lambda config, kinds=tuple(COSTS), **kwargs: {
       'seconds': {k: COSTS[k] / 10 for k in kinds}, 'ratio': {k: COSTS[k] for k in kinds}})

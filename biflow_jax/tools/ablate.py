@@ -8,7 +8,9 @@ guidance; what each row is lives in `biflow_jax/tools/ablations.py`. `--study=ob
 (F only, two stages, the progressive plan) at equal wall time, with its own table;
 `--rows=a,b` runs some of its rows, in that order, and the table keeps every row finished in
 the workdir. Its shared F trains first when an inverse-matching row is asked for: that
-step's cost is measured on the trained F before the row is planned. `--base=guided` re-runs
+step's cost is measured on the trained F before the row is planned. `--costs_from=DIR2`
+copies DIR2's measured step costs (the same config, e.g. at another --config.seed) instead
+of measuring them, so a second seed runs the first's step counts. `--base=guided` re-runs
 supervision, denoising and norm_control on the MNIST default's G (training-time CFG and
 perceptual terms kept, rows scored guided) instead of the paper's unguided base
 (`ablations.BASES`). Every F setting is trained
@@ -135,14 +137,15 @@ def _clock(seconds: float) -> str:
 
 
 def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
-            log: Callable[[str], Any] = logging.info, rows: str = 'all', base: str = 'paper'
-            ) -> tuple[tuple[str, ...], list[Job], dict[str, dict]]:
+            log: Callable[[str], Any] = logging.info, rows: str = 'all', base: str = 'paper',
+            costs_from: str = '') -> tuple[tuple[str, ...], list[Job], dict[str, dict]]:
   """(studies, jobs to run, records of the finished ones). Raises ValueError for an unknown
   study or row, a config that cannot run a variant, or a workdir holding jobs of another
   config; nothing is trained. The objective study first measures its step costs
   (DIR/step_costs.json); `rows` (its rows only) picks and orders the rows this call runs,
   while the records cover every row already finished in DIR, so the table grows by parts.
-  `base` (ablations.BASES) is what every G of the paper's studies keeps."""
+  `base` (ablations.BASES) is what every G of the paper's studies keeps; `costs_from`
+  (objective study only) is `objective_study.step_costs`'."""
   studies = ablations.parse_studies(study)
   if studies == (ablations.OBJECTIVE_STUDY,):
     if base != 'paper':
@@ -150,7 +153,8 @@ def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.
                        f'--study={ablations.OBJECTIVE_STUDY} (whole runs of the config)')
     chosen = objective_study.parse_rows(rows)
     objective_study.check(config)
-    costs = objective_study.step_costs(config, epath.Path(workdir), log=log)  # compiles
+    costs = objective_study.step_costs(config, epath.Path(workdir), log=log,  # compiles
+                                       costs_from=costs_from)
     every = objective_study.plan(config, epath.Path(workdir), costs)
     jobs = objective_study.plan(config, epath.Path(workdir), costs, chosen)
     if objective_study.awaits_trained_costs(workdir, chosen):
@@ -158,8 +162,9 @@ def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.
       # prepares again once it has finished, measuring those costs on it.
       jobs = [j for j in jobs if id_of(j) == 'F:default']
   else:
-    if rows != 'all':
-      raise ValueError(f'--rows={rows!r} applies to --study={ablations.OBJECTIVE_STUDY} only')
+    if rows != 'all' or costs_from:
+      flag = f'--rows={rows!r}' if rows != 'all' else f'--costs_from={costs_from}'
+      raise ValueError(f'{flag} applies to --study={ablations.OBJECTIVE_STUDY} only')
     ablations.check(config, studies, base)
     jobs = every = plan(config, studies, epath.Path(workdir), base)
   return studies, jobs, {id_of(j): r for j in every if (r := finished(j)) is not None}
@@ -167,14 +172,14 @@ def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.
 
 def run(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
         command: str = '', log: Callable[[str], Any] = logging.info, rows: str = 'all',
-        base: str = 'paper') -> dict:
+        base: str = 'paper', costs_from: str = '') -> dict:
   """Runs (or resumes) the studies named by `study` ('all' or comma-separated) in workdir;
   writes and returns DIR/ablations.json's content (its 'jobs_run' lists what this call did).
 
   Raises `prepare`'s ValueErrors before anything trains.
   """
   while True:  # twice at most: an objective study's shared F, then its rows (see prepare)
-    studies, jobs, records = prepare(config, study, workdir, log, rows, base)
+    studies, jobs, records = prepare(config, study, workdir, log, rows, base, costs_from)
     again = _prepares_again(studies, workdir, rows)
     report = execute(config, studies, jobs, records, epath.Path(workdir), command, log, base)
     if not again:
@@ -232,6 +237,9 @@ def main(argv=None) -> None:
                       "paper's studies keeps ('guided': the config's training-time CFG and "
                       'perceptual terms, rows scored at its guided cells; supervision, '
                       'denoising, norm_control only)')
+  flags.DEFINE_string('costs_from', '', f"--study={ablations.OBJECTIVE_STUDY} only: another "
+                      "study's workdir whose measured step costs to copy (the same config; "
+                      'its seed may differ), so both run the same step counts')
   flags.mark_flags_as_required(['config', 'workdir'])
   argv = argv or sys.argv
 
@@ -243,7 +251,7 @@ def main(argv=None) -> None:
     while again:  # twice at most: an objective study's shared F, then its rows (see prepare)
       try:
         studies, jobs, records = prepare(config, flags.FLAGS.study, workdir, logging.info, rows,
-                                         base)
+                                         base, flags.FLAGS.costs_from)
       except ValueError as e:  # bad input: one line, before anything trains
         print(f'FATAL: {e}', file=sys.stderr)
         sys.exit(2)

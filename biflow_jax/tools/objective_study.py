@@ -298,8 +298,14 @@ def measure_costs(config: ml_collections.ConfigDict, rounds: int = 3, steps: int
 
 
 def costs_key(config: ml_collections.ConfigDict) -> dict:
-  """What the measured costs depend on: the training config without its step counts."""
-  key = ablations.training_key(config)
+  """What the measured costs depend on: the training config without its step counts or its
+  training seed (a step of one shape costs the same whatever its random numbers), so the
+  seeds of one study can share one measurement (`step_costs`' costs_from)."""
+  return _cost_relevant(ablations.training_key(config))
+
+
+def _cost_relevant(key: dict) -> dict:
+  key = {k: v for k, v in key.items() if k != 'seed'}
   key['schedule'] = {k: v for k, v in key.get('schedule', {}).items() if not k.endswith('_steps')}
   return key
 
@@ -308,6 +314,12 @@ def shared_forward(workdir: epath.PathLike) -> epath.Path:
   """The shared F run of the study: the two-stage rows' F, and the trained F the
   TRAINED_F_KINDS are costed on."""
   return epath.Path(workdir) / 'forward' / 'default'
+
+
+def _check_costs_key(record: dict, key: dict, path) -> None:
+  if _cost_relevant(record.get('key', {})) != key:  # older records keep their seed in 'key'
+    raise ValueError(f'{path} holds step costs measured for another config; use a new '
+                     '--workdir, or delete that file to measure again')
 
 
 def needs_trained_forward(rows: tuple[str, ...]) -> bool:
@@ -336,20 +348,33 @@ def recorded_costs(workdir: epath.PathLike) -> dict[str, float]:
   return _effective(files.read_json(epath.Path(workdir) / COSTS_FILE))
 
 
-def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print
-               ) -> dict[str, float]:
+def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print,
+               costs_from: str | epath.PathLike = '') -> dict[str, float]:
   """The step cost ratios from DIR/step_costs.json, or measured now and written there.
 
   Every kind is measured first with F at its initialisation. Once the shared F
   (`shared_forward`) has finished, the TRAINED_F_KINDS are measured again, alternating with
   F steps, on its trained weights and recorded under 'trained_forward'; from then on their
-  ratios are those. ValueError when the file holds another config's costs."""
+  ratios are those. `costs_from` (another study's DIR, e.g. the same config at another
+  seed) is copied instead of measuring, when DIR has no costs yet: both studies then run the
+  same step counts, and a row the copy costed on its trained F needs no shared F here.
+  ValueError when a file holds another config's costs, or costs_from has none."""
   path = epath.Path(workdir) / COSTS_FILE
   record = files.read_json(path)
   key = costs_key(config)
-  if record is not None and record.get('key') != key:
-    raise ValueError(f'{path} holds step costs measured for another config; use a new '
-                     '--workdir, or delete that file to measure again')
+  if record is None and costs_from:
+    source = epath.Path(costs_from) / COSTS_FILE
+    record = files.read_json(source)
+    if record is None:
+      raise ValueError(f'--costs_from={costs_from}: no {COSTS_FILE} there; name the workdir '
+                       'of an objective study of this config that has measured its costs')
+    _check_costs_key(record, key, source)
+    record['copied_from'] = str(source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(path, files.json_text(record, str(path)))
+    log(f'objective study: step costs copied from {source} (not measured here)')
+  if record is not None:
+    _check_costs_key(record, key, path)
   if record is None:
     log('objective study: measuring the step cost of each kind of step (sets equal wall time)')
     record = {**measure_costs(config, log=log), 'key': key}
@@ -389,15 +414,15 @@ def parse_rows(rows: str) -> tuple[str, ...]:
 def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str, float],
          rows: tuple[str, ...] = ARM_NAMES):
   """The study's jobs for `rows` (ARM_NAMES, run in the order given): the shared F run when a
-  two-stage row needs it or a row's step cost is measured on it (`needs_trained_forward`),
-  then each row's training followed by its evaluations (ablations.Job)."""
+  two-stage row needs it or a row's step cost is still to be measured on it
+  (`awaits_trained_costs`), then each row's training followed by its evaluations (ablations.Job)."""
   jobs = []
   default_f = shared_forward(workdir)
   by_name = {arm.name: arm for arm in ARMS}
   arms = [by_name[name] for name in rows]
   schedules = {arm.name: schedule(arm, config, costs) for arm in arms}
   fc = forward_run_config(config, int(config.schedule.forward_steps))
-  if any(arm.plan == 'two_stage' for arm in arms) or needs_trained_forward(rows):
+  if any(arm.plan == 'two_stage' for arm in arms) or awaits_trained_costs(workdir, rows):
     jobs.append(ablations.Job('F', 'default', fc, default_f, default_f / ablations.DONE,
                            ablations.training_key(fc), float(fc.schedule.forward_steps)))
   for arm in arms:

@@ -271,6 +271,100 @@ def test_guided_base_trains_guided_gs_and_says_so(fake, tmp_path):
     ablate.run(toy('--config.model.init_from=/runs/F'), 'supervision', tmp_path)
 
 
+class FakeSweeps:
+  """Stands in for tools/sweep: records each search and answers a best cell that depends on
+  the evaluation it follows."""
+
+  def __init__(self):
+    self.calls = []
+
+  def sweep(self, config, workdir, decoder, budget, ws, ts, out, command='', fix_w=False):
+    self.calls.append(dict(workdir=str(workdir), decoder=decoder, budget=budget, ws=ws, ts=ts,
+                           out=str(out), fix_w=fix_w, config=config))
+    fd = 0.5 + zlib.crc32(f'{workdir}/{out}'.encode()) % 100
+    best = dict(w=ws[-1], t=ts[0], frechet_distance=fd, class_accuracy=0.6, precision=0.5,
+                recall=0.7)
+    return {'best': best, 'converged': True, 'stopped': 'converged', 'step': 2,
+            'cells': [best] * budget, 'start_grid': {'w': ws, 't': ts}}
+
+
+@pytest.fixture
+def fake_sweeps(monkeypatch):
+  sweeps = FakeSweeps()
+  monkeypatch.setattr(ablate.sweep, 'sweep', sweeps.sweep)
+  return sweeps
+
+
+def test_start_grids_centre_on_the_rows_cell():
+  config = toy('--config.sample.guidance=0.75', '--config.sample.temperature=0.9')
+  by_name = {r.name: r for r in ablations.ROWS}
+  t = float(config.sample.temperature)  # G's temperature follows F's (reverse_temperature -1)
+  g_ts = [round(t - 0.15, 6), t, round(t + 0.15, 6)]
+  unguided = ablations.eval_config(config, by_name['align'], '/runs/F')
+  assert ablations.sweep_grid(unguided, 'reverse') == ([0.0], g_ts, True)
+  guided = ablations.eval_config(config, by_name['align'], '/runs/F', 'guided')
+  assert ablations.sweep_grid(guided, 'reverse') == ([0.0, 0.5, 1.0], g_ts, False)  # w 0.5
+  exact = ablations.eval_config(config, by_name['exact_inverse'], '/runs/F', 'guided')
+  w = float(config.sample.guidance)
+  ws, ts, fix_w = ablations.sweep_grid(exact, 'exact')
+  assert not fix_w and ws == [round(x, 6) for x in (w - 0.25, w, w + 0.25) if x >= 0]
+  assert ts == [round(t - 0.075, 6), t, round(t + 0.075, 6)]
+
+
+def test_each_evaluation_is_swept_once_and_the_tables_show_its_best_cell(
+    fake, fake_sweeps, tmp_path):
+  workdir = tmp_path / 'ablations'
+  lines = []
+  config = toy('--config.sample.guidance=0.75')  # F's exact inverse guided too
+  report = ablate.run(config, 'supervision,denoising', workdir, log=lines.append, base='guided',
+                      sweep_cells=9)
+  evaluations = ablations.evaluations(('supervision', 'denoising'))
+  assert len(fake_sweeps.calls) == len(evaluations) == len(fake.evaluated)
+  assert '6 evaluations, 6 sweeps' in lines[0]
+  # Each sweep right after its evaluation, on the same run and config, a 3 x 3 grid.
+  order = [line.split('] ')[1].split(' ->')[0] for line in lines if line.startswith('ablate [')]
+  for i, job in enumerate(order):
+    if job.startswith('eval '):
+      assert order[i + 1] == 'sweep ' + job.split()[1]
+  for call, (evaluated_run, evaluated_config) in zip(fake_sweeps.calls, fake.evaluated):
+    assert call['workdir'] == evaluated_run
+    assert call['config'].to_dict() == evaluated_config.to_dict()
+    assert call['budget'] == 9 and len(call['ws']) * len(call['ts']) == 9
+    assert not call['fix_w']
+  for study in ('supervision', 'denoising'):
+    for r in report['studies'][study]['rows']:
+      record = json.loads((workdir / 'sweeps' / f"{r['evaluation']}.json").read_text())
+      assert r['best'] == ablations.best_cell(record) and r['best']['cells'] == 9
+      assert record['result'] == str(workdir / 'sweeps' / r['evaluation'] /
+                                     f"sweep_{r['decoder']}.json")
+  md = (workdir / 'ablations.md').read_text()
+  assert '| best of the sweep |' in md and '(9, converged) |' in md
+  # A rerun sweeps nothing again; another cell count is another config's sweep.
+  again = ablate.run(config, 'supervision,denoising', workdir, base='guided', sweep_cells=9,
+                     log=lambda _: None)
+  assert again['jobs_run'] == [] and len(fake_sweeps.calls) == len(evaluations)
+  with pytest.raises(ValueError, match='records a finished sweep'):
+    ablate.run(config, 'supervision,denoising', workdir, base='guided', sweep_cells=10)
+
+
+def test_an_unguided_row_is_swept_at_w_0(fake, fake_sweeps, tmp_path):
+  report = ablate.run(toy(), 'norm_control', tmp_path / 'a', log=lambda _: None, sweep_cells=4)
+  assert {c['fix_w'] for c in fake_sweeps.calls} == {True}
+  assert {tuple(c['ws']) for c in fake_sweeps.calls} == {(0.0,)}
+  assert all(r['best']['w'] == 0.0 for r in report['studies']['norm_control']['rows'])
+
+
+@pytest.mark.parametrize('study, base, cells, match', [
+    ('denoising', 'guided', 4, 'less than a starting grid of 9 cells'),
+    ('denoising', 'paper', -1, 'give 0 .no sweeps.'),
+])
+def test_too_few_sweep_cells_fail_before_anything_trains(no_training, tmp_path, study, base,
+                                                         cells, match):
+  with pytest.raises(ValueError, match=match):
+    ablate.run(toy(), study, tmp_path / 'run', base=base, sweep_cells=cells)
+  assert not (tmp_path / 'run').exists()
+
+
 # ---------------------------------------------------------------------- end to end
 
 @pytest.mark.slow

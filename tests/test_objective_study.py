@@ -9,7 +9,7 @@ from etils import epath
 
 from biflow_jax.tools import ablate, ablations, objective_study as study
 
-from test_ablate import fake, toy  # noqa: F401  (fake is a fixture)
+from test_ablate import fake, fake_sweeps, toy  # noqa: F401  (fixtures)
 
 # Step costs relative to an F step, as measured at the MNIST default's size
 # (docs/experiments/objective.md); any positive values would do for the pure tests.
@@ -245,6 +245,27 @@ def test_rows_run_by_parts_in_the_order_given_and_the_table_grows(fake, tmp_path
   rest = ablate.run(config, 'objective', workdir, log=lambda _: None)
   assert rest['studies']['objective']['rows_not_run'] == []
   assert len(fake.trained) == 1 + len(study.ARMS)  # nothing trained twice
+
+
+def test_each_scoring_is_swept_and_the_table_shows_both_best_cells(fake, fake_sweeps, tmp_path,
+                                                                    monkeypatch):
+  monkeypatch.setattr(study, 'measure_costs', lambda config, kinds=tuple(COSTS), **kwargs: {
+      'seconds': {k: COSTS[k] / 10 for k in kinds}, 'ratio': {k: COSTS[k] for k in kinds}})
+  workdir = tmp_path / 'objective'
+  report = ablate.run(toy(), 'objective', workdir, log=lambda _: None, rows='joint_align_prior',
+                      sweep_cells=9)
+  assert report['jobs_run'][1:] == ['eval:joint_align_prior.unguided',
+                                    'sweep:joint_align_prior.unguided',
+                                    'eval:joint_align_prior.guided',
+                                    'sweep:joint_align_prior.guided']
+  unguided, guided = fake_sweeps.calls
+  assert unguided['fix_w'] and unguided['ws'] == [0.0] and not guided['fix_w']
+  assert guided['ws'] == [0.0, 0.5, 1.0]  # around the config's w 0.5 (cfg_w_max 1)
+  row = report['studies']['objective']['rows'][0]
+  assert row['unguided']['best']['w'] == 0.0 and row['guided']['best']['cells'] == 9
+  md = (workdir / 'ablations.md').read_text()
+  assert '| unguided, best of the sweep | guided, best of the sweep |' in md
+  assert md.count('(9, converged) |') == 2
 
 
 @pytest.mark.parametrize('rows, match', [('two_stage_align,nope', 'unknown row.*nope'),

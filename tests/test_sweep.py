@@ -43,6 +43,17 @@ def test_search_respects_limits_and_reports_a_spent_budget():
     sweep.Search(score, budget=3).run([0, 1], [1.0, 1.5])
 
 
+def test_a_search_at_a_fixed_w_stays_there():
+  """The paper's unguided protocol (w = 0): the bowl's minimum at w 1.7 must not pull the
+  search off w = 0; t still walks to its best."""
+  score, calls = bowl(1.7, 0.55)
+  search = sweep.Search(score, budget=10, w_max=0.0, w_min=0.0)
+  w, t = search.run([0.0], [0.85, 1.0, 1.15])
+  assert w == 0.0 and {c[0] for c in calls} == {0.0}
+  assert abs(t - 0.55) < 0.04 and search.converged()
+  assert len(search.cells) == 10  # refined at half spacing until the budget was spent
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('sweep')
@@ -86,6 +97,8 @@ def test_bad_requests_are_clear_errors(trained):
   forward_only = parse_config()
   with pytest.raises(ValueError, match="--decoder='reverse'"):
     sweep.make_scorer(forward_only, workdir, 'reverse')
+  with pytest.raises(ValueError, match='fix_w searches t at one w'):
+    sweep.sweep(config, workdir, 'reverse', 4, ws=[0, 1], ts=[1.0], fix_w=True)
 
 
 def test_the_command_scores_a_run_as_it_was_trained(trained, tmp_path):

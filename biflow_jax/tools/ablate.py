@@ -17,11 +17,15 @@ perceptual terms kept, rows scored guided) instead of the paper's unguided base
 once into DIR/forward/<name>/ (the default one is config.model.init_from when that is set),
 every G training once into DIR/reverse/<name>/ (plan reverse_only from that F, the config's
 reverse_steps, seed and data order), and every evaluation once (`evaluation.evaluate` with
-eval.decoders set to the row's decoder) into DIR/evals/<name>.json. DIR/ablations.json and
-DIR/ablations.md hold one table per study.
+eval.decoders set to the row's decoder) into DIR/evals/<name>.json. `--sweep_cells=N` follows
+every evaluation by `tools/sweep`'s search of N cells around its cell (a 3 x 3 grid of w and
+t, `ablations.sweep_grid`; t only at w = 0 for an unguided row) into DIR/sweeps/<name>.json,
+and the tables add each row's best cell: the same search for every row, from one command.
+DIR/ablations.json and DIR/ablations.md hold one table per study.
 
-Resume: a finished training writes DIR/.../ablate_done.json and a finished evaluation its
-DIR/evals/<name>.json, atomically and last, so a killed run redoes neither; an interrupted
+Resume: a finished training writes DIR/.../ablate_done.json, a finished evaluation its
+DIR/evals/<name>.json and a sweep DIR/sweeps/<name>.json, atomically and last, so a killed run
+redoes none of them; an interrupted
 training resumes from its own checkpoint. A finished run of another config in DIR is an
 error (use a new --workdir). Bad studies and configs that cannot run a variant fail before
 anything trains.
@@ -39,7 +43,7 @@ from ml_collections import config_flags
 
 from biflow_jax.modes import evaluate
 from biflow_jax.runtime import cli, files
-from biflow_jax.tools import ablations, objective_study
+from biflow_jax.tools import ablations, objective_study, sweep
 from biflow_jax.training import train
 
 DONE = ablations.DONE
@@ -82,7 +86,9 @@ def finished(job: Job) -> dict | None:
   """The job's record when it is finished with this config; raises ValueError when DIR
   holds a finished (or started) job of another config."""
   record = files.read_json(job.record)
-  started = files.read_json(job.workdir / 'config.json') if job.kind != 'eval' else None
+  # An evaluation or a sweep reads a run it did not train: only a training's run is its own.
+  trains = job.kind not in ('eval', 'sweep')
+  started = files.read_json(job.workdir / 'config.json') if trains else None
   if record is None and started is not None and ablations.training_key_of(started) != job.key:
     raise ValueError(f'{job.workdir} holds a started run of another config; use a new '
                      '--workdir, or delete that directory to retrain it')
@@ -93,12 +99,21 @@ def finished(job: Job) -> dict | None:
 
 
 def run_job(job: Job) -> dict:
-  """Trains or evaluates; returns the record written (last, atomically)."""
+  """Trains, evaluates or sweeps; returns the record written (last, atomically)."""
   t0 = time.perf_counter()
   if job.kind == 'eval':
     result = evaluate.run(job.config, job.workdir)
     record = {'entry': result['decoders'][job.row.decoder], 'step': result['step'],
               'eval': result}
+  elif job.kind == 'sweep':
+    k, out = job.key, job.record.parent / job.name
+    result = sweep.sweep(job.config, job.workdir, job.row.decoder, k['cells'], k['w'], k['t'],
+                         out, command=f'tools/ablate: the sweep of {job.name}',
+                         fix_w=k['fix_w'])
+    record = {'best': result['best'], 'converged': result['converged'],
+              'stopped': result['stopped'], 'cells_scored': len(result['cells']),
+              'start_grid': result['start_grid'], 'step': result['step'],
+              'result': str(out / f'sweep_{job.row.decoder}.json')}
   else:
     state = train.train_and_evaluate(job.config, job.workdir)
     record = {'steps': int(state.step), 'workdir': str(job.workdir)}
@@ -114,7 +129,7 @@ def eta(jobs: list[Job], records: dict[str, dict]) -> str:
   unit of cost of its finished jobs: per step for trainings, x2 for CFG); a lower bound
   ('>=') while a kind still to run has not been measured."""
   rate = {}
-  for kind in ('F', 'G', 'run', 'eval'):
+  for kind in ('F', 'G', 'run', 'eval', 'sweep'):
     done = [(records[id_of(j)]['seconds'], j.cost) for j in jobs
             if j.kind == kind and id_of(j) in records]
     if done:
@@ -138,14 +153,20 @@ def _clock(seconds: float) -> str:
 
 def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
             log: Callable[[str], Any] = logging.info, rows: str = 'all', base: str = 'paper',
-            costs_from: str = '') -> tuple[tuple[str, ...], list[Job], dict[str, dict]]:
+            costs_from: str = '', sweep_cells: int = 0
+            ) -> tuple[tuple[str, ...], list[Job], dict[str, dict]]:
   """(studies, jobs to run, records of the finished ones). Raises ValueError for an unknown
   study or row, a config that cannot run a variant, or a workdir holding jobs of another
   config; nothing is trained. The objective study first measures its step costs
   (DIR/step_costs.json); `rows` (its rows only) picks and orders the rows this call runs,
   while the records cover every row already finished in DIR, so the table grows by parts.
   `base` (ablations.BASES) is what every G of the paper's studies keeps; `costs_from`
-  (objective study only) is `objective_study.step_costs`'."""
+  (objective study only) is `objective_study.step_costs`'; `sweep_cells` > 0 follows every
+  evaluation by a `tools/sweep` search of that many cells around its cell
+  (`ablations.sweep_job`)."""
+  if sweep_cells < 0:
+    raise ValueError(f'--sweep_cells={sweep_cells}: give 0 (no sweeps) or the cells of each '
+                     'sweep (e.g. 14)')
   studies = ablations.parse_studies(study)
   if studies == (ablations.OBJECTIVE_STUDY,):
     if base != 'paper':
@@ -167,19 +188,28 @@ def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.
       raise ValueError(f'{flag} applies to --study={ablations.OBJECTIVE_STUDY} only')
     ablations.check(config, studies, base)
     jobs = every = plan(config, studies, epath.Path(workdir), base)
+  grid_cells = max((len(j.key['w']) * len(j.key['t']) for j in
+                    ablations.with_sweeps(every, sweep_cells, epath.Path(workdir))
+                    if j.kind == 'sweep'), default=0)
+  if grid_cells > sweep_cells:
+    raise ValueError(f'--sweep_cells={sweep_cells} is less than a starting grid of '
+                     f'{grid_cells} cells (3 w x 3 t around a guided cell): give at least that')
+  every = ablations.with_sweeps(every, sweep_cells, epath.Path(workdir))
+  jobs = ablations.with_sweeps(jobs, sweep_cells, epath.Path(workdir))
   return studies, jobs, {id_of(j): r for j in every if (r := finished(j)) is not None}
 
 
 def run(config: ml_collections.ConfigDict, study: str, workdir: str | epath.PathLike,
         command: str = '', log: Callable[[str], Any] = logging.info, rows: str = 'all',
-        base: str = 'paper', costs_from: str = '') -> dict:
+        base: str = 'paper', costs_from: str = '', sweep_cells: int = 0) -> dict:
   """Runs (or resumes) the studies named by `study` ('all' or comma-separated) in workdir;
   writes and returns DIR/ablations.json's content (its 'jobs_run' lists what this call did).
 
   Raises `prepare`'s ValueErrors before anything trains.
   """
   while True:  # twice at most: an objective study's shared F, then its rows (see prepare)
-    studies, jobs, records = prepare(config, study, workdir, log, rows, base, costs_from)
+    studies, jobs, records = prepare(config, study, workdir, log, rows, base, costs_from,
+                                     sweep_cells)
     again = _prepares_again(studies, workdir, rows)
     report = execute(config, studies, jobs, records, epath.Path(workdir), command, log, base)
     if not again:
@@ -197,9 +227,10 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
   t0, jobs_run = time.perf_counter(), []
   count = lambda kind: sum(j.kind == kind for j in jobs)
   whole = f", {count('run')} whole" if count('run') else ''
+  swept = f", {count('sweep')} sweeps" if count('sweep') else ''
   log(f'ablate: studies {", ".join(studies)}: {len(jobs)} jobs '
       f"({count('F')} F, {count('G')} G{whole} trainings, "
-      f"{count('eval')} evaluations), {len(records)} already done")
+      f"{count('eval')} evaluations{swept}), {len(records)} already done")
   for i, job in enumerate(jobs):
     if id_of(job) in records:
       continue
@@ -215,7 +246,8 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
     report = objective_study.report(config, costs, records)
     to_markdown = objective_study.markdown
   else:
-    report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'), base)
+    report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'), base,
+                              by_kind('sweep'))
     to_markdown = ablations.markdown
   report.update(command=command, jobs_run=jobs_run, wall_seconds_this_call=round(wall, 1))
   workdir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +272,9 @@ def main(argv=None) -> None:
   flags.DEFINE_string('costs_from', '', f"--study={ablations.OBJECTIVE_STUDY} only: another "
                       "study's workdir whose measured step costs to copy (the same config; "
                       'its seed may differ), so both run the same step counts')
+  flags.DEFINE_integer('sweep_cells', 0, "0, or follow every evaluation by tools/sweep's "
+                       "search of that many cells around the row's cell (w, t); the tables "
+                       'then show each row\'s best cell (the same count for every row)')
   flags.mark_flags_as_required(['config', 'workdir'])
   argv = argv or sys.argv
 
@@ -251,7 +286,7 @@ def main(argv=None) -> None:
     while again:  # twice at most: an objective study's shared F, then its rows (see prepare)
       try:
         studies, jobs, records = prepare(config, flags.FLAGS.study, workdir, logging.info, rows,
-                                         base, flags.FLAGS.costs_from)
+                                         base, flags.FLAGS.costs_from, flags.FLAGS.sweep_cells)
       except ValueError as e:  # bad input: one line, before anything trains
         print(f'FATAL: {e}', file=sys.stderr)
         sys.exit(2)

@@ -163,14 +163,75 @@ DONE = 'ablate_done.json'
 @dataclasses.dataclass
 class Job:
   """One unit of work of `tools/ablate`, done when `record` exists."""
-  kind: str                    # 'F' | 'G' | 'run' (a whole training) | 'eval'
+  kind: str                    # 'F' | 'G' | 'run' (a whole training) | 'eval' | 'sweep'
   name: str
   config: ml_collections.ConfigDict
   workdir: epath.Path          # where it trains, or the run it evaluates
   record: epath.Path           # written last, atomically, when the job is finished
   key: dict                    # what a finished record must match
-  cost: float                  # in the kind's units: steps (x2 for CFG), or 1 evaluation
+  cost: float                  # in the kind's units: steps (x2 for CFG), 1 evaluation, cells
   row: Row | None = None
+
+
+#: A swept evaluation's starting-grid spacing per decoder, (dw, dt): the exact inverse's FD
+#: moves faster with w and t than G's (docs/ablations.md's sweeps, MNIST).
+SWEEP_SPACING = {'reverse': (0.5, 0.15), 'exact': (0.25, 0.075), 'fixed_point': (0.25, 0.075)}
+
+
+def sweep_grid(eval_config: ml_collections.ConfigDict, decoder: str
+               ) -> tuple[list[float], list[float], bool]:
+  """(ws, ts, fix_w): `tools/sweep`'s starting grid around an evaluation's own cell (w, t),
+  w - dw, w, w + dw (those >= 0) by t - dt, t, t + dt (SWEEP_SPACING); an unguided
+  evaluation (w = 0, the paper's protocol) searches t only, at w = 0."""
+  w = float(decoders.decoder_guidance(eval_config, decoder))
+  t = float(decoders.decoder_temperature(eval_config, decoder))
+  dw, dt = SWEEP_SPACING[decoder]
+  ts = [round(x, 6) for x in (t - dt, t, t + dt) if x > 0]
+  if w == 0:
+    return [0.0], ts, True
+  return [round(x, 6) for x in (w - dw, w, w + dw) if x >= 0], ts, False
+
+
+def sweep_job(evaluation: Job, cells: int, workdir: epath.Path) -> Job:
+  """The search (`tools/sweep`, `cells` cells) around an evaluation job's cell, on the same
+  run and config; its record is DIR/sweeps/<name>.json, the search's own files
+  DIR/sweeps/<name>/sweep_<decoder>.{json,md}."""
+  ws, ts, fix_w = sweep_grid(evaluation.config, evaluation.row.decoder)
+  key = {'evaluation': evaluation.key, 'cells': int(cells), 'w': ws, 't': ts, 'fix_w': fix_w}
+  return Job('sweep', evaluation.name, evaluation.config, evaluation.workdir,
+             workdir / 'sweeps' / f'{evaluation.name}.json', key, float(cells), evaluation.row)
+
+
+def with_sweeps(jobs: list[Job], cells: int, workdir: epath.Path) -> list[Job]:
+  """`jobs` with each evaluation followed by its sweep (`sweep_job`); `jobs` if cells == 0."""
+  if cells <= 0:
+    return list(jobs)
+  out = []
+  for job in jobs:
+    out.append(job)
+    if job.kind == 'eval':
+      out.append(sweep_job(job, cells, workdir))
+  return out
+
+
+def best_cell(sweep_record: dict | None) -> dict | None:
+  """What a table shows of a finished sweep: its best cell and how the search ended."""
+  if sweep_record is None:
+    return None
+  b = sweep_record['best']
+  return {'w': b['w'], 't': b['t'], 'frechet_distance': b['frechet_distance'],
+          'class_accuracy': b.get('class_accuracy'), 'recall': b['recall'],
+          'cells': sweep_record['cells_scored'], 'converged': sweep_record['converged']}
+
+
+def format_best(best: dict | None) -> str:
+  """A table cell for `best_cell`: 'w, t -> FD / acc. / recall (cells, converged or not)'."""
+  if best is None:
+    return '-'
+  acc = format_value(best['class_accuracy'], '.3f')
+  end = 'converged' if best['converged'] else 'budget spent'
+  return (f"{best['w']:g}, {best['t']:g} -> {format_value(best['frechet_distance'], '.1f')} / "
+          f"{acc} / {format_value(best['recall'], '.2f')} ({best['cells']}, {end})")
 
 
 # ------------------------------------------------------------------------------ selection
@@ -387,7 +448,8 @@ def training_key_of(saved_config: dict) -> dict:
   return {k: v for k, v in saved_config.items() if k not in _NOT_TRAINING}
 
 
-def _row_result(row: Row, evaluation: dict, training: dict | None) -> dict:
+def _row_result(row: Row, evaluation: dict, training: dict | None,
+                sweep: dict | None = None) -> dict:
   entry, num = evaluation['entry'], evaluation['eval']['num_samples']
   uses_g = row.decoder == 'reverse'
   return {
@@ -404,22 +466,27 @@ def _row_result(row: Row, evaluation: dict, training: dict | None) -> dict:
       'paper_fd': row.paper_fd, 'note': row.note,
       'training_seconds': None if training is None or not uses_g else training['seconds'],
       'eval_seconds': evaluation['seconds'],
+      'best': best_cell(sweep), 'sweep_seconds': None if sweep is None else sweep['seconds'],
   }
 
 
 def report(config: ml_collections.ConfigDict, studies: Iterable[str], forward_runs: dict,
-           reverse_runs: dict, evaluations_done: dict, base: str = 'paper') -> dict:
-  """The content of DIR/ablations.json from the job records (name -> record of each kind)."""
+           reverse_runs: dict, evaluations_done: dict, base: str = 'paper',
+           sweeps: dict | None = None) -> dict:
+  """The content of DIR/ablations.json from the job records (name -> record of each kind;
+  `sweeps` by evaluation name, where the evaluations were swept)."""
+  sweeps = sweeps or {}
   out: dict[str, Any] = {'studies': {}, 'base': base,
                          'base_description': BASES[base].description}
   for study in studies:
-    results = [_row_result(r, evaluations_done[r.eval], reverse_runs.get(r.training))
-               for r in rows([study])]
+    results = [_row_result(r, evaluations_done[r.eval], reverse_runs.get(r.training),
+                           sweeps.get(r.eval)) for r in rows([study])]
     out['studies'][study] = {'rows': results, 'paper_ordering': ordering(results)}
   strip = lambda records: {name: {k: v for k, v in r.items() if k not in ('key', 'eval', 'entry')}
                            for name, r in records.items()}
   out.update(forward_runs=strip(forward_runs), reverse_runs=strip(reverse_runs),
-             evaluations=strip(evaluations_done), config=config_key(config))
+             evaluations=strip(evaluations_done), sweeps=strip(sweeps),
+             config=config_key(config))
   if config.model.init_from:
     out['given_forward'] = str(config.model.init_from)
   return out
@@ -447,24 +514,33 @@ def markdown(report_: dict) -> str:
            'FD: Frechet distance of the evaluation (evaluation.evaluate); ms/img: sampling '
            'seconds / samples, measured during the evaluation (compilation of the first batch '
            'included). Paper: FID on ImageNet 256, B/2, without CFG unless the note says so.', '']
+  swept = any(r.get('best') for t in report_['studies'].values() for r in t['rows'])
+  if swept:
+    lines += ["Best of the sweep: the best cell by FD of `tools/sweep`'s search around the "
+              "row's own cell (w, t -> FD / class acc. / recall; cells scored, and whether "
+              'FD stopped improving at the grid\'s edges); w stays 0 for an unguided row.', '']
   for study, table in report_['studies'].items():
     lines += [f'## {study}', '',
               '| row | w | FD | class acc. | precision | recall | ms/img | paper FID | G training | '
-              'G train s | eval s | note |', '|' + '---|' * 12]
+              'G train s | eval s | note |' + (' best of the sweep |' if swept else ''),
+              '|' + '---|' * (13 if swept else 12)]
     for r in table['rows']:
+      best = f" {format_best(r.get('best'))} |" if swept else ''
       lines.append(
           f"| {r['label']} | {format_value(r['guidance'], 'g')} | {format_value(r['frechet_distance'], '.2f')} | "
           f"{format_value(r['class_accuracy'], '.3f')} | {format_value(r['precision'], '.3f')} | "
           f"{format_value(r['recall'], '.3f')} | {format_value(r['ms_per_image'], '.3f')} | "
           f"{format_value(r['paper_fd'], '.2f')} | {r['training'] or '- (F only)'} | "
-          f"{format_value(r['training_seconds'], '.0f')} | {format_value(r['eval_seconds'], '.0f')} | {r['note']} |")
+          f"{format_value(r['training_seconds'], '.0f')} | {format_value(r['eval_seconds'], '.0f')} | {r['note']} |"
+          + best)
     order = table['paper_ordering']
     verdict = {None: 'n/a (fewer than two rows with a paper number)', True: 'yes',
                False: 'no: ' + '; '.join(order['broken'])}[order['holds']]
     lines += ['', f"Paper's ordering of FD holds here: {verdict}", '']
   lines += ['## Runs', '', '| kind | name | steps | wall s |', '|---|---|---|---|']
-  for kind, key in (('F', 'forward_runs'), ('G', 'reverse_runs'), ('eval', 'evaluations')):
-    for name, r in report_[key].items():
+  for kind, key in (('F', 'forward_runs'), ('G', 'reverse_runs'), ('eval', 'evaluations'),
+                    ('sweep', 'sweeps')):
+    for name, r in report_.get(key, {}).items():
       lines.append(f"| {kind} | {name} | {r.get('steps', r.get('step', '-'))} | "
                    f"{format_value(r.get('seconds'), '.0f')} |")
   if 'wall_seconds_this_call' in report_:

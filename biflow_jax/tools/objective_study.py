@@ -456,7 +456,7 @@ def report(config, costs: dict[str, float], records: dict[str, dict]) -> dict:
   -> finished record. A row whose training or evaluations are not all finished is listed
   under 'rows_not_run' (a study run by parts with --rows)."""
   rows, not_run = [], []
-  for arm in ARMS:
+  for arm in ARMS:  # a row's sweeps (ablate --sweep_cells) are shown where they finished
     steps = schedule(arm, config, costs)
     kind = _JOB_KIND[arm.plan][0]
     needed = [f'{kind}:{arm.name}'] + [f'eval:{arm.name}.{s}' for s in SCORINGS]
@@ -479,6 +479,7 @@ def report(config, costs: dict[str, float], records: dict[str, dict]) -> dict:
           'frechet_distance', 'class_accuracy', 'precision', 'recall', 'guidance',
           'temperature')}
       row[scoring]['eval_seconds'] = ev['seconds']
+      row[scoring]['best'] = ablations.best_cell(records.get(f'sweep:{arm.name}.{scoring}'))
     rows.append(row)
   return {'studies': {STUDY: {'rows': rows, 'rows_not_run': not_run}},
           'budget_f_steps': budget(config, costs),
@@ -489,6 +490,7 @@ def markdown(report_: dict) -> str:
   """DIR/ablations.md for the objective study."""
   cell = ablations.format_value
   c = report_['config']
+  swept = any(r[s].get('best') for r in report_['studies'][STUDY]['rows'] for s in SCORINGS)
   lines = ['# The joint-objective study', '', f"Command: `{report_.get('command', '')}`", '',
            f"Budget: {report_['budget_f_steps']:.0f} F-step units (the config's two-stage run: "
            f"F {c['schedule']['forward_steps']} + G {c['schedule']['reverse_steps']} steps); "
@@ -497,7 +499,9 @@ def markdown(report_: dict) -> str:
            + f". Batch {c['batch_size']}, seed {c['seed']}, {c['eval']['num_samples']} samples "
            'per evaluation.', '',
            '| row | phases (steps) | budget used | unguided: FD / acc. / P / R | guided: w, '
-           'FD / acc. / P / R | train s | eval s |', '|' + '---|' * 7]
+           'FD / acc. / P / R | train s | eval s |' + (
+               ' unguided, best of the sweep | guided, best of the sweep |' if swept else ''),
+           '|' + '---|' * (9 if swept else 7)]
   for r in report_['studies'][STUDY]['rows']:
     cells = []
     for scoring in SCORINGS:
@@ -507,9 +511,15 @@ def markdown(report_: dict) -> str:
       cells.append(text if scoring == 'unguided' else f"{cell(e['guidance'], 'g')}, {text}")
     lines.append(f"| {r['label']} | {r['phases']} | {r['budget_used']:.0f} | {cells[0]} | "
                  f"{cells[1]} | {r['training_seconds']:.0f} | "
-                 f"{r['unguided']['eval_seconds'] + r['guided']['eval_seconds']:.0f} |")
+                 f"{r['unguided']['eval_seconds'] + r['guided']['eval_seconds']:.0f} |" + (
+                     ''.join(f" {ablations.format_best(r[s].get('best'))} |" for s in SCORINGS)
+                     if swept else ''))
   lines += ['', "Train s of a two-stage row includes the shared F's seconds. Rows are defined "
             'in docs/experiments/objective.md.']
+  if swept:
+    lines += ['', "Best of the sweep: the best cell by FD of `tools/sweep`'s search around the "
+              "scoring's cell (w, t -> FD / class acc. / recall; cells scored, and whether FD "
+              'stopped improving at the grid\'s edges); the unguided search keeps w = 0.']
   not_run = report_['studies'][STUDY].get('rows_not_run', [])
   if not_run:
     lines += ['', f"Rows not run yet (or not finished): {', '.join(not_run)}; "

@@ -18,6 +18,7 @@ The search, with a budget of `--cells` cells per decoder (give both decoders the
    the grid's edges ('converged'), or when the budget is spent ('budget').
 3. Refine: with budget left, halve both spacings around the best cell and extend again,
    until the budget is spent.
+`--fix_w` searches t only, at the one --w given (e.g. w = 0, the paper's unguided protocol).
 Limits: w >= 0; t > 0; for G guided through its input (training-time CFG,
 sample.reverse_cfg='input') w <= objective.cfg_w_max, the range it was trained on.
 
@@ -65,20 +66,21 @@ def _spacing(values: Sequence[float], fallback: float) -> float:
 class Search:
   """The lattice search of the module docstring over a `score(w, t) -> metrics` function.
 
-  w_max: the largest w allowed (None = no limit). `cells` holds every scored cell's
-  metrics by (w, t), in scoring order.
+  w_max: the largest w allowed (None = no limit), w_min the smallest. `cells` holds every
+  scored cell's metrics by (w, t), in scoring order.
   """
 
   def __init__(self, score: Scorer, budget: int, w_max: float | None = None,
-               metric: str = 'frechet_distance'):
+               metric: str = 'frechet_distance', w_min: float = 0.0):
     if budget < 1:
       raise ValueError(f'--cells={budget}: the budget must be at least one cell')
     self.score, self.budget, self.w_max, self.metric = score, int(budget), w_max, metric
+    self.w_min = float(w_min)
     self.cells: dict[Cell, dict[str, Any]] = {}
     self.stopped = ''
 
   def allowed(self, w: float, t: float) -> bool:
-    return w >= -1e-9 and t > 1e-9 and (self.w_max is None or w <= self.w_max + 1e-9)
+    return w >= self.w_min - 1e-9 and t > 1e-9 and (self.w_max is None or w <= self.w_max + 1e-9)
 
   def _score(self, w: float, t: float) -> bool:
     """Scores a cell unless it is known, outside the limits or over budget; True if it did."""
@@ -210,17 +212,24 @@ def markdown(result: dict[str, Any]) -> str:
 
 def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
           ws: Sequence[float] | None = None, ts: Sequence[float] | None = None,
-          out: epath.PathLike | None = None, command: str = '') -> dict[str, Any]:
-  """Runs the search for one decoder of a trained run; writes and returns the result."""
+          out: epath.PathLike | None = None, command: str = '', fix_w: bool = False
+          ) -> dict[str, Any]:
+  """Runs the search for one decoder of a trained run; writes and returns the result.
+
+  fix_w: search t only, at the one w of `ws` (e.g. w = 0, the paper's unguided protocol).
+  ValueError when fix_w is given several w."""
   start = time.perf_counter()
   default_ws, default_ts = DEFAULT_GRIDS[decoder]
   ws, ts = list(ws or default_ws), list(ts or default_ts)
+  if fix_w and len(set(ws)) != 1:
+    raise ValueError(f'fix_w searches t at one w; got w = {ws}')
+  w_max = ws[0] if fix_w else w_limit(config, decoder)
   score, scored_against = make_scorer(config, workdir, decoder)
-  search = Search(score, budget, w_limit(config, decoder))
+  search = Search(score, budget, w_max, w_min=ws[0] if fix_w else 0.0)
   best = search.run(ws, ts)
   cells = [dict(w=w, t=t, **{k: v for k, v in m.items()}) for (w, t), m in search.cells.items()]
   result = {'decoder': decoder, **scored_against, 'budget': budget, 'stopped': search.stopped,
-            'converged': search.converged(), 'w_max': search.w_max,
+            'converged': search.converged(), 'w_max': search.w_max, 'fix_w': fix_w,
             'start_grid': {'w': ws, 't': ts}, 'cells': cells,
             'best': next(c for c in cells if (c['w'], c['t']) == best),
             'seconds': round(time.perf_counter() - start, 1), 'command': command}
@@ -254,10 +263,14 @@ def main(argv=None) -> None:
   flags.DEFINE_string('w', '', 'Starting guidance values (default per decoder).')
   flags.DEFINE_string('t', '', 'Starting temperatures (default per decoder).')
   flags.DEFINE_string('out', '', 'Output folder (default: the workdir).')
+  flags.DEFINE_bool('fix_w', False, 'Search t only, at the one value of --w (e.g. --w=0, '
+                    "the paper's unguided protocol).")
   flags.mark_flags_as_required(['config', 'workdir'])
 
   def run(_):
     f = flags.FLAGS
+    if f.fix_w and len(set(_floats(f.w, 'w'))) != 1:
+      raise app.UsageError(f'--fix_w searches t at one w: give --w one value (got {f.w!r})')
     console.setup(f.workdir, 0)
     # The run is scored as it was trained, like --mode=eval (restore.config_for_mode): its
     # own model and whether it has G; the sampling and evaluation settings from --config.
@@ -265,7 +278,7 @@ def main(argv=None) -> None:
         f.config, f.workdir, config_flags.get_override_values(f['config']),
         f"--config={config_flags.get_config_filename(f['config'])}")
     sweep(config, f.workdir, f.decoder, f.cells, _floats(f.w, 'w') or None,
-          _floats(f.t, 't') or None, f.out or None,
+          _floats(f.t, 't') or None, f.out or None, fix_w=f.fix_w,
           command=' '.join(['python -m biflow_jax.tools.sweep'] + sys.argv[1:]))
 
   app.run(run, argv=argv, flags_parser=cli.parse_flags)

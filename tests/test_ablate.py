@@ -348,14 +348,15 @@ def test_each_evaluation_is_swept_once_and_the_tables_show_its_best_cell(
 
 
 def test_an_unguided_row_is_swept_at_w_0(fake, fake_sweeps, tmp_path):
-  report = ablate.run(toy(), 'norm_control', tmp_path / 'a', log=lambda _: None, sweep_cells=4)
+  report = ablate.run(toy(), 'norm_control', tmp_path / 'a', log=lambda _: None, sweep_cells=9)
   assert {c['fix_w'] for c in fake_sweeps.calls} == {True}
   assert {tuple(c['ws']) for c in fake_sweeps.calls} == {(0.0,)}
   assert all(r['best']['w'] == 0.0 for r in report['studies']['norm_control']['rows'])
 
 
 @pytest.mark.parametrize('study, base, cells, match', [
-    ('denoising', 'guided', 4, 'less than a starting grid of 9 cells'),
+    ('denoising', 'guided', 4, 'at least 9, the starting grid'),
+    ('objective', 'paper', 8, 'at least 9, the starting grid'),
     ('denoising', 'paper', -1, 'give 0 .no sweeps.'),
 ])
 def test_too_few_sweep_cells_fail_before_anything_trains(no_training, tmp_path, study, base,

@@ -164,9 +164,10 @@ def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.
   (objective study only) is `objective_study.step_costs`'; `sweep_cells` > 0 follows every
   evaluation by a `tools/sweep` search of that many cells around its cell
   (`ablations.sweep_job`)."""
-  if sweep_cells < 0:
-    raise ValueError(f'--sweep_cells={sweep_cells}: give 0 (no sweeps) or the cells of each '
-                     'sweep (e.g. 14)')
+  if sweep_cells < 0 or 0 < sweep_cells < ablations.SWEEP_GRID_CELLS:
+    raise ValueError(f'--sweep_cells={sweep_cells}: give 0 (no sweeps) or at least '
+                     f'{ablations.SWEEP_GRID_CELLS}, the starting grid around a guided cell '
+                     '(3 w x 3 t), e.g. 14')
   studies = ablations.parse_studies(study)
   if studies == (ablations.OBJECTIVE_STUDY,):
     if base != 'paper':
@@ -188,12 +189,6 @@ def prepare(config: ml_collections.ConfigDict, study: str, workdir: str | epath.
       raise ValueError(f'{flag} applies to --study={ablations.OBJECTIVE_STUDY} only')
     ablations.check(config, studies, base)
     jobs = every = plan(config, studies, epath.Path(workdir), base)
-  grid_cells = max((len(j.key['w']) * len(j.key['t']) for j in
-                    ablations.with_sweeps(every, sweep_cells, epath.Path(workdir))
-                    if j.kind == 'sweep'), default=0)
-  if grid_cells > sweep_cells:
-    raise ValueError(f'--sweep_cells={sweep_cells} is less than a starting grid of '
-                     f'{grid_cells} cells (3 w x 3 t around a guided cell): give at least that')
   every = ablations.with_sweeps(every, sweep_cells, epath.Path(workdir))
   jobs = ablations.with_sweeps(jobs, sweep_cells, epath.Path(workdir))
   return studies, jobs, {id_of(j): r for j in every if (r := finished(j)) is not None}

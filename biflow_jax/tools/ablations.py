@@ -176,6 +176,7 @@ class Job:
 #: A swept evaluation's starting-grid spacing per decoder, (dw, dt): the exact inverse's FD
 #: moves faster with w and t than G's (docs/ablations.md's sweeps, MNIST).
 SWEEP_SPACING = {'reverse': (0.5, 0.15), 'exact': (0.25, 0.075), 'fixed_point': (0.25, 0.075)}
+SWEEP_GRID_CELLS = 9  # the largest starting grid, 3 w x 3 t (`sweep_grid`)
 
 
 def sweep_grid(eval_config: ml_collections.ConfigDict, decoder: str

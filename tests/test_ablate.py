@@ -1,4 +1,5 @@
 """The ablation tool: study definitions, a toy end-to-end `--study=all`, resume, bad input."""
+import itertools
 import json
 import types
 import zlib
@@ -337,8 +338,14 @@ def test_each_evaluation_is_swept_once_and_the_tables_show_its_best_cell(
       assert r['best'] == ablations.best_cell(record) and r['best']['cells'] == 9
       assert record['result'] == str(workdir / 'sweeps' / r['evaluation'] /
                                      f"sweep_{r['decoder']}.json")
+    # The second verdict ranks the best cells' FD: every pair the paper ranks a < b.
+    ranked = [(r['paper_fd'], r['best']['frechet_distance'])
+              for r in report['studies'][study]['rows'] if r['paper_fd'] is not None]
+    holds = all(fa < fb for (pa, fa), (pb, fb) in itertools.permutations(ranked, 2) if pa < pb)
+    assert report['studies'][study]['paper_ordering_best']['holds'] is holds
   md = (workdir / 'ablations.md').read_text()
   assert '| best of the sweep |' in md and '(9, converged) |' in md
+  assert md.count("At each row's best cell of the sweep: ") == 2
   # A rerun sweeps nothing again; another cell count is another config's sweep.
   again = ablate.run(config, 'supervision,denoising', workdir, base='guided', sweep_cells=9,
                      log=lambda _: None)

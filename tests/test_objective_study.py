@@ -191,6 +191,9 @@ def test_a_second_seed_copies_the_first_seeds_costs_and_runs_its_step_counts(
   record = json.loads((seed1 / study.COSTS_FILE).read_text())
   assert record['copied_from'] == str(seed0 / study.COSTS_FILE)
   assert report['step_cost_ratios'] == study.recorded_costs(seed0)
+  table = (seed1 / 'ablations.md').read_text()
+  assert f'step costs copied from {seed0 / study.COSTS_FILE}' in table
+  assert 'step costs measured here' in (seed0 / 'ablations.md').read_text()
   # A record written before the seed left the key (it kept 'seed': 0) still matches.
   old = json.loads((seed0 / study.COSTS_FILE).read_text())
   old['key']['seed'] = 0

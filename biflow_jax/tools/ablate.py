@@ -239,6 +239,7 @@ def execute(config, studies, jobs: list[Job], records: dict[str, dict], workdir:
     # Read back: a pass that trained the shared F leaves IM's re-measurement to `prepare`.
     costs = objective_study.recorded_costs(workdir)
     report = objective_study.report(config, costs, records)
+    report['step_costs_copied_from'] = objective_study.costs_copied_from(workdir)
     to_markdown = objective_study.markdown
   else:
     report = ablations.report(config, studies, by_kind('F'), by_kind('G'), by_kind('eval'), base,

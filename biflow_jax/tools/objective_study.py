@@ -348,6 +348,12 @@ def recorded_costs(workdir: epath.PathLike) -> dict[str, float]:
   return _effective(files.read_json(epath.Path(workdir) / COSTS_FILE))
 
 
+def costs_copied_from(workdir: epath.PathLike) -> str | None:
+  """The step_costs.json DIR's costs were copied from (`step_costs`' costs_from), or None
+  when they were measured in DIR."""
+  return (files.read_json(epath.Path(workdir) / COSTS_FILE) or {}).get('copied_from')
+
+
 def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print,
                costs_from: str | epath.PathLike = '') -> dict[str, float]:
   """The step cost ratios from DIR/step_costs.json, or measured now and written there.
@@ -415,7 +421,8 @@ def plan(config: ml_collections.ConfigDict, workdir: epath.Path, costs: dict[str
          rows: tuple[str, ...] = ARM_NAMES):
   """The study's jobs for `rows` (ARM_NAMES, run in the order given): the shared F run when a
   two-stage row needs it or a row's step cost is still to be measured on it
-  (`awaits_trained_costs`), then each row's training followed by its evaluations (ablations.Job)."""
+  (`awaits_trained_costs`), then each row's training followed by its evaluations
+  (ablations.Job)."""
   jobs = []
   default_f = shared_forward(workdir)
   by_name = {arm.name: arm for arm in ARMS}
@@ -494,7 +501,9 @@ def markdown(report_: dict) -> str:
   lines = ['# The joint-objective study', '', f"Command: `{report_.get('command', '')}`", '',
            f"Budget: {report_['budget_f_steps']:.0f} F-step units (the config's two-stage run: "
            f"F {c['schedule']['forward_steps']} + G {c['schedule']['reverse_steps']} steps); "
-           'step costs measured here, relative to an F step: '
+           + (f"step costs copied from {report_['step_costs_copied_from']}"
+            if report_.get('step_costs_copied_from') else 'step costs measured here')
+           + ', relative to an F step: '
            + ', '.join(f'{k} {v:.2f}' for k, v in report_['step_cost_ratios'].items())
            + f". Batch {c['batch_size']}, seed {c['seed']}, {c['eval']['num_samples']} samples "
            'per evaluation.', '',

@@ -379,7 +379,7 @@ def step_costs(config: ml_collections.ConfigDict, workdir: epath.Path, log=print
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_text_atomic(path, files.json_text(record, str(path)))
     log(f'objective study: step costs copied from {source} (not measured here)')
-  if record is not None:
+  elif record is not None:
     _check_costs_key(record, key, path)
   if record is None:
     log('objective study: measuring the step cost of each kind of step (sets equal wall time)')

@@ -54,6 +54,23 @@ def test_a_search_at_a_fixed_w_stays_there():
   assert len(search.cells) == 10  # refined at half spacing until the budget was spent
 
 
+def test_grids_outside_the_limits_are_refused_before_the_run_is_read(tmp_path):
+  """G guided through its input was trained on w <= cfg_w_max = 2: a fixed w of 2.5, or a
+  starting grid with no cell inside the limits, is one clear error; the workdir does not
+  exist, so the error came before anything was restored."""
+  config = parse_config('--config.reverse.enabled=True', '--config.objective.cfg_w_max=2')
+  missing = tmp_path / 'no_run_here'
+  with pytest.raises(ValueError, match=r'fix_w at w = 2.5: reverse takes w in \[0, 2\]'):
+    sweep.sweep(config, missing, 'reverse', 5, ws=[2.5], ts=[1.0], fix_w=True)
+  with pytest.raises(ValueError, match=r'no cell of the starting grid .* w <= 2\)'):
+    sweep.sweep(config, missing, 'reverse', 5, ws=[2.5, 3.0], ts=[1.0])
+  with pytest.raises(ValueError, match=r'fix_w at w = -1: exact takes w in \[0, inf\)'):
+    sweep.sweep(config, missing, 'exact', 5, ws=[-1.0], ts=[1.0], fix_w=True)
+  with pytest.raises(ValueError, match=r'no cell of the starting grid .*t > 0\)'):
+    sweep.sweep(config, missing, 'exact', 5, ws=[0.5, 4.0], ts=[0.0])
+  assert not missing.exists()
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('sweep')

@@ -63,6 +63,11 @@ def _spacing(values: Sequence[float], fallback: float) -> float:
   return min(b - a for a, b in zip(values, values[1:])) if len(values) > 1 else fallback
 
 
+def within_limits(w: float, t: float, w_min: float, w_max: float | None) -> bool:
+  """Whether a cell may be scored: w_min <= w <= w_max (None = no limit) and t > 0."""
+  return w >= w_min - 1e-9 and t > 1e-9 and (w_max is None or w <= w_max + 1e-9)
+
+
 class Search:
   """The lattice search of the module docstring over a `score(w, t) -> metrics` function.
 
@@ -80,7 +85,7 @@ class Search:
     self.stopped = ''
 
   def allowed(self, w: float, t: float) -> bool:
-    return w >= self.w_min - 1e-9 and t > 1e-9 and (self.w_max is None or w <= self.w_max + 1e-9)
+    return within_limits(w, t, self.w_min, self.w_max)
 
   def _score(self, w: float, t: float) -> bool:
     """Scores a cell unless it is known, outside the limits or over budget; True if it did."""
@@ -217,15 +222,27 @@ def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
   """Runs the search for one decoder of a trained run; writes and returns the result.
 
   fix_w: search t only, at the one w of `ws` (e.g. w = 0, the paper's unguided protocol).
-  ValueError when fix_w is given several w."""
+  ValueError, before the run is restored, when fix_w is given several w, when the fixed w
+  lies outside [0, objective.cfg_w_max] for G guided through its input (it never trained
+  there), or when no cell of the starting grid is inside the limits (w >= 0, t > 0, w <=
+  that cfg_w_max); cells of a starting grid beyond the limits are otherwise skipped."""
   start = time.perf_counter()
   default_ws, default_ts = DEFAULT_GRIDS[decoder]
   ws, ts = list(ws or default_ws), list(ts or default_ts)
   if fix_w and len(set(ws)) != 1:
     raise ValueError(f'fix_w searches t at one w; got w = {ws}')
-  w_max = ws[0] if fix_w else w_limit(config, decoder)
+  limit = w_limit(config, decoder)
+  if fix_w and not 0 <= ws[0] <= (math.inf if limit is None else limit + 1e-9):
+    raise ValueError(f'fix_w at w = {ws[0]:g}: {decoder} takes w in [0, '
+                     + ('inf)' if limit is None else f'{limit:g}], the range G was trained on '
+                        '(objective.cfg_w_max)') + '; give --w inside it')
+  w_max, w_min = (ws[0], ws[0]) if fix_w else (limit, 0.0)
+  if not any(within_limits(*_key(w, t), w_min, w_max) for w in ws for t in ts):
+    raise ValueError(f'no cell of the starting grid w = {ws} x t = {ts} is inside the limits '
+                     f'(w >= 0, t > 0' + ('' if w_max is None else f', w <= {w_max:g}')
+                     + '); give --w and --t inside them')
   score, scored_against = make_scorer(config, workdir, decoder)
-  search = Search(score, budget, w_max, w_min=ws[0] if fix_w else 0.0)
+  search = Search(score, budget, w_max, w_min=w_min)
   best = search.run(ws, ts)
   cells = [dict(w=w, t=t, **{k: v for k, v in m.items()}) for (w, t), m in search.cells.items()]
   result = {'decoder': decoder, **scored_against, 'budget': budget, 'stopped': search.stopped,

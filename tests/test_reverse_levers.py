@@ -47,7 +47,9 @@ def test_prior_pairs_invert_f_and_take_tweedie_targets(setup):
   y = jnp.arange(4, dtype=jnp.int32)
   x_noisy, x_clean = biflow.prior_pairs(flow, params['forward'], z, y, config)
   z_back, _, _ = flow.apply({'params': params['forward']}, x_noisy, y)
-  np.testing.assert_allclose(np.asarray(z_back), np.asarray(z), atol=1e-4)
+  # float32 round trip of prior noise through a random (perturbed) F: the largest error
+  # measured is 1.9e-4 (jax 0.10.2, 2026-12-06); a wrong inverse is off by O(1).
+  np.testing.assert_allclose(np.asarray(z_back), np.asarray(z), atol=1e-3)
   assert float(jnp.abs(x_clean - x_noisy).max()) > 1e-4  # Tweedie moved it
   config.objective.prior_denoise = 'none'
   _, same = biflow.prior_pairs(flow, params['forward'], z, y, config)

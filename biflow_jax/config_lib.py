@@ -160,6 +160,8 @@ def base_config() -> ml_collections.ConfigDict:
       prior_denoise='score',    # clean target of a prior row: score (Tweedie with F's score) | none
       reverse_mode='align',     # align (hidden alignment) | hidden (hidden distillation) | naive
       denoise='learned',        # learned (G maps z to clean x) | score | none
+      denoise_target='clean',   # learned denoising's end target for data rows: clean (x) |
+                                # score (F's Tweedie estimate of x from x~; a grad of F per step)
       norm_control=True,        # normalise each trajectory state before the distance
       adaptive_p=0.0,           # adaptive weight D * sg((D + eps)^-p); 0 = plain MSE
       adaptive_eps=1e-3,
@@ -286,6 +288,7 @@ _CHOICES = {
     'objective.prior_denoise': biflow.PRIOR_DENOISE,
     'objective.reverse_mode': biflow.REVERSE_MODES,
     'objective.denoise': biflow.DENOISE_MODES,
+    'objective.denoise_target': biflow.DENOISE_TARGETS,
     'sample.decoder': sampling.DECODERS,
     'sample.denoise': sampling.DENOISERS,
     'sample.reverse_cfg': sampling.REVERSE_CFG,
@@ -421,6 +424,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError('config.objective.prior_fraction adds prior pairs to trajectory supervision; '
                      "with reverse_target='inverse_matching' every row is already prior noise: "
                      'set prior_fraction=0')
+  if config.objective.denoise_target != 'clean' and (
+      config.objective.denoise != 'learned' or config.objective.reverse_target != 'trajectory'):
+    raise ValueError(f'config.objective.denoise_target={config.objective.denoise_target!r} sets '
+                     "the end target of learned denoising on F's trajectories; with denoise="
+                     f'{config.objective.denoise!r} and reverse_target='
+                     f'{config.objective.reverse_target!r} it would change nothing: set '
+                     "denoise='learned' and reverse_target='trajectory', or denoise_target='clean'")
   mode, heads = config.objective.reverse_mode, config.reverse.head_mode
   if (mode, heads) in (('hidden', 'per_stage'), ('align', 'shared')):
     raise ValueError(f"config.objective.reverse_mode={mode!r} needs config.reverse.head_mode="

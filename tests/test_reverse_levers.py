@@ -1,5 +1,6 @@
 """Levers of G's training: its teacher (objective.reverse_teacher), prior rows
-(objective.prior_fraction) and its own batch size (schedule.reverse_batch_size)."""
+(objective.prior_fraction), learned denoising's target (objective.denoise_target) and its
+own batch size (schedule.reverse_batch_size)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +56,45 @@ def test_prior_pairs_invert_f_and_take_tweedie_targets(setup):
   _, same = biflow.prior_pairs(flow, params['forward'], z, y, config)
   config.objective.prior_denoise = 'score'
   np.testing.assert_array_equal(np.asarray(same), np.asarray(x_noisy))
+
+
+def test_score_denoise_targets_are_f_tweedie_on_data_rows_only(setup):
+  config, exp, params, batch = setup
+  flow = exp.models.flow
+  x_clean, x_noisy, y = biflow.prepare_inputs(batch, jax.random.PRNGKey(0), config,
+                                              flow.num_classes, train=True)
+  assert biflow.data_denoise_targets(flow, params['forward'], x_clean, x_noisy, y, 3,
+                                     config) is x_clean  # the default: the clean x
+  tweedie = biflow.score_denoise(
+      flow, {'params': params['forward']}, x_noisy, y, config.objective.noise_sigma)
+  config.objective.denoise_target = 'score'
+  try:
+    targets = biflow.data_denoise_targets(flow, params['forward'], x_clean, x_noisy, y, 3,
+                                          config)
+    np.testing.assert_allclose(np.asarray(targets[:5]), np.asarray(tweedie[:5]),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(targets[5:]), np.asarray(x_clean[5:]))  # prior rows
+    assert float(jnp.abs(tweedie - x_clean).max()) > 1e-2  # not the clean x in disguise
+
+    # Through the loss: G's end point is measured against the Tweedie targets.
+    phase = reverse_phase(exp)
+    _, metrics = loss(exp, config, params, batch, phase)
+    data_rng, reverse_rng = jax.random.split(jax.random.PRNGKey(3))
+    x_clean, x_noisy, y = biflow.prepare_inputs(batch, data_rng, config, flow.num_classes,
+                                                train=True)
+    _, _, trajectory = flow.apply({'params': params['forward']}, x_noisy, y)
+    tweedie = biflow.score_denoise(flow, {'params': params['forward']}, x_noisy, y,
+                                   config.objective.noise_sigma)
+    _, expected = biflow.reverse_objective(exp.models, params, tweedie, x_noisy, y, trajectory,
+                                           reverse_rng, config, exp.frozen_params)
+    _, clean_metrics = biflow.reverse_objective(exp.models, params, x_clean, x_noisy, y,
+                                                trajectory, reverse_rng, config,
+                                                exp.frozen_params)
+  finally:
+    config.objective.denoise_target = 'clean'
+  np.testing.assert_allclose(float(metrics['reverse/out']), float(expected['reverse/out']),
+                             rtol=1e-5)
+  assert abs(float(expected['reverse/out']) - float(clean_metrics['reverse/out'])) > 1e-4
 
 
 @pytest.mark.slow  # two G steps compiled (~35 s)
@@ -121,6 +161,14 @@ def test_bad_values_are_clear_errors():
   config = biflow_config()
   config.objective.reverse_teacher = 'raw'
   with pytest.raises(ValueError, match='reverse_teacher'):
+    config_lib.validate(config)
+  config = biflow_config()
+  config.objective.denoise_target = 'tweedie'
+  with pytest.raises(ValueError, match='denoise_target'):
+    config_lib.validate(config)
+  config.objective.denoise_target = 'score'
+  config.objective.denoise = 'none'
+  with pytest.raises(ValueError, match="would change nothing: set denoise='learned'"):
     config_lib.validate(config)
 
 

@@ -51,6 +51,9 @@ REVERSE_TEACHERS = ('params', 'ema')
 #: Clean targets of prior rows (objective.prior_denoise): Tweedie's step with F's score,
 #: or F^-1(z) itself.
 PRIOR_DENOISE = ('score', 'none')
+#: End target of data rows under learned denoising (objective.denoise_target): the clean x
+#: the noisy input was made from, or F's own posterior mean of x~ (Tweedie with F's score).
+DENOISE_TARGETS = ('clean', 'score')
 
 
 class Models(NamedTuple):
@@ -133,6 +136,27 @@ def with_prior_rows(flow: ForwardFlow, forward_params, x_clean: Array, x_noisy: 
   prior_noisy, prior_clean = prior_pairs(flow, forward_params, z, None if y is None else y[-k:],
                                          config)
   return x_clean.at[-k:].set(prior_clean), x_noisy.at[-k:].set(prior_noisy)
+
+
+def data_denoise_targets(flow: ForwardFlow, teacher_params, x_clean: Array, x_noisy: Array, y,
+                         num_prior_rows: int, config) -> Array:
+  """End targets (NHWC, stop-gradient) of learned denoising for a G batch.
+
+  objective.denoise_target='clean' returns x_clean: G's denoise stage learns x~ -> x, whose
+  least-squares solution is E[x | x~] under the training set (a few thousand digits at
+  MNIST's size, where that posterior is close to the nearest training digit). 'score' gives
+  the data rows (all but the last `num_prior_rows`, whose targets `prior_pairs` made) F's
+  posterior mean instead, Tweedie's step x~ + sigma^2 grad log p_F(x~ | y) with the teacher
+  F: the denoiser that F's exact inverse uses at sampling (§2.6), a smooth density's rather
+  than the training set's. Cost: one gradient of F's log-density per G step."""
+  if config.objective.get('denoise_target', 'clean') == 'clean':
+    return x_clean
+  variables = {'params': jax.lax.stop_gradient(teacher_params)}
+  tweedie = jax.lax.stop_gradient(
+      score_denoise(flow, variables, x_noisy, y, float(config.objective.noise_sigma)))
+  if num_prior_rows == 0:
+    return tweedie
+  return x_clean.at[:-num_prior_rows].set(tweedie[:-num_prior_rows])
 
 
 # ------------------------------------------------------------------------ reverse term
@@ -350,6 +374,8 @@ def loss_fn(params, batch: dict, rng: Array, *, phase: phases.Phase, models: Mod
       # take one more pass of F. Inverse matching draws its own z and needs none.
       x_clean, x_noisy = with_prior_rows(flow, teacher, x_clean, x_noisy, y, prior_rng, config)
       _, _, trajectory = flow.apply({'params': jax.lax.stop_gradient(teacher)}, x_noisy, y)
+    if config.objective.denoise == 'learned' and uses_trajectory:
+      x_clean = data_denoise_targets(flow, teacher, x_clean, x_noisy, y, k, config)
     reverse_loss_value, reverse_metrics = reverse_objective(
         models, {**params, 'forward': teacher}, x_clean, x_noisy, y, trajectory, reverse_rng,
         config, frozen_params)

@@ -19,3 +19,15 @@ def test_class_mean_mse_is_the_error_of_outputting_each_class_mean():
   assert z_sensitivity.class_mean_mse(images, labels) == pytest.approx(12 / 8)
   # a decoder that returns each image itself would score 0; one class per image scores 0
   assert z_sensitivity.class_mean_mse(images, np.arange(4)) == 0.0
+
+
+def test_train_images_are_training_digits_not_held_out_ones():
+  from test_train import parse_config_file, ROOT
+  config = parse_config_file(str(ROOT / 'configs' / 'mnist.py'))[0]
+  x, y = z_sensitivity.train_images(config, 50)
+  held_x, _ = z_sensitivity.heldout_images(config)
+  assert x.shape == (50, 28, 28, 1) and y.shape == (50,) and y.dtype == np.int32
+  assert x.min() >= -1.0 and x.max() <= 1.0 and len(np.unique(y)) > 5
+  # no training digit is also a held-out one (the bundled split is disjoint)
+  flat_held = {h.tobytes() for h in held_x}
+  assert not any(t.tobytes() in flat_held for t in x)

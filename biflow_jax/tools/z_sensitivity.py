@@ -1,7 +1,8 @@
 """Does a decoder use its noise? How far its output moves with z, against the data's spread.
 
     python -m biflow_jax.tools.z_sensitivity --config=configs/mnist.py --workdir=workdir/mnist \
-        [--guidance=0] [--temperature=1] [--per_class=100] [--out=DIR/z_sensitivity.json]
+        [--guidance=0] [--temperature=1] [--per_class=100] [--train_examples=0] \
+        [--out=DIR/z_sensitivity.json]
 
 For a class-conditional run, on the held-out split, per decoder (G at `--guidance`
 through its input; F's exact inverse with score denoising at the same guidance):
@@ -18,6 +19,10 @@ through its input; F's exact inverse with score denoising at the same guidance):
   each class's mean held-out image whatever z it is given (the scale for `mse`: 0.206 on
   the bundled MNIST held-out split, against about sigma^2 = 0.01 for F's exact inverse,
   which returns x~).
+- `reconstruction_train` (G only, with `--train_examples=N`): the same numbers on the first
+  N digits of the training split as evaluation takes them. G learned from F's latents of
+  exactly these digits, so an MSE far below the held-out one says G memorised them; about
+  the same says it fits both equally (well or badly).
 
 Pixels in [-1, 1]. The exact inverse's spread is the reference a working G should
 approach. Measured numbers for the MNIST default are in docs/experiments/mnist.md.
@@ -67,8 +72,15 @@ def heldout_images(config) -> tuple[np.ndarray, np.ndarray]:
           heldout['label'].astype(np.int32))
 
 
+def train_images(config, num: int) -> tuple[np.ndarray, np.ndarray]:
+  """The first `num` training examples as evaluation takes them (`input_pipeline.subset`):
+  images (num, H, W, C) in [-1, 1] and labels (num,) int32."""
+  train, _ = input_pipeline.take_subset(config, 'train', num)
+  return train['image'].astype(np.float32) / 127.5 - 1.0, train['label'].astype(np.int32)
+
+
 def measure(config, workdir, guidance: float = 0.0, temperature: float = 1.0,
-            per_class: int = 100) -> dict:
+            per_class: int = 100, train_examples: int = 0) -> dict:
   """The module docstring's numbers for the run in `workdir`."""
   config_lib.validate(config)
   classes = int(config.model.num_classes)
@@ -97,6 +109,10 @@ def measure(config, workdir, guidance: float = 0.0, temperature: float = 1.0,
   if config.reverse.enabled:
     result['decoders']['reverse']['reconstruction'] = reconstruction(config, exp, params, x, y,
                                                                      guidance)
+    if train_examples > 0:
+      xt, yt = train_images(config, train_examples)
+      result['decoders']['reverse']['reconstruction_train'] = reconstruction(
+          config, exp, params, xt, yt, guidance)
   return result
 
 
@@ -133,13 +149,17 @@ def main(argv=None) -> None:
   flags.DEFINE_float('guidance', 0.0, 'Guidance w of both decoders.')
   flags.DEFINE_float('temperature', 1.0, 'Noise temperature t of both decoders.')
   flags.DEFINE_integer('per_class', 100, 'Samples per class.')
+  flags.DEFINE_integer('train_examples', 0, 'Also reconstruct this many training digits '
+                       '(0 = off): G memorised them if its MSE there is far below the '
+                       "held-out one.", lower_bound=0)
   flags.DEFINE_string('out', '', 'JSON file to write (default: print only).')
   flags.mark_flags_as_required(['config', 'workdir'])
 
   def run(_):
     f = flags.FLAGS
     console.setup(None)
-    result = measure(f.config, f.workdir, f.guidance, f.temperature, f.per_class)
+    result = measure(f.config, f.workdir, f.guidance, f.temperature, f.per_class,
+                     f.train_examples)
     result['command'] = ' '.join(['python -m biflow_jax.tools.z_sensitivity'] + sys.argv[1:])
     text = json.dumps(result, indent=2, allow_nan=False)
     print(text)

@@ -6,7 +6,9 @@ The default's diagnostics put the bottleneck in G (its losses were still falling
 its learning rate had decayed; docs/experiments/mnist.md, round 2), so most of the
 extra budget goes to G. 62.7 minutes on the 2 CPU cores (measured 2026-11-30, with
 other jobs taking a little of them); numbers in the README and the experiment log
-(round 3).
+(round 3). Those numbers are round 3's G recipe: this config inherits the default's G,
+which has changed since (round 4: lr 8e-3, F's EMA as teacher; round 6: adaptive
+weighting, no decay, CFG on half of each batch), and it has not been re-run with it.
 """
 import importlib.util
 from pathlib import Path

@@ -1,7 +1,9 @@
 """Which z-sensitivity number separates a collapsed G from a working one at CI size?
 The CI fixture's sizes (tests/test_reverse_training.biflow_config: tiny F 200 steps, G 400)
 under G recipes: the landed round-3 one (lr 2e-3, raw-F teacher, decay), the fixture's
-(lr 3e-3), the default's (default_g: lr 8e-3, EMA teacher) and that with no decay (tuned). Usage: collapse_guard_measure.py RECIPES [SEEDS] [OUT_DIR], e.g. round3,default_g 0,1,2."""
+(lr 3e-3), round 4's default (default_g: lr 8e-3, EMA teacher), that with no decay (tuned) and
+round 5's default (adaptive: tuned + adaptive weighting; the fixture has no training-time CFG,
+so the default's CFG fraction does not apply). Usage: collapse_guard_measure.py RECIPES [SEEDS] [OUT_DIR], e.g. round3,default_g 0,1,2."""
 import json, sys, time, shutil
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / 'tests'))
@@ -15,6 +17,7 @@ RECIPES = {
   'fixture': dict(lr=3e-3, teacher=None, min_lr_ratio=None),
   'tuned': dict(lr=8e-3, teacher='ema', min_lr_ratio=1.0),  # the default's, with no decay
   'default_g': dict(lr=8e-3, teacher='ema', min_lr_ratio=None),
+  'adaptive': dict(lr=8e-3, teacher='ema', min_lr_ratio=1.0, adaptive_p=1.0),
 }
 names = sys.argv[1].split(',')
 seeds = [int(s) for s in sys.argv[2].split(',')] if len(sys.argv) > 2 else [0]
@@ -29,6 +32,8 @@ for seed in seeds:
       config.objective.reverse_teacher = r['teacher']
     if r['min_lr_ratio'] is not None:
       config.optim.reverse.min_lr_ratio = r['min_lr_ratio']
+    if 'adaptive_p' in r:
+      config.objective.adaptive_p = r['adaptive_p']
     w = f'{OUT}/{name}_s{seed}'
     shutil.rmtree(w, ignore_errors=True)
     t0 = time.time()

@@ -196,13 +196,20 @@ def test_sample_mode_runs_on_the_unpacked_run(unpacked):
   assert images.std() > 10  # digits, not a constant image
 
 
-def test_pack_of_the_unpacked_run_gives_the_shipped_weights(unpacked, shipped, tmp_path):
+def test_pack_of_the_unpacked_run_gives_the_shipped_weights(unpacked, shipped, tmp_path,
+                                                            monkeypatch):
   """pack reads a run's newest checkpoint and writes the same arrays, keys, dtype and
-  config: the unpack -> pack round trip is exact (16-bit values survive float32)."""
+  config: the unpack -> pack round trip is exact (16-bit values survive float32). The git
+  state it records is read before it writes (packing into the repository's assets from a
+  clean tree used to record git_dirty=True: its own new npz made the tree dirty)."""
   info, _, _ = shipped
+  npz, meta = pretrained.paths(NAME, tmp_path)
+  seen = []
+  monkeypatch.setattr(pretrained, '_git_commit',
+                      lambda: seen.append(npz.exists()) or {'git_commit': 'c', 'git_dirty': False})
   record = pretrained.pack(str(unpacked), NAME, info['dtype'], out_dir=tmp_path,
                            checks=False)
-  npz, meta = pretrained.paths(NAME, tmp_path)
+  assert seen == [False] and record['git_dirty'] is False
   assert record['step'] == info['step'] and record['parameters'] == info['parameters']
   assert json.loads(meta.read_text())['sha256'] == record['sha256']
   with np.load(npz) as new, np.load(pretrained.paths(NAME)[0]) as old:

@@ -286,6 +286,7 @@ def pack(run: str, name: str, dtype: str = DEFAULT_DTYPE, step: int | None = Non
     with tmp.open('wb') as f:  # a file object: np.savez would append .npz to a name
       np.savez_compressed(f, **flat)
 
+  git = _git_commit()  # before the new files exist: they would make a clean tree dirty
   npz.parent.mkdir(parents=True, exist_ok=True)
   files.write_atomic(npz, write)
   evaluation, eval_note = eval_record(workdir, step)
@@ -297,7 +298,7 @@ def pack(run: str, name: str, dtype: str = DEFAULT_DTYPE, step: int | None = Non
       'dtype': dtype, 'groups': list(groups),
       'parameters': {**{g: count(params[g]) for g in groups}, 'total': count(params)},
       'step': step, 'run': str(run), 'config_file': config_file,
-      'command': command, **_git_commit(),
+      'command': command, **git,
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d'),
       'checks': record, 'eval': evaluation, 'eval_note': eval_note,
       'config': run_config}

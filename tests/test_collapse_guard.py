@@ -19,8 +19,8 @@ collapse guard" and round 6): reconstruction MSE
 - lr 3e-3 (the two-stage fixture's): 0.0186, 0.0177, 0.0181.
 The threshold 0.0165 sits 0.0064 above the default's worst seed (0.0027 above round 4's
 default's) and 0.0045 below round 3's best. The control test trains round 3's recipe and
-checks that the guard would have caught it, so a change that lifts every recipe past the threshold makes the guard
-re-calibrate instead of passing silently.
+checks that the guard would have caught it, so a change that lifts every recipe past the
+threshold makes the guard re-calibrate instead of passing silently.
 """
 from biflow_jax.tools import z_sensitivity
 from biflow_jax.training import restore, train

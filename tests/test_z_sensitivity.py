@@ -24,7 +24,7 @@ def test_class_mean_mse_is_the_error_of_outputting_each_class_mean():
 def test_train_images_are_training_digits_not_held_out_ones():
   from test_train import parse_config_file, ROOT
   config = parse_config_file(str(ROOT / 'configs' / 'mnist.py'))[0]
-  x, y = z_sensitivity.train_images(config, 50)
+  x, y = z_sensitivity.split_images(config, 'train', 50)
   held_x, _ = z_sensitivity.heldout_images(config)
   assert x.shape == (50, 28, 28, 1) and y.shape == (50,) and y.dtype == np.int32
   assert x.min() >= -1.0 and x.max() <= 1.0 and len(np.unique(y)) > 5

@@ -65,18 +65,16 @@ def class_mean_mse(images: np.ndarray, labels: np.ndarray) -> float:
   return total / images.size
 
 
+def split_images(config, part: str, num: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """`num` examples (all when None) of `part` ('train' | 'heldout') as evaluation takes them
+  (`input_pipeline.subset`): images (N, H, W, C) in [-1, 1] and labels (N,) int32."""
+  examples, _ = input_pipeline.take_subset(config, part, num)
+  return examples['image'].astype(np.float32) / 127.5 - 1.0, examples['label'].astype(np.int32)
+
+
 def heldout_images(config) -> tuple[np.ndarray, np.ndarray]:
-  """The held-out split: images (N, H, W, C) in [-1, 1] and labels (N,) int32."""
-  heldout, _ = input_pipeline.take_subset(config, 'heldout')
-  return (heldout['image'].astype(np.float32) / 127.5 - 1.0,
-          heldout['label'].astype(np.int32))
-
-
-def train_images(config, num: int) -> tuple[np.ndarray, np.ndarray]:
-  """The first `num` training examples as evaluation takes them (`input_pipeline.subset`):
-  images (num, H, W, C) in [-1, 1] and labels (num,) int32."""
-  train, _ = input_pipeline.take_subset(config, 'train', num)
-  return train['image'].astype(np.float32) / 127.5 - 1.0, train['label'].astype(np.int32)
+  """The whole held-out split (`split_images`)."""
+  return split_images(config, 'heldout')
 
 
 def measure(config, workdir, guidance: float = 0.0, temperature: float = 1.0,
@@ -110,7 +108,7 @@ def measure(config, workdir, guidance: float = 0.0, temperature: float = 1.0,
     result['decoders']['reverse']['reconstruction'] = reconstruction(config, exp, params, x, y,
                                                                      guidance)
     if train_examples > 0:
-      xt, yt = train_images(config, train_examples)
+      xt, yt = split_images(config, 'train', train_examples)
       result['decoders']['reverse']['reconstruction_train'] = reconstruction(
           config, exp, params, xt, yt, guidance)
   return result

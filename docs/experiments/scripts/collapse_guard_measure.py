@@ -2,7 +2,7 @@
 The CI fixture's sizes (tests/test_reverse_training.biflow_config: tiny F 200 steps, G 400)
 under G recipes: the landed round-3 one (lr 2e-3, raw-F teacher, decay), the fixture's
 (lr 3e-3), round 4's default (default_g: lr 8e-3, EMA teacher), that with no decay (tuned) and
-round 5's default (adaptive: tuned + adaptive weighting; the fixture has no training-time CFG,
+round 6's default (adaptive: tuned + adaptive weighting; the fixture has no training-time CFG,
 so the default's CFG fraction does not apply). Usage: collapse_guard_measure.py RECIPES [SEEDS] [OUT_DIR], e.g. round3,default_g 0,1,2."""
 import json, sys, time, shutil
 from pathlib import Path

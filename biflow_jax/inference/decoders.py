@@ -40,6 +40,11 @@ def default_denoise(config, decoder: str) -> str:
   return config.sample.denoise
 
 
+# What each panel of a sample grid is titled (the decoder, then its w and t).
+PANEL_TITLES = {'reverse': 'G (1 NFE)', 'exact': 'F exact inverse',
+                'fixed_point': 'F fixed-point inverse'}
+
+
 def panel_decoders(config) -> tuple[str, ...]:
   """What a training-time grid shows: every decoder side by side once G exists."""
   if config.reverse.enabled:
@@ -82,7 +87,8 @@ def pixel_decoder(nets: frozen.FrozenNets | None, frozen_params: dict):
 
 def write_sample_grid(config, samplers: dict, params, path: epath.PathLike, num: int | None = None,
                       temperature: float | None = None, to_pixels=None) -> tuple[epath.Path, dict]:
-  """One PNG with a grid per decoder, side by side, all from the same noise and labels.
+  """One PNG with a grid per decoder, side by side, each titled with its decoder, w and t
+  (`PANEL_TITLES`), all from the same noise and labels.
 
   `to_pixels` maps model-space samples to images (the VAE decoder for latent runs);
   outputs hold the images, NHWC in [-1, 1]. Every process samples (the params may span
@@ -92,15 +98,16 @@ def write_sample_grid(config, samplers: dict, params, path: epath.PathLike, num:
   labels = sampling.class_rows(num, config.model.num_classes)
   rows = config.model.num_classes or None
   rows = rows if rows and num % rows == 0 else None
-  outputs, grids = {}, []
+  outputs, grids, titles = {}, [], []
   for name, sampler in samplers.items():
-    x = sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels,
-                guidance=decoder_guidance(config, name),
-                temperature=decoder_temperature(config, name) if temperature is None else temperature)
+    w = decoder_guidance(config, name)
+    t = decoder_temperature(config, name) if temperature is None else temperature
+    x = sampler(params, jax.random.PRNGKey(SAMPLE_SEED), labels, guidance=w, temperature=t)
     if to_pixels is not None:
       x = to_pixels(x)
     outputs[name] = parallel.to_host(x)
     grids.append(images.make_grid(images.to_uint8(outputs[name]), rows=rows))
+    titles.append(f'{PANEL_TITLES.get(name, name)}, w {w:g}, t {float(t):g}')
   if parallel.is_main_process():
-    images.save_png(images.side_by_side(grids), path)
+    images.save_png(images.side_by_side(grids, titles=titles), path)
   return path, outputs

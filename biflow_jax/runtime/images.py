@@ -7,7 +7,7 @@ import os
 from etils import epath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from biflow_jax.runtime import files
 
@@ -44,8 +44,26 @@ def save_png(grid: np.ndarray, path: str | os.PathLike) -> epath.Path:
   return path
 
 
-def side_by_side(grids: list[np.ndarray], gap: int = 8) -> np.ndarray:
-  """Grids of equal height -> one image, separated by white columns."""
+def titled(grid: np.ndarray, title: str, height: int = 14) -> np.ndarray:
+  """(H, W, C) uint8 grid -> (height + H, W, C): `title` in black on a white strip above it
+  (PIL's built-in bitmap font, so no font file is needed). Text wider than the grid is cut."""
+  h, w, c = grid.shape
+  strip = Image.new('L', (w, height), 255)
+  ImageDraw.Draw(strip).text((2, 1), title, fill=0, font=ImageFont.load_default())
+  strip = np.repeat(np.asarray(strip, np.uint8)[..., None], c, axis=-1)
+  return np.concatenate([strip, grid], axis=0)
+
+
+def side_by_side(grids: list[np.ndarray], gap: int = 8,
+                 titles: list[str] | None = None) -> np.ndarray:
+  """Grids of equal height -> one image, separated by white columns; with `titles` (one
+  per grid), each grid gets its title above it (`titled`).
+
+  ValueError when titles are given and are not one per grid."""
+  if titles is not None:
+    if len(titles) != len(grids):
+      raise ValueError(f'{len(titles)} titles for {len(grids)} grids: give one per grid')
+    grids = [titled(g, t) for g, t in zip(grids, titles)]
   if len(grids) == 1:
     return grids[0]
   h, _, c = grids[0].shape

@@ -12,28 +12,24 @@ from biflow_jax.training import train
 from biflow_jax.tools import z_sensitivity
 OUT = sys.argv[3] if len(sys.argv) > 3 else '/tmp/guard_measure'  # workdirs and JSON
 
+# Each recipe: the config fields it sets on the fixture's config (the rest keep the fixture's).
 RECIPES = {
-  'round3': dict(lr=2e-3, teacher='params', min_lr_ratio=None),
-  'fixture': dict(lr=3e-3, teacher=None, min_lr_ratio=None),
-  'tuned': dict(lr=8e-3, teacher='ema', min_lr_ratio=1.0),  # the default's, with no decay
-  'default_g': dict(lr=8e-3, teacher='ema', min_lr_ratio=None),
-  'adaptive': dict(lr=8e-3, teacher='ema', min_lr_ratio=1.0, adaptive_p=1.0),
+  'round3': {'optim.reverse.lr': 2e-3, 'objective.reverse_teacher': 'params'},
+  'fixture': {'optim.reverse.lr': 3e-3},
+  'tuned': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema',  # the default's, no decay
+            'optim.reverse.min_lr_ratio': 1.0},
+  'default_g': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema'},
+  'adaptive': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema',
+               'optim.reverse.min_lr_ratio': 1.0, 'objective.adaptive_p': 1.0},
 }
 names = sys.argv[1].split(',')
 seeds = [int(s) for s in sys.argv[2].split(',')] if len(sys.argv) > 2 else [0]
 out = {}
 for seed in seeds:
   for name in names:
-    r = RECIPES[name]
     config = biflow_config()
     config.seed = seed
-    config.optim.reverse.lr = r['lr']
-    if r['teacher']:
-      config.objective.reverse_teacher = r['teacher']
-    if r['min_lr_ratio'] is not None:
-      config.optim.reverse.min_lr_ratio = r['min_lr_ratio']
-    if 'adaptive_p' in r:
-      config.objective.adaptive_p = r['adaptive_p']
+    config.update_from_flattened_dict(RECIPES[name])
     w = f'{OUT}/{name}_s{seed}'
     shutil.rmtree(w, ignore_errors=True)
     t0 = time.time()

@@ -20,17 +20,32 @@ def test_make_grid_places_each_image_in_row_major_order():
 
 @pytest.mark.parametrize('channels', [1, 3])
 def test_titles_draw_text_above_each_grid_and_keep_the_grids(channels):
-  grids = [np.full((20, 60, channels), v, np.uint8) for v in (0, 128)]
+  grids = [np.full((20, 160, channels), v, np.uint8) for v in (0, 128)]
   out = images.side_by_side(grids, gap=8, titles=['G (1 NFE), w 0.5, t 0.9', 'F exact'])
   height = out.shape[0] - 20
-  assert height > 0 and out.shape == (height + 20, 60 + 8 + 60, channels)
-  assert np.all(out[height:, :60] == 0) and np.all(out[height:, 68:] == 128)
+  assert height > 0 and out.shape == (height + 20, 160 + 8 + 160, channels)
+  assert np.all(out[height:, :160] == 0) and np.all(out[height:, 168:] == 128)
   strip = out[:height]
   # each title is dark text on white: both grids' strips have ink, and the first title,
   # the longer one, has more of it
-  ink = [(strip[:, :60] < 128).sum(), (strip[:, 68:] < 128).sum()]
+  ink = [(strip[:, :160] < 128).sum(), (strip[:, 168:] < 128).sum()]
   assert ink[0] > ink[1] > 0
   assert strip.max() == 255
+
+
+def test_a_title_wider_than_its_grid_is_not_cut():
+  # the tiny config's grids are about 62 px wide, narrower than a decoder's title
+  grid = np.zeros((30, 30, 1), np.uint8)
+  title = 'F fixed-point inverse'
+  out = images.titled(grid, title)
+  height = out.shape[0] - 30
+  wide = images.titled(np.zeros((30, 400, 1), np.uint8), title)
+  # the narrow panel's strip holds the whole title: the same ink as on a wide grid
+  assert out.shape[1] > 30
+  assert (out[:height] < 128).sum() == (wide[:height] < 128).sum() > 0
+  assert (out[:height, 30:] < 128).sum() > 0        # ink past the grid's own width
+  # the grid is kept at the left, white padding fills the rest of its rows
+  assert np.all(out[height:, :30] == 0) and np.all(out[height:, 30:] == 255)
 
 
 def test_titles_must_be_one_per_grid():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from biflow_jax.objective import biflow, primitives
+from biflow_jax.runtime import images as image_files
 
 BATCH, T, D, B = 3, 4, 5, 3
 
@@ -264,3 +265,15 @@ def test_inverse_matching_token_weighting():
   g = jax.grad(lambda p: primitives.inverse_matching_loss(p, target, True)[0])(pred)
   expected = 2 * w[..., None] * (np.asarray(pred) - np.asarray(target)) / pred.size
   np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-9)
+
+
+def test_from_uint8_maps_every_level_and_round_trips_through_to_uint8():
+  levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+  x = primitives.from_uint8(levels)
+  assert isinstance(x, np.ndarray) and x.dtype == np.float32   # host arrays stay numpy
+  assert x.min() == -1.0 and x.max() == 1.0
+  np.testing.assert_allclose(np.diff(x.ravel()), 2.0 / 255.0, rtol=1e-5)  # one bin width
+  traced = jax.jit(primitives.from_uint8)(jnp.asarray(levels))
+  # XLA may divide as a multiply by 1 / 127.5: equal up to one float32 ulp
+  np.testing.assert_allclose(np.asarray(traced), x, rtol=0, atol=1.2e-7)
+  np.testing.assert_array_equal(image_files.to_uint8(x), levels)

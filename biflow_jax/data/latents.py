@@ -191,6 +191,8 @@ def make_vae_encode_fn(model: Any, params: Any, devices: Sequence[Any] | None = 
 
   @jax.jit
   def encode(p, images):
+    # objective.primitives.from_uint8's convention, written out: data and objective are
+    # sibling layers that do not import each other (tests/test_architecture.py)
     x = images.astype(jnp.float32) / 127.5 - 1.0
     mean, logvar = model.apply({'params': p}, x, method=type(model).encode)
     return mean, jnp.exp(0.5 * logvar)

@@ -33,6 +33,7 @@ from PIL import Image
 from biflow_jax.data import image_files, input_pipeline
 from biflow_jax.inference import decoders, sampling
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.objective import primitives
 from biflow_jax.runtime import images
 from biflow_jax.training import restore
 
@@ -124,7 +125,7 @@ def _inputs(config) -> tuple[np.ndarray, np.ndarray]:
 
 def _encode(config, flow: ForwardFlow, forward_params, x: np.ndarray, labels: np.ndarray, rng):
   """z = F(x~), x~ = x + sigma * eps (the input distribution F was trained on)."""
-  xf = jnp.asarray(x, jnp.float32) / 127.5 - 1.0
+  xf = jnp.asarray(primitives.from_uint8(np.asarray(x)))
   x_noisy = xf + float(config.objective.noise_sigma) * jax.random.normal(rng, xf.shape)
   y = jnp.asarray(labels) if flow.num_classes else None
   z, _, _ = flow.apply({'params': forward_params}, x_noisy, y)
@@ -146,7 +147,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> Path:
     region = region_mask(e.mask, config.model.image_size)
     keep = np.broadcast_to(1.0 - region, x.shape[:3]).astype(np.float32)
     out = sampling.make_inpainter(config, guidance, denoise)(
-        params, rng, jnp.asarray(x, jnp.float32) / 127.5 - 1.0, keep, labels)
+        params, rng, jnp.asarray(primitives.from_uint8(x)), keep, labels)
     shown = np.where(region[None, :, :, None] > 0, 128, x).astype(np.uint8)
     rows = [shown, images.to_uint8(np.asarray(out)), x]
     extra = dict(inputs=x, mask=region)

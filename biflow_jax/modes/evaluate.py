@@ -55,7 +55,7 @@ from biflow_jax.evaluation import (adm, cache, features, fingerprint as fp, like
 from biflow_jax.evaluation.features import FeatureNet
 from biflow_jax.evaluation.progress import Progress
 from biflow_jax.inference import decoders, sampling
-from biflow_jax.objective import frozen
+from biflow_jax.objective import frozen, primitives
 from biflow_jax.runtime import files, images, parallel
 from biflow_jax.training import restore
 
@@ -98,7 +98,7 @@ def floor_count(config) -> int:
 def real_images(config, batch: dict, to_pixels=None) -> np.ndarray:
   """Real examples as images in [-1, 1]: pixels as stored, latents decoded (posterior mean)."""
   if 'image' in batch:
-    return batch['image'].astype(np.float32) / 127.5 - 1.0
+    return primitives.from_uint8(batch['image'])
   if to_pixels is None:
     raise ValueError('latent data needs the VAE decoder (config.vae.weights) to be scored')
   scale, size = float(config.vae.scaling_factor), int(config.eval.batch)

@@ -87,7 +87,7 @@ def noisy_inputs(batch: dict, rng: Array, sigma: float, drop_prob: float, num_cl
   elif 'values' in batch:
     x = jnp.asarray(batch['values'], jnp.float32)
   else:
-    x = batch['image'].astype(jnp.float32) / 127.5 - 1.0
+    x = primitives.from_uint8(batch['image'])
   x_noisy = x + sigma * jax.random.normal(noise_rng, x.shape)
   if not num_classes:
     return x, x_noisy, None

@@ -30,13 +30,24 @@ import jax.numpy as jnp
 
 from biflow_jax.models.flow import gaussian_nll  # F's density: the NLL term of the objective
 
-__all__ = ['gaussian_nll', 'bits_per_dim', 'mse', 'normalize_state', 'adaptive_weight',
+__all__ = ['from_uint8', 'gaussian_nll', 'bits_per_dim', 'mse', 'normalize_state', 'adaptive_weight',
            'token_weights', 'token_weighted_mse', 'state_distance', 'cfg_combine',
            'sample_guidance_scale', 'inverse_matching_loss']
 
 Array = jax.Array
 
 DEFAULT_BIN_WIDTH = 2.0 / 255.0  # x = k / 127.5 - 1 for 8-bit k
+
+
+def from_uint8(pixels):
+  """8-bit pixels k (any shape, e.g. NHWC) -> x = k / 127.5 - 1 in [-1, 1], float32: the
+  project's pixel convention (module docstring) as the one function every layer above
+  objective/ uses (data/, objective's sibling, writes it out once, in data/latents.py).
+
+  A numpy array stays numpy (host pipelines), a jax array or tracer stays jax (jitted
+  steps). The inverse, with rounding and clipping, is `runtime.images.to_uint8`.
+  """
+  return pixels.astype(jnp.float32) / 127.5 - 1.0
 
 
 def bits_per_dim(nll: Array, num_dims: int, bin_width: float = DEFAULT_BIN_WIDTH) -> Array:

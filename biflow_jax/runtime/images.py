@@ -45,12 +45,19 @@ def save_png(grid: np.ndarray, path: str | os.PathLike) -> epath.Path:
 
 
 def titled(grid: np.ndarray, title: str, height: int = 14) -> np.ndarray:
-  """(H, W, C) uint8 grid -> (height + H, W, C): `title` in black on a white strip above it
-  (PIL's built-in bitmap font, so no font file is needed). Text wider than the grid is cut."""
+  """(H, W, C) uint8 grid -> (height + H, W', C): `title` in black on a white strip above it
+  (PIL's built-in bitmap font, so no font file is needed). W' = W, or the title's width when
+  that is wider: the grid is then padded with white on its right, so no title is cut."""
   h, w, c = grid.shape
-  strip = Image.new('L', (w, height), 255)
-  ImageDraw.Draw(strip).text((2, 1), title, fill=0, font=ImageFont.load_default())
+  font = ImageFont.load_default()
+  margin = 2
+  width = max(w, margin + int(np.ceil(ImageDraw.Draw(Image.new('L', (1, 1))).textlength(
+      title, font=font))) + margin)
+  strip = Image.new('L', (width, height), 255)
+  ImageDraw.Draw(strip).text((margin, 1), title, fill=0, font=font)
   strip = np.repeat(np.asarray(strip, np.uint8)[..., None], c, axis=-1)
+  if width > w:
+    grid = np.concatenate([grid, np.full((h, width - w, c), 255, np.uint8)], axis=1)
   return np.concatenate([strip, grid], axis=0)
 
 

@@ -47,6 +47,7 @@ from biflow_jax.evaluation import classifier, likelihood
 from biflow_jax.inference import decoders, sampling
 from biflow_jax.models import layout
 from biflow_jax.models.flow import ForwardFlow
+from biflow_jax.objective import primitives
 from biflow_jax.runtime import cli, console, files
 from biflow_jax.training import checkpoints, experiment, init_from, workdir_lock
 from biflow_jax.training.train_state import TrainState
@@ -185,7 +186,7 @@ def inverse_error(config, flow: ForwardFlow, forward_params, num: int = CHECK_NU
   """max |F^-1(F(x~)) - x~| over `num` held-out digits x (x~ = x + sigma eps, true labels):
   F's exact inverse (serial over tokens, KV cache) undoing F."""
   heldout = input_pipeline.load_heldout(config, num)
-  x = heldout['image'].astype(np.float32) / 127.5 - 1.0
+  x = primitives.from_uint8(heldout['image'])
   y = jnp.asarray(heldout['label'].astype(np.int32)) if flow.num_classes else None
   eps = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
   noisy = jnp.asarray(x + float(config.objective.noise_sigma) * eps)

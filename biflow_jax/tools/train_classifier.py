@@ -32,6 +32,7 @@ import optax
 
 from biflow_jax.data import input_pipeline
 from biflow_jax.evaluation import classifier as clf
+from biflow_jax.objective import primitives
 from biflow_jax.runtime import files
 
 NUM_TRAIN = 9000
@@ -60,7 +61,7 @@ RECIPES = {
 
 def to_m11(images_uint8: np.ndarray) -> np.ndarray:
   """uint8 images -> float32 in [-1, 1], the range generated samples come in."""
-  return np.asarray(images_uint8, np.float32) / 127.5 - 1.0
+  return primitives.from_uint8(np.asarray(images_uint8))
 
 
 def bundled_mnist_m11() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -41,6 +41,7 @@ from ml_collections import config_flags
 from biflow_jax import config_lib
 from biflow_jax.data import input_pipeline
 from biflow_jax.inference import decoders, sampling
+from biflow_jax.objective import primitives
 from biflow_jax.runtime import cli, console
 from biflow_jax.training import restore
 
@@ -69,7 +70,7 @@ def split_images(config, part: str, num: int | None = None) -> tuple[np.ndarray,
   """`num` examples (all when None) of `part` ('train' | 'heldout') as evaluation takes them
   (`input_pipeline.subset`): images (N, H, W, C) in [-1, 1] and labels (N,) int32."""
   examples, _ = input_pipeline.take_subset(config, part, num)
-  return examples['image'].astype(np.float32) / 127.5 - 1.0, examples['label'].astype(np.int32)
+  return primitives.from_uint8(examples['image']), examples['label'].astype(np.int32)
 
 
 def heldout_images(config) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,35 @@ def test_search_respects_limits_and_reports_a_spent_budget():
     sweep.Search(score, budget=3).run([0, 1], [1.0, 1.5])
 
 
+def test_a_refinement_cut_by_the_budget_is_reported_with_the_cells_it_left():
+  """The 2026-12-07 CIFAR-10 exact sweep's case: the coarse grid converged, the refinement
+  moved the best cell off the coarse lattice and the budget ran out before its own
+  neighbours were scored. The result must say so and name them."""
+  search = sweep.Search(bowl(5.9, 1.04)[0], budget=14)
+  best = search.run([2, 3.5, 5], [0.9, 1.0, 1.1])
+  assert search.converged() and len(search.cells) == 14
+  assert search.best_resolved_at() is None          # a local minimum at no spacing searched
+  open_cells = search.best_unscored_neighbours()
+  assert open_cells == [(best[0], 0.95), (best[0], 1.05)]
+  assert not set(open_cells) & set(search.cells)
+  # scoring what it names moves the best to (5.75, 1.05), whose own open neighbours are
+  # then named in turn (the by-hand completion the log records)
+  search.budget += len(open_cells)
+  for cell in open_cells:
+    search._score(*cell)
+  assert search.best() == (5.75, 1.05) and search.best_resolved_at() is None
+  assert search.best_unscored_neighbours() == [(5.0, 1.05), (6.5, 1.05), (5.75, 1.1)]
+
+
+def test_a_best_cell_on_the_coarse_lattice_is_resolved_there_only():
+  search = sweep.Search(bowl(1.7, 0.95)[0], budget=14, w_max=3.0)
+  best = search.run([0, 0.5, 1], [0.85, 1.0, 1.15])
+  assert best == (1.5, 1.0) and search.best_resolved_at() == (0.5, 0.15)
+  # at the refined spacing three of its neighbours were left; (1.25, 1.0) had been scored
+  assert search.best_unscored_neighbours() == [(1.75, 1.0), (1.5, 0.925), (1.5, 1.075)]
+  assert (1.25, 1.0) in search.cells
+
+
 def test_a_search_at_a_fixed_w_stays_there():
   """The paper's unguided protocol (w = 0): the bowl's minimum at w 1.7 must not pull the
   search off w = 0; t still walks to its best."""
@@ -52,6 +81,8 @@ def test_a_search_at_a_fixed_w_stays_there():
   assert w == 0.0 and {c[0] for c in calls} == {0.0}
   assert abs(t - 0.55) < 0.04 and search.converged()
   assert len(search.cells) == 10  # refined at half spacing until the budget was spent
+  # w's neighbours lie outside the fixed w, so only t's count, at the finest spacing
+  assert search.best_resolved_at() == (0.125, 0.0375) and search.best_unscored_neighbours() == []
 
 
 def test_grids_outside_the_limits_are_refused_before_the_run_is_read(tmp_path):
@@ -97,6 +128,8 @@ def test_a_cell_equals_mode_eval_at_that_cell_and_files_are_written(trained, tmp
   assert saved['best'] == min(saved['cells'], key=lambda c: c['frechet_distance'])
   table = (tmp_path / 'sweep_reverse.md').read_text()
   assert '| w \\ t |' in table and 'Command: `test`' in table
+  assert saved['best_resolved_at'] is None or len(saved['best_resolved_at']) == 2
+  assert ('neighbours are all scored at spacing' in table) == (saved['best_resolved_at'] is not None)
   assert np.isfinite([c['frechet_distance'] for c in saved['cells']]).all()
 
 

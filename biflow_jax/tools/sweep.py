@@ -18,6 +18,12 @@ The search, with a budget of `--cells` cells per decoder (give both decoders the
    the grid's edges ('converged'), or when the budget is spent ('budget').
 3. Refine: with budget left, halve both spacings around the best cell and extend again,
    until the budget is spent.
+The budget can run out during a refinement with the final best cell's neighbours unscored.
+The result therefore names the finest spacing at which all four of the best cell's
+neighbours were scored (`best_resolved_at`; null when none was: the best cell is then not
+known to be a local minimum at any spacing), and those unscored neighbours
+(`best_unscored_neighbours`), so they can be scored (`--cells=1 --w=.. --t=..`) before the best
+cell is read as final.
 `--fix_w` searches t only, at the one --w given (e.g. w = 0, the paper's unguided protocol).
 Limits: w >= 0; t > 0; for G guided through its input (training-time CFG,
 sample.reverse_cfg='input') w <= objective.cfg_w_max, the range it was trained on.
@@ -83,6 +89,7 @@ class Search:
     self.w_min = float(w_min)
     self.cells: dict[Cell, dict[str, Any]] = {}
     self.stopped = ''
+    self.spacings: list[tuple[float, float]] = []  # (dw, dt) of each extension, coarse first
 
   def allowed(self, w: float, t: float) -> bool:
     return within_limits(w, t, self.w_min, self.w_max)
@@ -100,14 +107,34 @@ class Search:
   def best(self) -> Cell:
     return min(self.cells, key=lambda c: (self.cells[c][self.metric], c))
 
+  def unscored_neighbours(self, cell: Cell, dw: float, dt: float) -> list[Cell]:
+    """`cell`'s lattice neighbours (one step dw in w or dt in t) inside the limits and not
+    yet scored."""
+    w, t = cell
+    steps = [_key(w + a * dw, t + b * dt) for a, b in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    return [c for c in steps if self.allowed(*c) and c not in self.cells]
+
+  def best_resolved_at(self) -> tuple[float, float] | None:
+    """The finest (dw, dt) searched at which every neighbour of the best cell is scored;
+    None when there is none."""
+    best = self.best()
+    for dw, dt in sorted(set(self.spacings)):
+      if not self.unscored_neighbours(best, dw, dt):
+        return (dw, dt)
+    return None
+
+  def best_unscored_neighbours(self) -> list[Cell]:
+    """The best cell's unscored neighbours at the finest spacing searched."""
+    if not self.spacings:
+      return []
+    return self.unscored_neighbours(self.best(), *min(self.spacings))
+
   def _extend(self, dw: float, dt: float) -> bool:
     """Scores the best cell's unscored neighbours until none is left; False if the budget
     ran out first."""
+    self.spacings.append(_key(dw, dt))
     while True:
-      w, t = self.best()
-      pending = [(w + a * dw, t + b * dt) for a, b in ((-1, 0), (1, 0), (0, -1), (0, 1))
-                 if self.allowed(*_key(w + a * dw, t + b * dt))
-                 and _key(w + a * dw, t + b * dt) not in self.cells]
+      pending = self.unscored_neighbours(self.best(), dw, dt)
       if not pending:
         return True
       if len(self.cells) >= self.budget:
@@ -188,6 +215,25 @@ def w_limit(config, decoder: str) -> float | None:
   return None
 
 
+def _resolution_lines(result: dict[str, Any]) -> list[str]:
+  """How far the best cell is known to be a local minimum (results without the fields,
+  written before they existed, get no line)."""
+  if 'best_resolved_at' not in result:
+    return []
+  resolved, open_cells = result['best_resolved_at'], result['best_unscored_neighbours']
+  lines = []
+  if resolved is None:
+    lines.append('The best cell\'s neighbours were not all scored at any spacing searched.')
+  else:
+    lines.append(f'The best cell\'s four neighbours are all scored at spacing '
+                 f'w +-{resolved[0]:g}, t +-{resolved[1]:g}.')
+  if open_cells:
+    lines.append('Unscored neighbours at the finest spacing: '
+                 + ', '.join(f'(w {w:g}, t {t:g})' for w, t in open_cells)
+                 + '; score them (`--cells=1 --w=W --t=T`) before reading the best as final.')
+  return [' '.join(lines), '']
+
+
 def markdown(result: dict[str, Any]) -> str:
   cells = result['cells']
   ws = sorted({c['w'] for c in cells})
@@ -198,7 +244,8 @@ def markdown(result: dict[str, Any]) -> str:
            f"{result['stopped']})", '',
            f"Cells: FD / class accuracy / precision / recall ({result['num_samples']} samples "
            f"each, {result['feature_net']} features). Best FD: w {best['w']:g}, t {best['t']:g}.",
-           '', '| w \\ t | ' + ' | '.join(f'{t:g}' for t in ts) + ' |',
+           '', *_resolution_lines(result),
+           '| w \\ t | ' + ' | '.join(f'{t:g}' for t in ts) + ' |',
            '|---|' + '---|' * len(ts)]
   for w in ws:
     row = []
@@ -247,6 +294,8 @@ def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
   cells = [dict(w=w, t=t, **{k: v for k, v in m.items()}) for (w, t), m in search.cells.items()]
   result = {'decoder': decoder, **scored_against, 'budget': budget, 'stopped': search.stopped,
             'converged': search.converged(), 'w_max': search.w_max, 'fix_w': fix_w,
+            'best_resolved_at': search.best_resolved_at(),
+            'best_unscored_neighbours': search.best_unscored_neighbours(),
             'start_grid': {'w': ws, 't': ts}, 'cells': cells,
             'best': next(c for c in cells if (c['w'], c['t']) == best),
             'seconds': round(time.perf_counter() - start, 1), 'command': command}
@@ -259,6 +308,10 @@ def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
     logging.info('sweep %s: best w=%g t=%g FD %.3f (%d cells, %s) -> %s', decoder,
                  result['best']['w'], result['best']['t'], result['best']['frechet_distance'],
                  len(cells), search.stopped, out / f'sweep_{decoder}.json')
+    if result['best_resolved_at'] is None:
+      logging.warning('sweep %s: the best cell is not a local minimum at any spacing searched; '
+                      'its unscored neighbours: %s', decoder,
+                      ', '.join(f'w={w:g} t={t:g}' for w, t in result['best_unscored_neighbours']))
   return result
 
 

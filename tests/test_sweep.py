@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from biflow_jax.modes import evaluate
-from biflow_jax.tools import sweep
+from biflow_jax.tools import sweep, sweep_audit
 from biflow_jax.training import train
 from subprocess_util import python
 from test_train import TINY, parse_config
@@ -163,3 +163,52 @@ def test_the_command_scores_a_run_as_it_was_trained(trained, tmp_path):
   saved = json.loads((tmp_path / 'sweep_reverse.json').read_text())
   assert [(c['w'], c['t']) for c in saved['cells']] == [(1.0, 1.0)]
   assert np.isfinite(saved['cells'][0]['frechet_distance'])
+
+
+def _stored_result(search, ws, ts, decoder='exact', step=100):
+  """A sweep JSON as `sweep.sweep` writes it, for a search already run."""
+  return {'decoder': decoder, 'step': step, 'budget': search.budget, 'w_max': search.w_max,
+          'fix_w': False, 'start_grid': {'w': ws, 't': ts},
+          'cells': [dict(w=w, t=t, **m) for (w, t), m in search.cells.items()]}
+
+
+def test_the_audit_replays_a_stored_sweep_and_adds_later_cells(tmp_path):
+  score = bowl(5.9, 1.04)[0]
+  ws, ts = [2, 3.5, 5], [0.9, 1.0, 1.1]
+  search = sweep.Search(score, budget=14)
+  search.run(ws, ts)
+  main = tmp_path / 'sweep_exact.json'
+  main.write_text(json.dumps(_stored_result(search, ws, ts)))
+  report = sweep_audit.audit([str(main)])
+  assert report['best'] == search.best() and report['cells'] == 14
+  assert report['best_resolved_at'] is None
+  assert report['best_unscored_neighbours'] == search.best_unscored_neighbours()
+  # the completion the audit asks for, as a later one-cell sweep each, makes it resolved
+  extra, k = [], 0
+  while report['best_unscored_neighbours'] and k < 10:
+    for w, t in report['best_unscored_neighbours']:
+      k += 1
+      path = tmp_path / f'extra{k}.json'
+      path.write_text(json.dumps({'decoder': 'exact', 'step': 100, 'cells': [
+          dict(w=w, t=t, **score(w, t))]}))
+      extra.append(str(path))
+    report = sweep_audit.audit([str(main)] + extra)
+  assert report['best_unscored_neighbours'] == [] and report['best_resolved_at'] == (0.75, 0.05)
+  assert report['best'] == (5.75, 1.05) and report['cells'] == 14 + k
+
+
+def test_the_audit_refuses_what_it_cannot_replay(tmp_path, capsys):
+  ws, ts = [0, 0.5, 1], [0.85, 1.0, 1.15]
+  search = sweep.Search(bowl(1.7, 0.95)[0], budget=14, w_max=3.0)
+  search.run(ws, ts)
+  result = _stored_result(search, ws, ts)
+  tampered = dict(result, cells=result['cells'][:-1])   # a cell the search scored, dropped
+  (tmp_path / 'tampered.json').write_text(json.dumps(tampered))
+  with pytest.raises(ValueError, match='not written by this search'):
+    sweep_audit.audit([str(tmp_path / 'tampered.json')])
+  (tmp_path / 'main.json').write_text(json.dumps(result))
+  (tmp_path / 'g.json').write_text(json.dumps(dict(result, decoder='reverse')))
+  with pytest.raises(ValueError, match='same run and decoder'):
+    sweep_audit.audit([str(tmp_path / 'main.json'), str(tmp_path / 'g.json')])
+  assert sweep_audit.main([str(tmp_path / 'missing.json')]) == 2
+  assert 'missing.json' in capsys.readouterr().err

@@ -164,6 +164,35 @@ class Search:
     return self.stopped == 'converged'
 
 
+def replay(result: dict[str, Any], extra_cells: Sequence[dict[str, Any]] = ()) -> Search:
+  """The search that wrote `result` (a sweep JSON), rebuilt from its stored scores, with
+  `extra_cells` (cells of later sweeps of the same run and decoder, e.g. `--cells=1`
+  completions) added after it. Its `best()`, `best_resolved_at()` and
+  `best_unscored_neighbours()` then answer for results written before those fields existed,
+  or for a best completed by hand.
+
+  ValueError when the stored scores do not reproduce the stored cells (a JSON edited or
+  merged by hand, or written by another search).
+  """
+  stored = {_key(c['w'], c['t']): c for c in result['cells']}
+
+  def stored_score(w: float, t: float) -> dict[str, Any]:
+    if (w, t) not in stored:
+      raise ValueError(f'the replay asks for cell (w {w:g}, t {t:g}), which the result does '
+                       'not hold: it was not written by this search')
+    return stored[(w, t)]
+
+  w_min = float(result['start_grid']['w'][0]) if result.get('fix_w') else 0.0
+  search = Search(stored_score, int(result['budget']), result['w_max'], w_min=w_min)
+  search.run(result['start_grid']['w'], result['start_grid']['t'])
+  if set(search.cells) != set(stored):
+    raise ValueError(f'the replay scored {len(search.cells)} cells, the result holds '
+                     f'{len(stored)}: it was not written by this search')
+  for cell in extra_cells:
+    search.cells.setdefault(_key(cell['w'], cell['t']), cell)
+  return search
+
+
 # ------------------------------------------------------------------- scoring a run
 
 

@@ -125,7 +125,7 @@ def _inputs(config) -> tuple[np.ndarray, np.ndarray]:
 
 def _encode(config, flow: ForwardFlow, forward_params, x: np.ndarray, labels: np.ndarray, rng):
   """z = F(x~), x~ = x + sigma * eps (the input distribution F was trained on)."""
-  xf = jnp.asarray(primitives.from_uint8(np.asarray(x)))
+  xf = jnp.asarray(primitives.from_uint8(x))
   x_noisy = xf + float(config.objective.noise_sigma) * jax.random.normal(rng, xf.shape)
   y = jnp.asarray(labels) if flow.num_classes else None
   z, _, _ = flow.apply({'params': forward_params}, x_noisy, y)

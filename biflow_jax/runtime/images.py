@@ -51,8 +51,7 @@ def titled(grid: np.ndarray, title: str, height: int = 14) -> np.ndarray:
   h, w, c = grid.shape
   font = ImageFont.load_default()
   margin = 2
-  width = max(w, margin + int(np.ceil(ImageDraw.Draw(Image.new('L', (1, 1))).textlength(
-      title, font=font))) + margin)
+  width = max(w, margin + int(np.ceil(font.getlength(title))) + margin)
   strip = Image.new('L', (width, height), 255)
   ImageDraw.Draw(strip).text((margin, 1), title, fill=0, font=font)
   strip = np.repeat(np.asarray(strip, np.uint8)[..., None], c, axis=-1)

@@ -59,17 +59,12 @@ RECIPES = {
 }
 
 
-def to_m11(images_uint8: np.ndarray) -> np.ndarray:
-  """uint8 images -> float32 in [-1, 1], the range generated samples come in."""
-  return primitives.from_uint8(np.asarray(images_uint8))
-
-
 def bundled_mnist_m11() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
   """((train images, labels), (held-out images, labels)) of the bundled split, in [-1, 1]."""
   images, labels = input_pipeline.load_bundled_mnist()
   train_idx, heldout_idx = input_pipeline.bundled_mnist_split(NUM_TRAIN, NUM_HELDOUT)
-  return ((to_m11(images[train_idx]), labels[train_idx]),
-          (to_m11(images[heldout_idx]), labels[heldout_idx]))
+  return ((primitives.from_uint8(images[train_idx]), labels[train_idx]),
+          (primitives.from_uint8(images[heldout_idx]), labels[heldout_idx]))
 
 
 def cifar10_m11(data_path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -87,7 +82,7 @@ def cifar10_m11(data_path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np
     if len(classes) != 10:
       raise ValueError(f'{data_path}:{split} has {len(classes)} class folders {classes}; '
                        'CIFAR-10 has 10')
-    splits.append((to_m11(images), labels))
+    splits.append((primitives.from_uint8(images), labels))
   return splits[0], splits[1]
 
 

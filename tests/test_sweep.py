@@ -169,7 +169,7 @@ def _stored_result(search, ws, ts, decoder='exact', step=100):
   """A sweep JSON as `sweep.sweep` writes it, for a search already run."""
   return {'decoder': decoder, 'step': step, 'budget': search.budget, 'w_max': search.w_max,
           'fix_w': False, 'start_grid': {'w': ws, 't': ts},
-          'cells': [dict(w=w, t=t, **m) for (w, t), m in search.cells.items()]}
+          'cells': search.records()}
 
 
 def test_the_audit_replays_a_stored_sweep_and_adds_later_cells(tmp_path):

@@ -30,9 +30,9 @@ import jax.numpy as jnp
 
 from biflow_jax.models.flow import gaussian_nll  # F's density: the NLL term of the objective
 
-__all__ = ['from_uint8', 'gaussian_nll', 'bits_per_dim', 'mse', 'normalize_state', 'adaptive_weight',
-           'token_weights', 'token_weighted_mse', 'state_distance', 'cfg_combine',
-           'sample_guidance_scale', 'inverse_matching_loss']
+__all__ = ['from_uint8', 'gaussian_nll', 'bits_per_dim', 'mse', 'normalize_state',
+           'adaptive_weight', 'token_weights', 'token_weighted_mse', 'state_distance',
+           'cfg_combine', 'sample_guidance_scale', 'inverse_matching_loss']
 
 Array = jax.Array
 

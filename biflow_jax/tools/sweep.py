@@ -74,6 +74,11 @@ def within_limits(w: float, t: float, w_min: float, w_max: float | None) -> bool
   return w >= w_min - 1e-9 and t > 1e-9 and (w_max is None or w <= w_max + 1e-9)
 
 
+def smallest_w(ws: Sequence[float], fix_w: bool) -> float:
+  """The search's lower w limit: the one w of a fixed-w search, else 0."""
+  return float(ws[0]) if fix_w else 0.0
+
+
 class Search:
   """The lattice search of the module docstring over a `score(w, t) -> metrics` function.
 
@@ -158,6 +163,11 @@ class Search:
       converged = self._extend(dw, dt)
     return self.best()
 
+  def records(self) -> list[dict[str, Any]]:
+    """Every scored cell as the result JSON stores it: {'w', 't', **its metrics}, in the
+    order scored."""
+    return [dict(w=w, t=t, **metrics) for (w, t), metrics in self.cells.items()]
+
   def converged(self) -> bool:
     """True when FD stopped improving at the starting grid's edges (its own spacing)
     before the budget ran out."""
@@ -182,8 +192,8 @@ def replay(result: dict[str, Any], extra_cells: Sequence[dict[str, Any]] = ()) -
                        'not hold: it was not written by this search')
     return stored[(w, t)]
 
-  w_min = float(result['start_grid']['w'][0]) if result.get('fix_w') else 0.0
-  search = Search(stored_score, int(result['budget']), result['w_max'], w_min=w_min)
+  search = Search(stored_score, int(result['budget']), result['w_max'],
+                  w_min=smallest_w(result['start_grid']['w'], bool(result.get('fix_w'))))
   search.run(result['start_grid']['w'], result['start_grid']['t'])
   if set(search.cells) != set(stored):
     raise ValueError(f'the replay scored {len(search.cells)} cells, the result holds '
@@ -312,7 +322,7 @@ def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
     raise ValueError(f'fix_w at w = {ws[0]:g}: {decoder} takes w in [0, '
                      + ('inf)' if limit is None else f'{limit:g}], the range G was trained on '
                         '(objective.cfg_w_max)') + '; give --w inside it')
-  w_max, w_min = (ws[0], ws[0]) if fix_w else (limit, 0.0)
+  w_max, w_min = (ws[0] if fix_w else limit), smallest_w(ws, fix_w)
   if not any(within_limits(*_key(w, t), w_min, w_max) for w in ws for t in ts):
     raise ValueError(f'no cell of the starting grid w = {ws} x t = {ts} is inside the limits '
                      f'(w >= 0, t > 0' + ('' if w_max is None else f', w <= {w_max:g}')
@@ -320,7 +330,7 @@ def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
   score, scored_against = make_scorer(config, workdir, decoder)
   search = Search(score, budget, w_max, w_min=w_min)
   best = search.run(ws, ts)
-  cells = [dict(w=w, t=t, **{k: v for k, v in m.items()}) for (w, t), m in search.cells.items()]
+  cells = search.records()
   result = {'decoder': decoder, **scored_against, 'budget': budget, 'stopped': search.stopped,
             'converged': search.converged(), 'w_max': search.w_max, 'fix_w': fix_w,
             'best_resolved_at': search.best_resolved_at(),

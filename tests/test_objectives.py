@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from biflow_jax.objective import biflow, primitives
-from biflow_jax.runtime import images as image_files
+from biflow_jax.runtime import images
 
 BATCH, T, D, B = 3, 4, 5, 3
 
@@ -276,4 +276,4 @@ def test_from_uint8_maps_every_level_and_round_trips_through_to_uint8():
   traced = jax.jit(primitives.from_uint8)(jnp.asarray(levels))
   # XLA may divide as a multiply by 1 / 127.5: equal up to one float32 ulp
   np.testing.assert_allclose(np.asarray(traced), x, rtol=0, atol=1.2e-7)
-  np.testing.assert_array_equal(image_files.to_uint8(x), levels)
+  np.testing.assert_array_equal(images.to_uint8(x), levels)

@@ -181,6 +181,8 @@ def test_the_audit_replays_a_stored_sweep_and_adds_later_cells(tmp_path):
   main.write_text(json.dumps(_stored_result(search, ws, ts)))
   report = sweep_audit.audit([str(main)])
   assert report['best'] == search.best() and report['cells'] == 14
+  # the replayed search holds what the live one held, so it writes the same cells
+  assert sweep.replay(json.loads(main.read_text())).records() == search.records()
   assert report['best_resolved_at'] is None
   assert report['best_unscored_neighbours'] == search.best_unscored_neighbours()
   # the completion the audit asks for, as a later one-cell sweep each, makes it resolved

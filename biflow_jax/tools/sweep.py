@@ -19,8 +19,8 @@ The search, with a budget of `--cells` cells per decoder (give both decoders the
 3. Refine: with budget left, halve both spacings around the best cell and extend again,
    until the budget is spent.
 The budget can run out during a refinement with the final best cell's neighbours unscored.
-The result therefore names the finest spacing at which all four of the best cell's
-neighbours were scored (`best_resolved_at`; null when none was: the best cell is then not
+The result therefore names the finest spacing at which all of the best cell's neighbours
+inside the limits were scored (`best_resolved_at`; null when none was: the best cell is then not
 known to be a local minimum at any spacing), and those unscored neighbours
 (`best_unscored_neighbours`), so they can be scored (`--cells=1 --w=.. --t=..`) before the best
 cell is read as final.
@@ -184,7 +184,7 @@ def replay(result: dict[str, Any], extra_cells: Sequence[dict[str, Any]] = ()) -
   ValueError when the stored scores do not reproduce the stored cells (a JSON edited or
   merged by hand, or written by another search).
   """
-  stored = {_key(c['w'], c['t']): c for c in result['cells']}
+  stored = {_key(c['w'], c['t']): _metrics(c) for c in result['cells']}
 
   def stored_score(w: float, t: float) -> dict[str, Any]:
     if (w, t) not in stored:
@@ -199,8 +199,13 @@ def replay(result: dict[str, Any], extra_cells: Sequence[dict[str, Any]] = ()) -
     raise ValueError(f'the replay scored {len(search.cells)} cells, the result holds '
                      f'{len(stored)}: it was not written by this search')
   for cell in extra_cells:
-    search.cells.setdefault(_key(cell['w'], cell['t']), cell)
+    search.cells.setdefault(_key(cell['w'], cell['t']), _metrics(cell))
   return search
+
+
+def _metrics(cell: dict[str, Any]) -> dict[str, Any]:
+  """A stored cell's metrics, without its w and t: what `Search.cells` holds per cell."""
+  return {k: v for k, v in cell.items() if k not in ('w', 't')}
 
 
 # ------------------------------------------------------------------- scoring a run
@@ -264,8 +269,8 @@ def _resolution_lines(result: dict[str, Any]) -> list[str]:
   if resolved is None:
     lines.append('The best cell\'s neighbours were not all scored at any spacing searched.')
   else:
-    lines.append(f'The best cell\'s four neighbours are all scored at spacing '
-                 f'w +-{resolved[0]:g}, t +-{resolved[1]:g}.')
+    lines.append(f'The best cell\'s neighbours are all scored at spacing '
+                 f'w +-{resolved[0]:g}, t +-{resolved[1]:g} (those inside the limits).')
   if open_cells:
     lines.append('Unscored neighbours at the finest spacing: '
                  + ', '.join(f'(w {w:g}, t {t:g})' for w, t in open_cells)

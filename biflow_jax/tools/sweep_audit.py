@@ -5,8 +5,8 @@ scored later added.
 
 The first JSON is a `tools/sweep` result; the others are later sweeps of the same run and
 decoder (e.g. `--cells=1 --w=W --t=T` completions), whose cells are added to it. Prints the
-best cell, the finest spacing at which its four neighbours are all scored, and the ones
-still unscored, i.e. the cells to score next before the best is read as final
+best cell, the finest spacing at which its neighbours (inside the limits) are all scored,
+and the ones still unscored, i.e. the cells to score next before the best is read as final
 (`sweep.replay`). Reads JSON only; nothing is sampled.
 """
 from __future__ import annotations

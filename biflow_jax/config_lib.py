@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
       mlp_ratio=4,
       num_classes=10,        # 0 = unconditional
       clip=3.0,              # norm control: a, b clipped to [-clip, clip]; None = off
+      clip_form='hard',      # hard: jnp.clip (the paper) | tanh: clip * tanh(u / clip) (STARFlow)
       base='gaussian',       # density of z: gaussian | student_t (heavy tails; models/base_density.py)
       nu=5.0,                # student_t: degrees of freedom per dimension
       prior_var=False,       # F ends with z / sqrt(var), a fixed (T, D) prior variance: TARFlow's

@@ -89,6 +89,27 @@ def test_npz_without_param_prefix(tmp_path, loaded):
   np.testing.assert_allclose(z, ref['z'], atol=ATOL)
 
 
+def test_a_soft_clipped_export_reads_back_soft_clipped(tmp_path):
+  """The JSON beside an export states clip and clip_form, and the importer builds that F."""
+  flow, params = tarflow.load(REF)
+  soft = flow.clone(clip=0.5, clip_form='tanh')
+  args = tarflow.tarflow_args(soft)
+  assert (args['clip'], args['clip_form']) == (0.5, 'tanh')
+  assert 'bounds (tanh, model.clip_form)' in tarflow.export_caveats(soft)[0]
+  path = tmp_path / 'soft.npz'
+  np.savez(path, **tarflow.export_state_dict(soft, params))
+  (tmp_path / 'soft.json').write_text(json.dumps(args))
+  back, back_params = tarflow.load(path)
+  assert (back.clip, back.clip_form) == (0.5, 'tanh')
+  ref = np.load(REF)
+  x, y = nhwc(ref['x']), ref['y'].astype(np.int32)
+  z_soft = soft.apply({'params': params}, x, y)[0]
+  np.testing.assert_array_equal(back.apply({'params': back_params}, x, y)[0], z_soft)
+  # ... and the bound acts on this F: the hard form at the same clip is another function.
+  z_hard = flow.clone(clip=0.5).apply({'params': params}, x, y)[0]
+  assert float(jnp.max(jnp.abs(z_soft - z_hard))) > 1e-3
+
+
 def test_explicit_geometry_without_sidecar(tmp_path):
   path = tmp_path / 'weights.npz'
   shutil.copy(REF, path)

@@ -4,15 +4,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from biflow_jax.models import flow as flow_lib
 from biflow_jax.models import layers
 from biflow_jax.models.flow import FlowBlock, ForwardFlow, score_denoise
 from biflow_jax.objective import primitives
 
 
-def make_flow(clip=None, image_shape=(4, 4, 2), patch_size=2, num_classes=3, dtype=jnp.float32):
+def make_flow(clip=None, image_shape=(4, 4, 2), patch_size=2, num_classes=3, dtype=jnp.float32,
+              clip_form='hard'):
   return ForwardFlow(image_shape=image_shape, patch_size=patch_size, channels=16, num_blocks=3,
                      layers_per_block=1, num_heads=2, num_classes=num_classes, clip=clip,
-                     dtype=dtype)
+                     clip_form=clip_form, dtype=dtype)
 
 
 def perturbed_variables(flow, x, y, scale=0.05, seed=0):
@@ -32,9 +34,9 @@ def setup():
   return flow, perturbed_variables(flow, x, y), x, y
 
 
-@pytest.mark.parametrize('clip', [None, 0.05])
-def test_logdet_matches_jacobian(clip):
-  flow = make_flow(clip=clip)
+@pytest.mark.parametrize('clip,clip_form', [(None, 'hard'), (0.05, 'hard'), (0.05, 'tanh')])
+def test_logdet_matches_jacobian(clip, clip_form):
+  flow = make_flow(clip=clip, clip_form=clip_form)
   x = jax.random.normal(jax.random.key(0), (1, 4, 4, 2))
   y = jnp.array([1])
   variables = perturbed_variables(flow, x, y)
@@ -48,10 +50,38 @@ def test_logdet_matches_jacobian(clip):
   _, logdet, _ = flow.apply(variables, x, y)
   assert abs(float(logdet[0]) - float(expected)) < 1e-4 * max(1.0, abs(float(expected)))
   assert abs(float(expected)) > 0.1  # not the identity
-  if clip is not None:  # the clip is really active somewhere
-    a, _ = flow.apply(variables, layers.patchify(x, 2), y,
-                      method=lambda m, t, yy: m.blocks[0].shift_params(t, yy))
+  if clip is not None:  # the bound is really active somewhere, in its own form
+    first_a = lambda f: f.apply(variables, layers.patchify(x, 2), y,
+                                method=lambda m, t, yy: m.blocks[0].shift_params(t, yy))[0]
+    a, raw = first_a(flow), first_a(make_flow(clip=None))
+    assert float(jnp.max(jnp.abs(raw))) > 2 * clip
+    np.testing.assert_allclose(a, flow_lib.bound(raw, clip, clip_form), atol=1e-7)
     assert float(jnp.max(jnp.abs(a))) == pytest.approx(clip)
+
+
+def test_soft_clip_is_the_identity_near_zero_and_keeps_a_gradient():
+  clip = 3.0
+  u = jnp.array([-30.0, -4.0, -0.01, 0.0, 0.01, 4.0, 30.0])
+  hard, soft = flow_lib.bound(u, clip, 'hard'), flow_lib.bound(u, clip, 'tanh')
+  np.testing.assert_allclose(hard, jnp.clip(u, -clip, clip))
+  assert float(jnp.max(jnp.abs(soft))) <= clip and np.all(np.sign(soft) == np.sign(u))
+  np.testing.assert_allclose(soft[2:5], u[2:5], atol=1e-7)  # slope 1 at 0
+  slope = lambda form: np.asarray(jax.vmap(jax.grad(lambda v: flow_lib.bound(v, clip, form)))(u))
+  np.testing.assert_array_equal(slope('hard')[[1, 5]], 0.0)  # past the bound: no gradient
+  assert np.all(slope('tanh')[1:6] > 0.2)  # past the bound: still learning
+  np.testing.assert_allclose(slope('tanh')[1], 1 - np.tanh(4 / 3) ** 2, rtol=1e-5)
+  with pytest.raises(ValueError, match="clip_form='soft' is not one of"):
+    flow_lib.bound(u, clip, 'soft')
+
+
+def test_soft_clipped_flow_inverts_exactly():
+  flow = make_flow(clip=0.05, clip_form='tanh')
+  x = jax.random.normal(jax.random.key(3), (2, 4, 4, 2))
+  y = jnp.array([0, 2])
+  variables = perturbed_variables(flow, x, y)
+  z, _, _ = flow.apply(variables, x, y)
+  back = flow.apply(variables, z, y, method=ForwardFlow.inverse)
+  np.testing.assert_allclose(back, x, atol=1e-5)
 
 
 def test_outputs_shapes_and_trajectory(setup):

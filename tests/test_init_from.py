@@ -194,6 +194,21 @@ def test_mismatched_architecture_is_one_error_naming_each_field(exported, tmp_pa
   assert 'c.model.clip = None' in message
 
 
+def test_clip_form_is_checked_against_the_source(exported):
+  """A soft-clipped F loaded as a hard-clipped one would be another function: named."""
+  run, _ = exported
+  params = init_from.read_params(run / 'checkpoints' / '4')
+  model = mnist_config(clip=3.0).model
+  stated = {'clip': 3.0, 'clip_form': 'tanh'}
+  lines = init_from.mismatches(init_from.forward_facts(params, stated), model)
+  assert lines == ["model.clip_form is 'tanh' in the source and 'hard' in the config"]
+  # A run from before the field existed stated only its clip, which was the hard one.
+  assert init_from.mismatches(init_from.forward_facts(params, {'clip': 3.0}), model) == []
+  model.clip_form = 'tanh'
+  assert init_from.mismatches(init_from.forward_facts(params, {'clip': 3.0}), model) == [
+      "model.clip_form is 'hard' in the source and 'tanh' in the config"]
+
+
 # orbax leaves callbacks on a closed event loop when a restore of damaged arrays fails.
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_missing_corrupt_and_foreign_sources_are_clear_errors(exported, tmp_path):

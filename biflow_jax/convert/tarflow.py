@@ -20,8 +20,8 @@ TARFlow's; an all-ones `var` needs no layer. TARFlow only changes `var` when nvp
 var = 1.
 
 TARFlow has no clip on (a, b); F's `model.clip` must be None for F to be TARFlow's
-function. An export of a clipped F records `clip` in its JSON file, which this importer
-reads back (TARFlow's own code ignores it).
+function. An export of a clipped F records `clip` and `clip_form` in its JSON file, which
+this importer reads back (TARFlow's own code ignores them).
 """
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def _architecture_args(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def build_flow(state: Mapping[str, np.ndarray], *, in_channels: int, head_dim: int,
                patch_size: int | None = None, img_size: int | None = None,
-               clip: float | None = None) -> ForwardFlow:
+               clip: float | None = None, clip_form: str = 'hard') -> ForwardFlow:
   """The ForwardFlow that matches the state dict's shapes (prior layer when var != 1)."""
   s = infer_shapes(state)
   if s.token_dim % in_channels:
@@ -207,7 +207,8 @@ def build_flow(state: Mapping[str, np.ndarray], *, in_channels: int, head_dim: i
   return ForwardFlow(image_shape=(side, side, in_channels), patch_size=p, channels=s.channels,
                      num_blocks=s.num_blocks, layers_per_block=s.layers_per_block,
                      num_heads=s.channels // head_dim, mlp_ratio=s.mlp_ratio,
-                     num_classes=s.num_classes, clip=clip, prior_var=s.prior_var)
+                     num_classes=s.num_classes, clip=clip, clip_form=clip_form,
+                     prior_var=s.prior_var)
 
 
 def _dense(state, name):
@@ -259,7 +260,7 @@ def load(path: str | Path, *, in_channels: int | None = None, head_dim: int | No
                                        patch_size=patch_size, img_size=img_size))
   flow = build_flow(state, in_channels=int(args['in_channels']), head_dim=int(args['head_dim']),
                     patch_size=args.get('patch_size'), img_size=args.get('img_size'),
-                    clip=args.get('clip'))
+                    clip=args.get('clip'), clip_form=args.get('clip_form', 'hard'))
   flow = flow.clone(scan=scan)
   return flow, convert_params(state, flow)
 
@@ -309,15 +310,16 @@ def tarflow_args(flow: ForwardFlow) -> dict[str, Any]:
           'channels': flow.channels, 'num_blocks': flow.num_blocks,
           'layers_per_block': flow.layers_per_block, 'nvp': True,
           'num_classes': flow.num_classes, 'head_dim': flow.channels // flow.num_heads,
-          'expansion': flow.mlp_ratio, 'clip': flow.clip}
+          'expansion': flow.mlp_ratio, 'clip': flow.clip, 'clip_form': flow.clip_form}
 
 
 def export_caveats(flow: ForwardFlow) -> list[str]:
   """Where ml-tarflow's own `Model` would not compute this F (empty when it does)."""
   notes = []
   if flow.clip is not None:
-    notes.append(f'F clips a and b to +-{flow.clip:g} (model.clip) and TARFlow does not: its '
-                 'code computes another function wherever the clip binds')
+    how = 'clips' if flow.clip_form == 'hard' else f'bounds ({flow.clip_form}, model.clip_form)'
+    notes.append(f'F {how} a and b to +-{flow.clip:g} (model.clip) and TARFlow does not: its '
+                 'code computes another function wherever the bound acts')
   if flow.channels // flow.num_heads != TARFLOW_HEAD_DIM:
     notes.append(f'F uses {flow.num_heads} heads of {flow.channels // flow.num_heads} dims and '
                  f'TARFlow\'s Model fixes head_dim={TARFLOW_HEAD_DIM}: build its MetaBlocks '

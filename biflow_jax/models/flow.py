@@ -6,8 +6,11 @@ zero-initialised head whose output at position t-1 gives (a_t, b_t) for token t,
 
     x'_t = (x_t - b_t) * exp(-a_t),   log|det| = -sum_t,k a_{t,k}.
 
-Token 0 gets a = b = 0. Norm control clips a and b to [-clip, clip]. Everything
-returned to the caller (tokens, trajectory) is in the original token order.
+Token 0 gets a = b = 0. Norm control bounds a and b by `clip`: 'hard' clips them to
+[-clip, clip] (the paper's norm control); 'tanh' maps u -> clip * tanh(u / clip), the soft
+clip of STARFlow (Gu et al. 2025), which is the identity to first order near 0 and keeps a
+gradient where the hard clip has none. Everything returned to the caller (tokens,
+trajectory) is in the original token order.
 
 Inverting F (`ForwardFlow.inverse`):
 - 'exact': serial over tokens inside `lax.fori_loop`, with a key/value cache, so each
@@ -40,6 +43,20 @@ Array = jax.Array
 
 # Fixed-point iterates are kept within +-_ITERATE_BOUND (see _fixed_point_block_inverse).
 _ITERATE_BOUND = 1e6
+
+# How `clip` bounds F's (a, b): 'hard' is the paper's clip, 'tanh' STARFlow's soft clip.
+CLIP_FORMS = ('hard', 'tanh')
+
+
+def bound(u: Array, clip: float, form: str = 'hard') -> Array:
+  """u bounded to (-clip, clip), elementwise: jnp.clip for 'hard'; clip * tanh(u / clip)
+  for 'tanh' (STARFlow's soft clip: slope 1 at 0, never a zero gradient). ValueError for
+  a form not in CLIP_FORMS."""
+  if form == 'hard':
+    return jnp.clip(u, -clip, clip)
+  if form == 'tanh':
+    return clip * jnp.tanh(u / clip)
+  raise ValueError(f'model.clip_form={form!r} is not one of {CLIP_FORMS}')
 
 
 def _no_guidance(guidance) -> bool:
@@ -76,6 +93,7 @@ class FlowBlock(nn.Module):
   num_classes: int = 0
   reverse_order: bool = False
   clip: float | None = None
+  clip_form: str = 'hard'  # CLIP_FORMS
   dtype: Any = jnp.float32
   attention: str = 'einsum'
   scan: bool = False
@@ -120,8 +138,7 @@ class FlowBlock(nn.Module):
     out = self.proj_out(h).astype(jnp.float32)
     a, b = jnp.split(out, 2, axis=-1)
     if self.clip is not None:
-      a = jnp.clip(a, -self.clip, self.clip)
-      b = jnp.clip(b, -self.clip, self.clip)
+      a, b = bound(a, self.clip, self.clip_form), bound(b, self.clip, self.clip_form)
     return a, b
 
   def _run_layers(self, h: Array, cache, t, temperature):
@@ -349,6 +366,7 @@ class ForwardFlow(nn.Module):
   mlp_ratio: int = 4
   num_classes: int = 0
   clip: float | None = None
+  clip_form: str = 'hard'  # CLIP_FORMS: how `clip` bounds a and b
   prior_var: bool = False  # a fixed per-(token, dim) prior variance, TARFlow's `var`
   dtype: Any = jnp.float32
   attention: str = 'einsum'  # layers.ATTENTION_IMPLS
@@ -372,6 +390,7 @@ class ForwardFlow(nn.Module):
                layers_per_block=m.layers_per_block, num_heads=m.num_heads,
                mlp_ratio=m.mlp_ratio, num_classes=m.num_classes,
                clip=None if m.clip is None else float(m.clip),
+               clip_form=m.get('clip_form', 'hard'),
                prior_var=bool(m.get('prior_var', False)),
                dtype=layers.resolve_dtype(m.dtype),
                attention=m.get('attention', 'einsum'), scan=bool(m.get('scan', False)),
@@ -397,8 +416,8 @@ class ForwardFlow(nn.Module):
     return dict(num_tokens=self.num_tokens, token_dim=self.token_dim, channels=self.channels,
                 num_layers=self.layers_per_block, num_heads=self.num_heads,
                 mlp_ratio=self.mlp_ratio, num_classes=self.num_classes, clip=self.clip,
-                dtype=layers.resolve_dtype(self.dtype), attention=self.attention,
-                scan=self.scan, remat=self.remat)
+                clip_form=self.clip_form, dtype=layers.resolve_dtype(self.dtype),
+                attention=self.attention, scan=self.scan, remat=self.remat)
 
   def _orders(self) -> Array:
     """(num_blocks,) bool: block i runs its tokens reversed when i is odd."""
@@ -434,6 +453,8 @@ class ForwardFlow(nn.Module):
       raise ValueError('model.num_blocks and model.layers_per_block must be >= 1')
     if self.clip is not None and self.clip <= 0:
       raise ValueError(f'model.clip={self.clip} must be positive (or None to turn it off)')
+    if self.clip_form not in CLIP_FORMS:
+      raise ValueError(f'model.clip_form={self.clip_form!r} is not one of {CLIP_FORMS}')
     layers.check_attention_impl(self.attention)
     layers.remat_policy(self.remat)
     base_density.check(self.base, self.nu)

@@ -47,7 +47,8 @@ from biflow_jax.training.train_state import TrainState
 
 # config.model fields a source can state or imply, in the order an error lists them.
 FIELDS = ('image_size', 'in_channels', 'patch_size', 'channels', 'num_blocks',
-          'layers_per_block', 'num_heads', 'mlp_ratio', 'num_classes', 'clip', 'prior_var')
+          'layers_per_block', 'num_heads', 'mlp_ratio', 'num_classes', 'clip', 'clip_form',
+          'prior_var')
 
 _BLOCK = re.compile(r'^blocks_(\d+)$')
 _LAYER = re.compile(r'^layers_(\d+)$')
@@ -176,6 +177,8 @@ def forward_facts(params: Mapping[str, Any], stated: Mapping[str, Any] | None) -
   for field in ('image_size', 'in_channels', 'patch_size', 'num_heads', 'clip'):
     if stated is not None and field in stated:
       facts[field] = stated[field]
+  if stated is not None and stated.get('clip') is not None:
+    facts['clip_form'] = stated.get('clip_form', 'hard')  # runs before the field: hard
   return facts
 
 
@@ -188,6 +191,8 @@ def tarflow_facts(shapes: tarflow.Shapes, stated: Mapping[str, Any],
       'layers_per_block': shapes.layers_per_block, 'mlp_ratio': shapes.mlp_ratio,
       'num_classes': shapes.num_classes, 'token_dim': shapes.token_dim,
       'num_tokens': shapes.num_tokens, 'clip': stated.get('clip')}
+  if stated.get('clip') is not None:  # an export of a clipped F states its form too
+    facts['clip_form'] = stated.get('clip_form', 'hard')
   if shapes.prior_var:
     facts['prior_var'] = True  # an all-ones var needs no layer: either config setting is exact
   if 'in_channels' in stated:

@@ -15,7 +15,7 @@ import ml_collections
 from biflow_jax.data import image_files, input_pipeline
 from biflow_jax.evaluation import features
 from biflow_jax.inference import decoders, sampling
-from biflow_jax.models import base_density, generator, layers
+from biflow_jax.models import base_density, flow, generator, layers
 from biflow_jax.objective import biflow, phases
 from biflow_jax.runtime import parallel
 
@@ -32,6 +32,11 @@ def optimizer_group(lr: float = 3e-4, warmup_steps: int = 200) -> ml_collections
       eps=1e-8,
       grad_clip=1.0,         # global norm over the group's own gradients
       ema_decay=0.999,
+      # The EMA's warm-up c: at the group's update n the decay is min(ema_decay,
+      # (1 + n) / (c + n)), so until ema_decay binds the EMA weighs update k's params about as
+      # k**(c - 2): EDM2's power-function EMA with gamma = c - 2 (Karras et al. 2024).
+      # Larger c: a shorter average (relative width sigma_rel 0.09 at c = 10, 0.19 at c = 4).
+      ema_warmup=10.0,
   ))
 
 
@@ -294,6 +299,7 @@ _CHOICES = {
     'sample.denoise': sampling.DENOISERS,
     'sample.reverse_cfg': sampling.REVERSE_CFG,
     'model.base': base_density.BASES,
+    'model.clip_form': flow.CLIP_FORMS,
     'model.dtype': tuple(layers.DTYPES),
     'model.attention': layers.ATTENTION_IMPLS,
     'model.remat': layers.REMAT_POLICIES,
@@ -392,6 +398,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in _POSITIVE:
     if _get(config, field) <= 0:
       raise ValueError(f'config.{field}={_get(config, field)} must be positive')
+  for group, g in config.optim.items():
+    if g.get('ema_warmup', 10.0) <= 1:
+      raise ValueError(f'config.optim.{group}.ema_warmup={g.ema_warmup} must be > 1 (the EMA\'s '
+                       'decay (1 + n) / (c + n) must stay below 1; 10 is the default)')
   m = config.model
   if m.image_size % m.patch_size:
     raise ValueError(f'config.model.image_size={m.image_size} is not divisible by '

@@ -426,6 +426,37 @@ def test_ema_decay_and_warmup():
                              np.asarray(params['forward']['dense']['bias']) + (1 - dw), rtol=1e-6)
 
 
+@pytest.mark.parametrize('warmup', [4.0, 10.0])
+def test_ema_warmup_is_a_power_function_average(warmup):
+  """Until ema_decay binds, the EMA after N updates weighs update k's params about as
+  k**(c - 2) (EDM2's power EMA): fed one-hot params, it returns its own weights."""
+  c = make_config()
+  c.optim.forward.ema_decay = 0.9999  # never binds in 400 updates
+  c.optim.forward.ema_warmup = warmup
+  n = 400
+  ema = {'forward': {'w': jnp.zeros(n)}, 'reverse': {}}
+  update = jax.jit(lambda e, p, k: optim.update_ema(
+      e, p, c, ('forward',), steps={'forward': k, 'reverse': jnp.int32(0)}))
+  for k in range(1, n + 1):
+    ema = update(ema, {'forward': {'w': jax.nn.one_hot(k - 1, n)}, 'reverse': {}}, jnp.int32(k))
+  weights = np.asarray(ema['forward']['w'], np.float64)
+  assert weights.sum() == pytest.approx(1.0, abs=1e-4)  # the init's weight is 0 after update 1
+  # Exactly: w_k = (1 - d_k) prod_{m > k} d_m with d_m = (1 + m) / (c + m) ...
+  decays = (1.0 + np.arange(1, n + 1)) / (warmup + np.arange(1, n + 1))
+  later = np.append(np.cumprod(decays[::-1])[::-1][1:], 1.0)
+  np.testing.assert_allclose(weights, (1 - decays) * later, rtol=2e-3, atol=1e-9)
+  # ... which grows as k**gamma, gamma = c - 2 (log-log slope over the second half).
+  slope = np.log(weights[n - 1] / weights[n // 2 - 1]) / np.log(2.0)
+  assert slope == pytest.approx(warmup - 2, rel=0.15)
+  # ... and the default (c = 10) is the decay the code had before the field existed.
+  if warmup == 10.0:
+    del c.optim.forward.ema_warmup  # a config from before the field
+    fresh = {'forward': {'w': jnp.zeros(n)}, 'reverse': {}}
+    out = optim.update_ema(fresh, {'forward': {'w': jnp.ones(n)}, 'reverse': {}}, c,
+                           ('forward',), steps={'forward': jnp.int32(5), 'reverse': jnp.int32(0)})
+    np.testing.assert_allclose(out['forward']['w'], 1 - 6 / 15, rtol=1e-6)
+
+
 def test_group_grad_norms():
   grads = {'forward': {'a': jnp.full((4,), 3.0, jnp.bfloat16), 'b': jnp.array([4.0])},
            'reverse': {}}

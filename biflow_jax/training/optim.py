@@ -259,9 +259,11 @@ def update_ema(ema: PyTree, params: PyTree, config: Any, trainable: Sequence[str
   ema <- d * ema + (1 - d) * params with d = ``config.optim.<group>.ema_decay``.
   Warm-up (optional): pass ``steps=group_steps(new_opt_state)`` (each group's
   update count after this step) and the decay becomes
-  ``min(ema_decay, (1 + n) / (10 + n))``, so the EMA forgets the random init
-  quickly -- this matters for short runs and for G, whose EMA starts when G
-  first trains, not at global step 0. Without ``steps`` the decay is constant.
+  ``min(ema_decay, (1 + n) / (c + n))`` with c = ``ema_warmup`` (10 by default), so the
+  EMA forgets the random init quickly -- this matters for short runs and for G, whose
+  EMA starts when G first trains, not at global step 0. Until ema_decay binds, this is
+  EDM2's power-function EMA (Karras et al. 2024) with gamma = c - 2: update k's params
+  weigh about k**gamma. Without ``steps`` the decay is constant.
   Call it with the same static ``trainable`` as ``apply_gradients``.
   """
   _check_top_level(ema)
@@ -272,10 +274,12 @@ def update_ema(ema: PyTree, params: PyTree, config: Any, trainable: Sequence[str
     if group not in trainable:
       out[group] = sub
       continue
-    decay = jnp.asarray(float(_group_config(config, group).ema_decay), jnp.float32)
+    group_config = _group_config(config, group)
+    decay = jnp.asarray(float(group_config.ema_decay), jnp.float32)
     if steps is not None:
       n = jnp.asarray(steps[group], jnp.float32)
-      decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+      warmup = float(group_config.get('ema_warmup', 10.0))
+      decay = jnp.minimum(decay, (1.0 + n) / (warmup + n))
     out[group] = jax.tree.map(
         lambda e, p, d=decay: (d * e.astype(jnp.float32)
                                + (1.0 - d) * p.astype(jnp.float32)).astype(e.dtype),

@@ -169,3 +169,22 @@ def test_inverse_matching_refuses_a_feature_term_it_would_drop():
     config_lib.validate(config)
   config.perceptual.feature_weight = 0.0
   config_lib.validate(config)
+
+
+@pytest.mark.parametrize('path,value,match', [
+    ('optim.reverse.ema_warmup', 1.0, r'config.optim.reverse.ema_warmup=1.0 must be > 1'),
+    ('optim.forward.ema_warmup', -3.0, r'config.optim.forward.ema_warmup=-3.0 must be > 1'),
+    ('model.clip_form', 'soft', r"config.model.clip_form='soft' is not one of \('hard', 'tanh'\)"),
+])
+def test_ema_warmup_and_clip_form_are_checked_first(path, value, match):
+  """c <= 1 makes the EMA's decay (1 + n) / (c + n) reach 1 (the EMA never moves) or pass
+  it; an unknown bound would only fail inside F's first trace."""
+  config = load_config('tiny')
+  config_lib.validate(config)
+  group, _, name = path.rpartition('.')
+  target = config
+  for part in group.split('.'):
+    target = getattr(target, part)
+  setattr(target, name, value)
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(config)

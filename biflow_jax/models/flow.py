@@ -49,9 +49,10 @@ CLIP_FORMS = ('hard', 'tanh')
 
 
 def bound(u: Array, clip: float, form: str = 'hard') -> Array:
-  """u bounded to (-clip, clip), elementwise: jnp.clip for 'hard'; clip * tanh(u / clip)
-  for 'tanh' (STARFlow's soft clip: slope 1 at 0, never a zero gradient). ValueError for
-  a form not in CLIP_FORMS."""
+  """u bounded by clip, elementwise: jnp.clip to [-clip, clip] for 'hard'; clip *
+  tanh(u / clip) for 'tanh' (STARFlow's soft clip: slope 1 at 0, and a non-zero gradient
+  past the bound until float32's tanh saturates, by |u| = 8 clip). ValueError for a form
+  not in CLIP_FORMS."""
   if form == 'hard':
     return jnp.clip(u, -clip, clip)
   if form == 'tanh':

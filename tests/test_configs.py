@@ -181,10 +181,6 @@ def test_ema_warmup_and_clip_form_are_checked_first(path, value, match):
   it; an unknown bound would only fail inside F's first trace."""
   config = load_config('tiny')
   config_lib.validate(config)
-  group, _, name = path.rpartition('.')
-  target = config
-  for part in group.split('.'):
-    target = getattr(target, part)
-  setattr(target, name, value)
+  config.update_from_flattened_dict({path: value})
   with pytest.raises(ValueError, match=match):
     config_lib.validate(config)

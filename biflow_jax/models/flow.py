@@ -53,11 +53,16 @@ def bound(u: Array, clip: float, form: str = 'hard') -> Array:
   tanh(u / clip) for 'tanh' (STARFlow's soft clip: slope 1 at 0, and a non-zero gradient
   past the bound until float32's tanh saturates, by |u| = 8 clip). ValueError for a form
   not in CLIP_FORMS."""
+  check_clip_form(form)
   if form == 'hard':
     return jnp.clip(u, -clip, clip)
-  if form == 'tanh':
-    return clip * jnp.tanh(u / clip)
-  raise ValueError(f'model.clip_form={form!r} is not one of {CLIP_FORMS}')
+  return clip * jnp.tanh(u / clip)
+
+
+def check_clip_form(form: str) -> None:
+  """ValueError naming model.clip_form unless `form` is one of CLIP_FORMS."""
+  if form not in CLIP_FORMS:
+    raise ValueError(f'model.clip_form={form!r} is not one of {CLIP_FORMS}')
 
 
 def _no_guidance(guidance) -> bool:
@@ -454,8 +459,7 @@ class ForwardFlow(nn.Module):
       raise ValueError('model.num_blocks and model.layers_per_block must be >= 1')
     if self.clip is not None and self.clip <= 0:
       raise ValueError(f'model.clip={self.clip} must be positive (or None to turn it off)')
-    if self.clip_form not in CLIP_FORMS:
-      raise ValueError(f'model.clip_form={self.clip_form!r} is not one of {CLIP_FORMS}')
+    check_clip_form(self.clip_form)
     layers.check_attention_impl(self.attention)
     layers.remat_policy(self.remat)
     base_density.check(self.base, self.nu)

@@ -37,6 +37,12 @@ def optimizer_group(lr: float = 3e-4, warmup_steps: int = 200) -> ml_collections
       # k**(c - 2): EDM2's power-function EMA with gamma = c - 2 (Karras et al. 2024).
       # Larger c: a shorter average (relative width sigma_rel 0.09 at c = 10, 0.19 at c = 4).
       ema_warmup=10.0,
+      # Post-hoc EMA (EDM2; training/posthoc_ema.py): power EMAs of these relative widths
+      # kept beside the params and written every posthoc_every steps (0: with each
+      # checkpoint) to WORKDIR/posthoc_ema/<group>/, from which `tools/sweep
+      # --ema_sigma_rel=S` rebuilds the average of any width. () is off.
+      posthoc_sigma_rels=(),
+      posthoc_every=0,
   ))
 
 
@@ -390,6 +396,30 @@ def _get(config, dotted: str):
   return value
 
 
+# The largest post-hoc EMA width allowed: gamma >= 0 (gamma = 0, the plain mean of all
+# updates, is sigma_rel 1/sqrt(12) = 0.2887; training/posthoc_ema.py).
+POSTHOC_SIGMA_REL_MAX = 0.28
+
+
+def _check_posthoc(config: ml_collections.ConfigDict) -> None:
+  for group, g in config.optim.items():
+    rels = tuple(g.get('posthoc_sigma_rels', ()) or ())
+    for s in rels:
+      if isinstance(s, bool) or not isinstance(s, (int, float)) or not (
+          0 < s <= POSTHOC_SIGMA_REL_MAX):
+        raise ValueError(
+            f'config.optim.{group}.posthoc_sigma_rels={rels}: {s!r} is not in (0, '
+            f'{POSTHOC_SIGMA_REL_MAX}] (an EMA profile\'s width relative to the training '
+            'length; EDM2 tracks (0.05, 0.10))')
+    if len(set(rels)) != len(rels):
+      raise ValueError(f'config.optim.{group}.posthoc_sigma_rels={rels} repeats a value; '
+                       'give distinct widths, e.g. (0.05, 0.10) as EDM2')
+    every = g.get('posthoc_every', 0)
+    if every < 0:
+      raise ValueError(f'config.optim.{group}.posthoc_every={every} must be >= 0 (0: a '
+                       'snapshot with each checkpoint only)')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Impossible values fail here, before any data is read or anything compiles."""
   for field, choices in _CHOICES.items():
@@ -402,6 +432,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if g.get('ema_warmup', 10.0) <= 1:
       raise ValueError(f'config.optim.{group}.ema_warmup={g.ema_warmup} must be > 1 (the EMA\'s '
                        'decay (1 + n) / (c + n) must stay below 1; 10 is the default)')
+  _check_posthoc(config)
   m = config.model
   if m.image_size % m.patch_size:
     raise ValueError(f'config.model.image_size={m.image_size} is not divisible by '

@@ -50,7 +50,7 @@ from biflow_jax.evaluation import features
 from biflow_jax.inference import decoders, sampling
 from biflow_jax.modes import evaluate
 from biflow_jax.runtime import cli, console, files, parallel
-from biflow_jax.training import restore
+from biflow_jax.training import posthoc_ema, restore
 
 Cell = tuple[float, float]  # (w, t)
 Scorer = Callable[[float, float], dict[str, Any]]
@@ -222,10 +222,19 @@ def cell_config(config: ml_collections.ConfigDict, decoder: str, w: float, t: fl
   return cell
 
 
-def make_scorer(config: ml_collections.ConfigDict, workdir: epath.PathLike, decoder: str
-                ) -> tuple[Scorer, dict[str, Any]]:
+def decoder_group(decoder: str) -> str:
+  """The params group a decoder samples with: G ('reverse') or F ('forward')."""
+  return 'reverse' if decoder == 'reverse' else 'forward'
+
+
+def make_scorer(config: ml_collections.ConfigDict, workdir: epath.PathLike, decoder: str,
+                ema_sigma_rel: float | None = None) -> tuple[Scorer, dict[str, Any]]:
   """score(w, t) for `decoder` of the run in `workdir`, as `--mode=eval` scores it, and
-  what it scores against (step, feature net, reference)."""
+  what it scores against (step, feature net, reference).
+
+  ema_sigma_rel: sample the decoder's group from its post-hoc EMA of that width, rebuilt
+  from the run's snapshots at the checkpoint's step (training/posthoc_ema.py), instead of
+  the EMA the run kept; FileNotFoundError when the run kept no snapshots."""
   config_lib.validate(config)
   if decoder not in evaluate.decoders_to_evaluate(config):
     raise ValueError(f'--decoder={decoder!r}: this config has '
@@ -236,6 +245,17 @@ def make_scorer(config: ml_collections.ConfigDict, workdir: epath.PathLike, deco
   net = features.make_feature_net(config)
   exp, state, step = restore.restore_run(config, workdir)
   params = parallel.local_copy(state.ema)
+  averaged = {}
+  if ema_sigma_rel is not None:
+    group = decoder_group(decoder)
+    rebuilt = posthoc_ema.reconstruct(workdir, group, ema_sigma_rel, int(step), params[group])
+    params = dict(params, **{group: rebuilt.params})
+    averaged = {'posthoc_ema': {'group': group, 'sigma_rel': rebuilt.sigma_rel,
+                                'updates': rebuilt.updates, 'snapshots': rebuilt.snapshots,
+                                'profile_relative_error': rebuilt.relative_error}}
+    logging.info('%s sampled from its post-hoc EMA, sigma_rel %g at update %d: %d snapshots, '
+                 'profile fit error %.2g', group, rebuilt.sigma_rel, rebuilt.updates,
+                 rebuilt.snapshots, rebuilt.relative_error)
   to_pixels = decoders.pixel_decoder(exp.models.frozen, parallel.local_copy(exp.frozen_params))
   real, record = evaluate.real_statistics(config, net, epath.Path(workdir) / 'eval_cache',
                                           to_pixels)
@@ -249,7 +269,7 @@ def make_scorer(config: ml_collections.ConfigDict, workdir: epath.PathLike, deco
     return dict(metrics, sampling_seconds=stream.seconds)
 
   return score, {'step': int(step), 'feature_net': net.name,
-                 'reference': record['info'], 'num_samples': num}
+                 'reference': record['info'], 'num_samples': num, **averaged}
 
 
 def w_limit(config, decoder: str) -> float | None:
@@ -278,6 +298,15 @@ def _resolution_lines(result: dict[str, Any]) -> list[str]:
   return [' '.join(lines), '']
 
 
+def _posthoc_lines(result: dict[str, Any]) -> list[str]:
+  ema = result.get('posthoc_ema')
+  if not ema:
+    return []
+  return [f"Weights: {ema['group']}'s post-hoc EMA, sigma_rel {ema['sigma_rel']:g} at its update "
+          f"{ema['updates']} ({ema['snapshots']} snapshots; profile fit error "
+          f"{ema['profile_relative_error']:.2g}).", '']
+
+
 def markdown(result: dict[str, Any]) -> str:
   cells = result['cells']
   ws = sorted({c['w'] for c in cells})
@@ -288,7 +317,7 @@ def markdown(result: dict[str, Any]) -> str:
            f"{result['stopped']})", '',
            f"Cells: FD / class accuracy / precision / recall ({result['num_samples']} samples "
            f"each, {result['feature_net']} features). Best FD: w {best['w']:g}, t {best['t']:g}.",
-           '', *_resolution_lines(result),
+           '', *_resolution_lines(result), *_posthoc_lines(result),
            '| w \\ t | ' + ' | '.join(f'{t:g}' for t in ts) + ' |',
            '|---|' + '---|' * len(ts)]
   for w in ws:
@@ -308,9 +337,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
           ws: Sequence[float] | None = None, ts: Sequence[float] | None = None,
-          out: epath.PathLike | None = None, command: str = '', fix_w: bool = False
-          ) -> dict[str, Any]:
+          out: epath.PathLike | None = None, command: str = '', fix_w: bool = False,
+          ema_sigma_rel: float | None = None) -> dict[str, Any]:
   """Runs the search for one decoder of a trained run; writes and returns the result.
+
+  ema_sigma_rel: the decoder's weights are its post-hoc EMA of that width (see
+  make_scorer); the files are then named sweep_<decoder>_ema<sigma_rel>.json and .md.
 
   fix_w: search t only, at the one w of `ws` (e.g. w = 0, the paper's unguided protocol).
   ValueError, before the run is restored, when fix_w is given several w, when the fixed w
@@ -332,7 +364,10 @@ def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
     raise ValueError(f'no cell of the starting grid w = {ws} x t = {ts} is inside the limits '
                      f'(w >= 0, t > 0' + ('' if w_max is None else f', w <= {w_max:g}')
                      + '); give --w and --t inside them')
-  score, scored_against = make_scorer(config, workdir, decoder)
+  if ema_sigma_rel is not None and not 0 < ema_sigma_rel <= config_lib.POSTHOC_SIGMA_REL_MAX:
+    raise ValueError(f'ema_sigma_rel={ema_sigma_rel} is not in (0, '
+                     f'{config_lib.POSTHOC_SIGMA_REL_MAX}]')
+  score, scored_against = make_scorer(config, workdir, decoder, ema_sigma_rel)
   search = Search(score, budget, w_max, w_min=w_min)
   best = search.run(ws, ts)
   cells = search.records()
@@ -346,12 +381,12 @@ def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
   if parallel.is_main_process():
     out = epath.Path(out or workdir)
     out.mkdir(parents=True, exist_ok=True)
-    files.write_text_atomic(out / f'sweep_{decoder}.json',
-                            json.dumps(result, indent=2, allow_nan=False))
-    files.write_text_atomic(out / f'sweep_{decoder}.md', markdown(result))
+    name = f'sweep_{decoder}' + ('' if ema_sigma_rel is None else f'_ema{ema_sigma_rel:g}')
+    files.write_text_atomic(out / f'{name}.json', json.dumps(result, indent=2, allow_nan=False))
+    files.write_text_atomic(out / f'{name}.md', markdown(result))
     logging.info('sweep %s: best w=%g t=%g FD %.3f (%d cells, %s) -> %s', decoder,
                  result['best']['w'], result['best']['t'], result['best']['frechet_distance'],
-                 len(cells), search.stopped, out / f'sweep_{decoder}.json')
+                 len(cells), search.stopped, out / f'{name}.json')
     if result['best_resolved_at'] is None:
       logging.warning('sweep %s: the best cell is not a local minimum at any spacing searched; '
                       'its unscored neighbours: %s', decoder,
@@ -379,6 +414,10 @@ def main(argv=None) -> None:
   flags.DEFINE_string('out', '', 'Output folder (default: the workdir).')
   flags.DEFINE_bool('fix_w', False, 'Search t only, at the one value of --w (e.g. --w=0, '
                     "the paper's unguided protocol).")
+  flags.DEFINE_float('ema_sigma_rel', None, "Sample the decoder from its post-hoc EMA of this "
+                     'relative width (0.05-0.25; the default EMA, ema_warmup 10, is 0.09), '
+                     'rebuilt from the snapshots a run trained with '
+                     'config.optim.<group>.posthoc_sigma_rels kept.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
   def run(_):
@@ -393,6 +432,7 @@ def main(argv=None) -> None:
         f"--config={config_flags.get_config_filename(f['config'])}")
     sweep(config, f.workdir, f.decoder, f.cells, _floats(f.w, 'w') or None,
           _floats(f.t, 't') or None, f.out or None, fix_w=f.fix_w,
+          ema_sigma_rel=f.ema_sigma_rel,
           command=' '.join(['python -m biflow_jax.tools.sweep'] + sys.argv[1:]))
 
   app.run(run, argv=argv, flags_parser=cli.parse_flags)

@@ -31,7 +31,7 @@ from biflow_jax.evaluation import likelihood
 from biflow_jax.inference import decoders
 from biflow_jax.objective import phases
 from biflow_jax.runtime import cli, console, files, parallel, summaries
-from biflow_jax.training import checkpoints, init_from, workdir_lock
+from biflow_jax.training import checkpoints, init_from, posthoc_ema, workdir_lock
 from biflow_jax.training.experiment import Experiment, build_experiment
 from biflow_jax.training.train_state import TrainState
 
@@ -168,6 +168,9 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
   elif start is not None:
     state = init_from.apply(state, start)
   _write_config(config, workdir)
+  tracker = posthoc_ema.Tracker.from_config(config, workdir)
+  if tracker is not None:
+    tracker.start(state, int(state.step))
 
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
   step = int(state.step)
@@ -190,6 +193,8 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
       phase = phases.phase_at(plan, step)
       batch = exp.global_batch(next(data_iter))
       state, metrics = exp.step(state, batch, exp.frozen_params, phase)
+      if tracker is not None:
+        tracker.update(state)
       step += 1
       pending.append(metrics)
       report(step, time.time())
@@ -238,7 +243,11 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
         summaries.write_sample_grids(writer, step, outputs, config.model.num_classes)
         if parallel.is_main_process():
           logging.info('wrote %s (%s)', path, ', '.join(samplers))
-      if (step % config.checkpoint_every == 0 or finished) and int(state.skips) == 0:
+      checkpointing = (step % config.checkpoint_every == 0 or finished) and int(state.skips) == 0
+      if tracker is not None:
+        # Before the checkpoint: a checkpoint never exists without the snapshot it resumes from.
+        tracker.maybe_save(step, checkpointing)
+      if checkpointing:
         checkpoints.save(manager, step, state, data_iter)
         if step % config.log_every == 0 or finished:
           announcer.saved(step)  # said once orbax has committed it

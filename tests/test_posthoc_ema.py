@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,11 @@ import pytest
 from biflow_jax import config_lib
 from biflow_jax.tools import sweep
 from biflow_jax.training import posthoc_ema, restore, train
-from test_train import parse_config
+from subprocess_util import python
+from test_train import TINY, parse_config
+
+
+CHILD = Path(__file__).parent / 'multidevice' / 'train_child.py'
 
 
 # --------------------------------------------------------------------------- the maths
@@ -210,3 +215,22 @@ def test_missing_and_damaged_snapshots_are_clear_errors(runs, tmp_path):
   config.schedule.reverse_steps = 10
   with pytest.raises(FileNotFoundError, match=r'12\.npz is missing.*posthoc_sigma_rels=\(\)'):
     train.train_and_evaluate(config, copy)
+
+
+def test_fsdp_sharded_tracking_equals_one_device(tmp_path):
+  """F's post-hoc EMAs on 4 devices with FSDP-sharded params (a child process) equal the
+  same run's on one device: the update follows the params' shardings and the snapshot
+  gathers them."""
+  posthoc = ['--config.schedule.forward_steps=6', '--config.checkpoint_every=6',
+             '--config.optim.forward.posthoc_sigma_rels=(0.05, 0.1)',
+             '--config.optim.forward.posthoc_every=3']
+  python(CHILD, '4', tmp_path / 'fsdp', '0', TINY, *posthoc, '--config.mesh.fsdp=4',
+         '--config.mesh.param_sharding=fsdp', '--config.mesh.fsdp_min_size=256', timeout=600)
+  train.train_and_evaluate(parse_config(*posthoc), tmp_path / 'one')
+  for step in (3, 6):
+    a = posthoc_ema.load_snapshot(posthoc_ema.snapshot_path(tmp_path / 'fsdp', 'forward', step))
+    b = posthoc_ema.load_snapshot(posthoc_ema.snapshot_path(tmp_path / 'one', 'forward', step))
+    assert a['n'] == b['n'] == step
+    for ema_a, ema_b in zip(a['emas'], b['emas']):
+      for name in ema_b:
+        np.testing.assert_allclose(ema_a[name], ema_b[name], atol=1e-5, err_msg=name)

@@ -136,7 +136,9 @@ def _config():
                         '--config.eval.num_samples=20', '--config.eval.batch=20',
                         '--config.eval.is_splits=2', '--config.objective.cfg_w_max=2',
                         '--config.optim.reverse.posthoc_sigma_rels=(0.05, 0.1)',
-                        '--config.optim.reverse.posthoc_every=2')
+                        '--config.optim.reverse.posthoc_every=2',
+                        '--config.optim.forward.posthoc_sigma_rels=(0.1,)',
+                        '--config.optim.forward.posthoc_every=2')
   return config
 
 
@@ -165,7 +167,15 @@ def test_snapshots_are_written_while_g_trains_and_resume_exactly(runs):
       assert set(ema_a) == set(ema_b)
       for name in ema_a:
         np.testing.assert_array_equal(ema_a[name], ema_b[name], err_msg=name)
-  assert not posthoc_ema.snapshot_steps(whole, 'forward')
+  # F trains steps 1-4: nothing is written for it once it stops (its EMAs stay as they
+  # were), and the resumed run took F's from step 4's snapshot.
+  assert posthoc_ema.snapshot_steps(whole, 'forward') == [2, 4]
+  assert posthoc_ema.snapshot_steps(resumed, 'forward') == [2, 4]
+  a = posthoc_ema.load_snapshot(posthoc_ema.snapshot_path(whole, 'forward', 4))
+  b = posthoc_ema.load_snapshot(posthoc_ema.snapshot_path(resumed, 'forward', 4))
+  assert a['n'] == b['n'] == 4
+  for name in a['emas'][0]:
+    np.testing.assert_array_equal(a['emas'][0][name], b['emas'][0][name], err_msg=name)
 
 
 def test_a_stored_width_is_rebuilt_from_the_run_and_others_differ(runs):
@@ -195,8 +205,11 @@ def test_sweep_samples_the_rebuilt_average(runs, tmp_path):
   plain = sweep.sweep(config, whole, 'reverse', budget=1, ws=[1.0], ts=[1.0], out=tmp_path)
   assert 'posthoc_ema' not in plain
   assert plain['cells'][0]['frechet_distance'] != result['cells'][0]['frechet_distance']
+  exact = sweep.make_scorer(config, whole, 'exact', ema_sigma_rel=0.1)[1]['posthoc_ema']
+  assert exact['group'] == 'forward' and exact['updates'] == 4  # F's state at step 12
+  assert exact['profile_relative_error'] < 1e-6  # a width F tracked
   with pytest.raises(FileNotFoundError, match=r"posthoc_sigma_rels=\(0.05, 0.10\)"):
-    sweep.make_scorer(config, whole, 'exact', ema_sigma_rel=0.1)  # F kept no snapshots
+    posthoc_ema.reconstruct(tmp_path, 'reverse', 0.1, 12, {})  # a run that kept none
   with pytest.raises(ValueError, match=r'ema_sigma_rel=0.5 is not in'):
     sweep.sweep(config, whole, 'reverse', 1, ws=[1.0], ts=[1.0], ema_sigma_rel=0.5)
 
@@ -213,7 +226,8 @@ def test_missing_and_damaged_snapshots_are_clear_errors(runs, tmp_path):
   (copy / posthoc_ema.DIRECTORY / 'reverse' / '12.npz').unlink()
   config = _config()
   config.schedule.reverse_steps = 10
-  with pytest.raises(FileNotFoundError, match=r'12\.npz is missing.*posthoc_sigma_rels=\(\)'):
+  with pytest.raises(FileNotFoundError,
+                     match=r"'reverse' at update 8 .*10\.npz, at update 6.*posthoc_sigma_rels=\(\)"):
     train.train_and_evaluate(config, copy)
 
 

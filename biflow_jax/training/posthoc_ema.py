@@ -174,6 +174,7 @@ class Tracker:
   groups: dict[str, tuple[float, ...]]
   every: dict[str, int]
   tracked: dict | None = None
+  last_saved: dict | None = None  # per group, the update count of its newest snapshot
 
   @classmethod
   def from_config(cls, config, workdir: epath.PathLike) -> 'Tracker | None':
@@ -188,29 +189,35 @@ class Tracker:
     return {g: tuple(sigma_rel_to_gamma(s) for s in rels) for g, rels in self.groups.items()}
 
   def start(self, state, step: int) -> None:
-    """Fresh EMAs (copies of the params) at a group's update 0, else the snapshot at the
-    restored checkpoint `step`. Raises FileNotFoundError when a trained group has none."""
+    """Fresh EMAs (copies of the params) at a group's update 0, else the newest snapshot at
+    or before the restored checkpoint `step`, which must hold the checkpoint's update count
+    (a group that stopped training, like F in G's phase, is not written again).
+    Raises FileNotFoundError when a trained group has none, ValueError for a snapshot of
+    another run."""
     counts = jax.device_get(optim.group_steps(state.opt_state))
-    tracked = {}
+    tracked, self.last_saved = {}, {}
     for group, rels in self.groups.items():
       n = int(counts[group])
+      self.last_saved[group] = n
       if n == 0:
         # Own buffers, one tree per width: the update donates them.
         emas = [jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), state.params[group])
                 for _ in rels]
       else:
-        path = snapshot_path(self.workdir, group, step)
-        if not path.exists():
+        found = [s for s in snapshot_steps(self.workdir, group) if s <= step]
+        path = snapshot_path(self.workdir, group, found[-1] if found else step)
+        snap = load_snapshot(path) if found else None
+        if snap is None or snap['n'] != n:
+          newest = f'{path.name}, at update {snap["n"]}' if snap else 'none'
           raise FileNotFoundError(
-              f'{path} is missing: group {group!r} has trained {n} updates, and its post-hoc '
-              f'EMAs ({rels}) are resumed from the snapshot written with checkpoint {step}. '
-              'Turn tracking off for this run (config.optim.'
-              f'{group}.posthoc_sigma_rels=()) or train in a fresh --workdir.')
-        snap = load_snapshot(path)
-        if snap['n'] != n or tuple(snap['sigma_rels']) != rels:
-          raise ValueError(f'{path} holds update {snap["n"]} with sigma_rels '
-                           f'{snap["sigma_rels"]}, but the checkpoint is at update {n} with '
-                           f'{rels}: the snapshot belongs to another run')
+              f'no post-hoc EMA snapshot of {group!r} at update {n} in {path.parent} (the '
+              f'newest at or before checkpoint {step}: {newest}): its EMAs '
+              f'({rels}) are resumed from the snapshot written with the checkpoint. Turn '
+              f'tracking off for this run (config.optim.{group}.posthoc_sigma_rels=()) or '
+              'train in a fresh --workdir.')
+        if tuple(snap['sigma_rels']) != rels:
+          raise ValueError(f'{path} holds sigma_rels {snap["sigma_rels"]}, but this run tracks '
+                           f'{rels}: the snapshot belongs to another run or config')
         emas = [_like(snap['emas'][i], state.params[group]) for i in range(len(rels))]
       tracked[group] = {'n': jnp.int32(n), 'emas': emas}
     self.tracked = tracked
@@ -236,8 +243,9 @@ class Tracker:
   def save(self, group: str, step: int) -> None:
     entry = self.tracked[group]
     n = int(entry['n'])
-    if n == 0:
-      return  # nothing trained yet: the profile is empty
+    if n == self.last_saved.get(group, 0):
+      return  # nothing trained yet, or nothing since the last snapshot (which resumes)
+    self.last_saved[group] = n
     emas = [{k: np.asarray(v) for k, v in _flat(parallel.local_copy(e)).items()}
             for e in entry['emas']]
     if parallel.is_main_process():
@@ -304,8 +312,9 @@ class Reconstruction:
 
 def reconstruct(workdir: epath.PathLike, group: str, sigma_rel: float, step: int,
                 template: Any) -> Reconstruction:
-  """The group's EMA of width `sigma_rel` ending at global `step`, from the snapshots at
-  or before it (the one at `step` must exist: it fixes the profile's end).
+  """The group's EMA of width `sigma_rel` at global `step`, from the snapshots at or before
+  it. The newest of them fixes the profile's end: it holds the group's state at `step`,
+  since one is written with every checkpoint whenever the group trained since the last.
 
   `template`: a tree with the group's structure (e.g. state.params[group]); the result has
   its structure. Raises FileNotFoundError without snapshots, ValueError for a bad sigma_rel
@@ -313,12 +322,12 @@ def reconstruct(workdir: epath.PathLike, group: str, sigma_rel: float, step: int
   """
   gamma = sigma_rel_to_gamma(sigma_rel)
   steps = [s for s in snapshot_steps(workdir, group) if s <= step]
-  if step not in steps:
+  if not steps:
     raise FileNotFoundError(
-        f'no post-hoc EMA snapshot of {group!r} at step {step} in '
-        f'{epath.Path(workdir) / DIRECTORY / group} (found {steps[-5:] or "none"}): train with '
+        f'no post-hoc EMA snapshot of {group!r} at or before step {step} in '
+        f'{epath.Path(workdir) / DIRECTORY / group}: train with '
         f'config.optim.{group}.posthoc_sigma_rels=(0.05, 0.10) (and posthoc_every) to make '
-        'them, or score the checkpoint at a step that has one')
+        'them')
   snaps = [load_snapshot(snapshot_path(workdir, group, s)) for s in steps]
   ts, gammas, sources = [], [], []
   for snap in snaps:

@@ -12,8 +12,8 @@ with n the group's own update count (1 at its first step) and gamma from sigma_r
 "profile" over the updates 0..n is p(tau) = (gamma + 1) tau**gamma / n**(gamma + 1), whose
 standard deviation relative to n is sigma_rel. The tracked EMAs are written to
 ``WORKDIR/posthoc_ema/<group>/<step>.npz`` every ``posthoc_every`` global steps and at
-every checkpoint (so a resumed run continues them exactly; the train state itself is
-unchanged).
+every checkpoint, whenever the group has trained since its last snapshot (so a resumed run
+continues them exactly; the train state itself is unchanged).
 
 Afterwards `reconstruct` finds, by least squares over profiles (EDM2 appendix C.2), the
 combination of stored EMAs whose profile is closest to a power profile of any other

@@ -231,6 +231,7 @@ def test_missing_and_damaged_snapshots_are_clear_errors(runs, tmp_path):
     train.train_and_evaluate(config, copy)
 
 
+@pytest.mark.slow  # a 4-device subprocess run beside a 1-device one (~80 s on 2 cores)
 def test_fsdp_sharded_tracking_equals_one_device(tmp_path):
   """F's post-hoc EMAs on 4 devices with FSDP-sharded params (a child process) equal the
   same run's on one device: the update follows the params' shardings and the snapshot

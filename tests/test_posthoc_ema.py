@@ -13,7 +13,7 @@ import pytest
 
 from biflow_jax import config_lib
 from biflow_jax.tools import sweep
-from biflow_jax.training import posthoc_ema, restore, train
+from biflow_jax.training import checkpoints, posthoc_ema, restore, train
 from subprocess_util import python
 from test_train import TINY, parse_config
 
@@ -185,10 +185,11 @@ def test_a_stored_width_is_rebuilt_from_the_run_and_others_differ(runs):
   stored = posthoc_ema.load_snapshot(posthoc_ema.snapshot_path(whole, 'reverse', step))
   rebuilt = posthoc_ema.reconstruct(whole, 'reverse', 0.1, step, template)
   assert rebuilt.updates == 8 and rebuilt.snapshots == 4 and rebuilt.relative_error < 1e-6
-  flat = posthoc_ema._flat(rebuilt.params)
+  flat = checkpoints.named_leaves(rebuilt.params)
   for name, value in stored['emas'][1].items():
     np.testing.assert_allclose(flat[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
-  other = posthoc_ema._flat(posthoc_ema.reconstruct(whole, 'reverse', 0.2, step, template).params)
+  wider = posthoc_ema.reconstruct(whole, 'reverse', 0.2, step, template)
+  other = checkpoints.named_leaves(wider.params)
   assert any(not np.allclose(other[n], v) for n, v in stored['emas'][1].items())
 
 
@@ -226,8 +227,8 @@ def test_missing_and_damaged_snapshots_are_clear_errors(runs, tmp_path):
   (copy / posthoc_ema.DIRECTORY / 'reverse' / '12.npz').unlink()
   config = _config()
   config.schedule.reverse_steps = 10
-  with pytest.raises(FileNotFoundError,
-                     match=r"'reverse' at update 8 .*10\.npz, at update 6.*posthoc_sigma_rels=\(\)"):
+  resumes_from = r"'reverse' at update 8 .*10\.npz, at update 6.*posthoc_sigma_rels=\(\)"
+  with pytest.raises(FileNotFoundError, match=resumes_from):
     train.train_and_evaluate(config, copy)
 
 

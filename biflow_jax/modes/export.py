@@ -27,7 +27,7 @@ from etils import epath
 from biflow_jax.inference import decoders, sampling
 from biflow_jax.models.flow import ForwardFlow
 from biflow_jax.runtime import files
-from biflow_jax.training import restore
+from biflow_jax.training import checkpoints, restore
 
 ARTIFACT = 'sampler.jaxexport'
 WEIGHTS = 'weights.npz'
@@ -85,7 +85,7 @@ def export_decoder(config: ml_collections.ConfigDict, params: dict, decoder: str
                                                                   decoder == 'reverse')}
   leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(used)
   weights = [np.asarray(leaf) for _, leaf in leaves_with_paths]
-  names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in leaves_with_paths]
+  names = [checkpoints.leaf_name(path) for path, _ in leaves_with_paths]
 
   def sample(weight_list, noise, labels):
     tree = jax.tree_util.tree_unflatten(treedef, weight_list)

@@ -142,9 +142,19 @@ def state_tree_metadata(state_dir: epath.PathLike) -> dict:
   return tree
 
 
+def leaf_name(key_path) -> str:
+  """A leaf's path as one name, its keys joined by '/' (e.g. 'reverse/blocks_0/Dense_0/kernel'):
+  how checkpoint checks, exports and post-hoc EMA snapshots name parameters."""
+  return '/'.join(str(getattr(k, 'key', k)) for k in key_path)
+
+
+def named_leaves(tree) -> dict[str, Any]:
+  """{leaf_name(path): leaf} over a tree's leaves, in flattening order."""
+  return {leaf_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _shapes(tree, shape_of) -> dict[str, tuple[int, ...]]:
-  flat = jax.tree_util.tree_leaves_with_path(tree)
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): shape_of(leaf) for path, leaf in flat}
+  return {name: shape_of(leaf) for name, leaf in named_leaves(tree).items()}
 
 
 def check_compatible(step_dir: epath.Path, abstract_state: Any) -> None:

@@ -43,7 +43,7 @@ from etils import epath
 
 from biflow_jax import config_lib
 from biflow_jax.runtime import parallel
-from biflow_jax.training import optim
+from biflow_jax.training import checkpoints, optim
 
 DIRECTORY = 'posthoc_ema'
 # Between 0.2887 (gamma 0) and about 0.2976 gamma would be negative: not needed, not allowed.
@@ -130,18 +130,10 @@ def tracked_groups(config) -> dict[str, tuple[float, ...]]:
   return out
 
 
-def _name(key_path) -> str:
-  return '/'.join(str(getattr(k, 'key', k)) for k in key_path)
-
-
-def _flat(tree) -> dict[str, Any]:
-  return {_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def _like(flat: Mapping[str, np.ndarray], template: Any) -> Any:
   """`flat`'s arrays in `template`'s structure, placed as its leaves are (float32)."""
   def one(key_path, leaf):
-    value = np.asarray(flat[_name(key_path)], np.float32)
+    value = np.asarray(flat[checkpoints.leaf_name(key_path)], np.float32)
     sharding = getattr(leaf, 'sharding', None)
     return jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
   return jax.tree_util.tree_map_with_path(one, template)
@@ -246,7 +238,8 @@ class Tracker:
     if n == self.last_saved.get(group, 0):
       return  # nothing trained yet, or nothing since the last snapshot (which resumes)
     self.last_saved[group] = n
-    emas = [{k: np.asarray(v) for k, v in _flat(parallel.local_copy(e)).items()}
+    emas = [{name: np.asarray(leaf)
+             for name, leaf in checkpoints.named_leaves(parallel.local_copy(e)).items()}
             for e in entry['emas']]
     if parallel.is_main_process():
       write_snapshot(snapshot_path(self.workdir, group, step), n, self.groups[group], emas)
@@ -336,7 +329,7 @@ def reconstruct(workdir: epath.PathLike, group: str, sigma_rel: float, step: int
       gammas.append(sigma_rel_to_gamma(rel))
       sources.append(snap['emas'][i])
   weights, error = solve_weights(ts, gammas, float(snaps[-1]['n']), gamma)
-  names = list(_flat(template))
+  names = list(checkpoints.named_leaves(template))
   for source in sources:
     if set(source) != set(names):
       missing = sorted(set(names) ^ set(source))[:3]
@@ -349,6 +342,7 @@ def reconstruct(workdir: epath.PathLike, group: str, sigma_rel: float, step: int
     for x, source in zip(weights, sources):
       acc += x * source[name].astype(np.float64)
     combined[name] = acc.astype(np.float32)
-  params = jax.tree_util.tree_map_with_path(lambda kp, _: combined[_name(kp)], template)
+  params = jax.tree_util.tree_map_with_path(
+      lambda kp, _: combined[checkpoints.leaf_name(kp)], template)
   return Reconstruction(params, float(sigma_rel), int(step), int(snaps[-1]['n']), len(snaps),
                         error, tuple(float(x) for x in weights))

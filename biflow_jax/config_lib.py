@@ -401,16 +401,23 @@ def _get(config, dotted: str):
 POSTHOC_SIGMA_REL_MAX = 0.28
 
 
+def check_posthoc_sigma_rel(value: Any, label: str) -> None:
+  """ValueError '<label><value> is not in (0, 0.28] ...' unless `value` is a number in that
+  range: the one bound of a post-hoc EMA width, for the config, `tools/sweep
+  --ema_sigma_rel` and training/posthoc_ema.py alike."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      0 < value <= POSTHOC_SIGMA_REL_MAX):
+    raise ValueError(
+        f'{label}{value!r} is not in (0, {POSTHOC_SIGMA_REL_MAX}] (an EMA profile\'s width '
+        'relative to the training length; EDM2 tracks (0.05, 0.10), and the default EMA, '
+        'ema_warmup 10, is 0.09)')
+
+
 def _check_posthoc(config: ml_collections.ConfigDict) -> None:
   for group, g in config.optim.items():
     rels = tuple(g.get('posthoc_sigma_rels', ()) or ())
     for s in rels:
-      if isinstance(s, bool) or not isinstance(s, (int, float)) or not (
-          0 < s <= POSTHOC_SIGMA_REL_MAX):
-        raise ValueError(
-            f'config.optim.{group}.posthoc_sigma_rels={rels}: {s!r} is not in (0, '
-            f'{POSTHOC_SIGMA_REL_MAX}] (an EMA profile\'s width relative to the training '
-            'length; EDM2 tracks (0.05, 0.10))')
+      check_posthoc_sigma_rel(s, f'config.optim.{group}.posthoc_sigma_rels={rels}: ')
     if len(set(rels)) != len(rels):
       raise ValueError(f'config.optim.{group}.posthoc_sigma_rels={rels} repeats a value; '
                        'give distinct widths, e.g. (0.05, 0.10) as EDM2')

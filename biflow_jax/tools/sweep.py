@@ -364,9 +364,8 @@ def sweep(config, workdir: epath.PathLike, decoder: str, budget: int,
     raise ValueError(f'no cell of the starting grid w = {ws} x t = {ts} is inside the limits '
                      f'(w >= 0, t > 0' + ('' if w_max is None else f', w <= {w_max:g}')
                      + '); give --w and --t inside them')
-  if ema_sigma_rel is not None and not 0 < ema_sigma_rel <= config_lib.POSTHOC_SIGMA_REL_MAX:
-    raise ValueError(f'ema_sigma_rel={ema_sigma_rel} is not in (0, '
-                     f'{config_lib.POSTHOC_SIGMA_REL_MAX}]')
+  if ema_sigma_rel is not None:
+    config_lib.check_posthoc_sigma_rel(ema_sigma_rel, 'ema_sigma_rel=')
   score, scored_against = make_scorer(config, workdir, decoder, ema_sigma_rel)
   search = Search(score, budget, w_max, w_min=w_min)
   best = search.run(ws, ts)

@@ -46,8 +46,6 @@ from biflow_jax.runtime import parallel
 from biflow_jax.training import checkpoints, optim
 
 DIRECTORY = 'posthoc_ema'
-# Between 0.2887 (gamma 0) and about 0.2976 gamma would be negative: not needed, not allowed.
-SIGMA_REL_MAX = config_lib.POSTHOC_SIGMA_REL_MAX
 
 
 # --------------------------------------------------------------------------
@@ -65,13 +63,11 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
   """The exponent gamma of the power EMA whose profile has relative width `sigma_rel`.
 
   Solves sigma_rel**2 (gamma + 2)**2 (gamma + 3) = gamma + 1, a cubic, for its largest real
-  root. Raises ValueError outside (0, SIGMA_REL_MAX].
+  root. Raises ValueError outside (0, 0.28] (`config_lib.check_posthoc_sigma_rel`: between
+  0.2887, gamma 0, and about 0.2976 gamma would be negative; not needed, not allowed).
   """
+  config_lib.check_posthoc_sigma_rel(sigma_rel, 'sigma_rel=')
   s2 = float(sigma_rel) ** 2
-  if not 0.0 < float(sigma_rel) <= SIGMA_REL_MAX:
-    raise ValueError(f'sigma_rel={sigma_rel} must be in (0, {SIGMA_REL_MAX}]: it is the '
-                     'EMA profile\'s width relative to the training length (EDM2 uses '
-                     '0.05 and 0.10 while training; ours, c = 10, is 0.09)')
   # Expanded: s2 g^3 + 7 s2 g^2 + (16 s2 - 1) g + (12 s2 - 1) = 0.
   roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
   real = roots[np.abs(roots.imag) < 1e-9].real

@@ -21,8 +21,13 @@ from biflow_jax.runtime import parallel
 
 
 def optimizer_group(lr: float = 3e-4, warmup_steps: int = 200) -> ml_collections.ConfigDict:
-  """AdamW + warmup-cosine + clipping for one parameter group."""
+  """AdamW (or Muon) + warmup-cosine + clipping for one parameter group."""
   return ml_collections.ConfigDict(dict(
+      # 'adamw', or 'muon': the hidden matrices (2-D 'kernel' leaves) step along their
+      # orthogonalised momentum, scaled to AdamW's update RMS so lr keeps its meaning
+      # (Moonlight: Liu et al. 2025); every other leaf takes AdamW (training/optim.py).
+      algorithm='adamw',
+      muon_beta=0.95,        # Muon's momentum (Nesterov); AdamW's leaves use b1, b2
       lr=lr,                 # peak learning rate after warmup
       warmup_steps=warmup_steps,
       min_lr_ratio=0.05,     # cosine decays to lr * min_lr_ratio at the group's last step
@@ -401,6 +406,9 @@ def _get(config, dotted: str):
 POSTHOC_SIGMA_REL_MAX = 0.28
 
 
+OPTIMIZER_ALGORITHMS = ('adamw', 'muon')
+
+
 def check_posthoc_sigma_rel(value: Any, label: str) -> None:
   """ValueError '<label><value> is not in (0, 0.28] ...' unless `value` is a number in that
   range: the one bound of a post-hoc EMA width, for the config, `tools/sweep
@@ -436,6 +444,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if _get(config, field) <= 0:
       raise ValueError(f'config.{field}={_get(config, field)} must be positive')
   for group, g in config.optim.items():
+    if g.get('algorithm', 'adamw') not in OPTIMIZER_ALGORITHMS:
+      raise ValueError(f'config.optim.{group}.algorithm={g.algorithm!r} is not one of '
+                       f'{OPTIMIZER_ALGORITHMS}')
+    if not 0 <= g.get('muon_beta', 0.95) < 1:
+      raise ValueError(f'config.optim.{group}.muon_beta={g.muon_beta} must be in [0, 1) '
+                       '(Muon\'s momentum; 0.95 is the usual value)')
     if g.get('ema_warmup', 10.0) <= 1:
       raise ValueError(f'config.optim.{group}.ema_warmup={g.ema_warmup} must be > 1 (the EMA\'s '
                        'decay (1 + n) / (c + n) must stay below 1; 10 is the default)')

@@ -131,6 +131,20 @@ def test_checkpoint_of_another_model_is_a_clear_error_and_touches_nothing(tmp_pa
   assert run_files() == before
 
 
+def test_checkpoint_of_another_optimiser_is_a_clear_error_and_touches_nothing(tmp_path):
+  """Resuming an AdamW run with optim.forward.algorithm='muon' (or back) failed every step
+  as 'unreadable' and named no cause; it is a config error, and no step is set aside."""
+  config = parse_config('--config.schedule.forward_steps=2', '--config.sample_every=1000',
+                        '--config.eval_every=1000')
+  train.train_and_evaluate(config, tmp_path)
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*') if p.name != 'lock'}
+  other = parse_config('--config.schedule.forward_steps=4', '--config.optim.forward.algorithm=muon')
+  with pytest.raises(ValueError, match=r"another algorithm for group 'forward'.*"
+                     r"config.optim.forward.algorithm"):
+    train.train_and_evaluate(other, tmp_path)
+  assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*') if p.name != 'lock'} == before
+
+
 @pytest.mark.parametrize('override,match', [
     ('--config.model.patch_size=5', 'not divisible'),
     ('--config.schedule.forward_steps=-3', 'forward_steps'),

@@ -114,6 +114,40 @@ def test_the_tracked_update_is_the_power_ema_and_ignores_skipped_steps():
 
 # --------------------------------------------------------------------------- config
 
+def test_the_tracker_passes_over_the_training_groups_only(tmp_path):
+  """update(state, phase.trainable) leaves a frozen group's EMAs untouched (the very
+  arrays: no pass over its params), and gives the values a full update would give."""
+  import types
+  from biflow_jax.objective import phases
+  from biflow_jax.training import optim
+  from test_optim import make_config, toy_params
+  c = make_config('two_stage', forward_steps=2, reverse_steps=3)
+  plan = phases.build_phase_plan(c)
+  tx = optim.make_optimizer(c, plan)
+  params = toy_params()
+  state = types.SimpleNamespace(params=params, opt_state=tx.init(params))
+  grads = jax.tree.map(jnp.ones_like, params)
+  trackers = []
+  for _ in range(2):
+    t = posthoc_ema.Tracker(tmp_path, {'forward': (0.1,), 'reverse': (0.1,)},
+                            {'forward': 0, 'reverse': 0})
+    t.start(state, 0)
+    trackers.append(t)
+  only_g, every_group = trackers
+  for _ in range(3):
+    p, o = optim.apply_gradients(tx, grads, state.opt_state, state.params, ('reverse',))
+    state = types.SimpleNamespace(params=p, opt_state=o)
+    frozen = only_g.tracked['forward']
+    only_g.update(state, ('reverse',))
+    assert only_g.tracked['forward'] is frozen
+    every_group.update(state)
+  assert int(only_g.tracked['reverse']['n']) == 3 and int(only_g.tracked['forward']['n']) == 0
+  for a, b in zip(jax.tree.leaves(only_g.tracked), jax.tree.leaves(every_group.tracked)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  only_g.update(state, ())  # a phase that trains neither: nothing to do
+  assert only_g.tracked['forward'] is frozen
+
+
 @pytest.mark.parametrize('override, message', [
     ('--config.optim.reverse.posthoc_sigma_rels=(0.05, 0.4)', r'0\.4 is not in \(0, 0\.28\]'),
     ('--config.optim.reverse.posthoc_sigma_rels=(0.0,)', r'0\.0 is not in'),

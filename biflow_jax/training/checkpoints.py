@@ -169,6 +169,7 @@ def check_compatible(step_dir: epath.Path, abstract_state: Any) -> None:
   saved = _shapes(tree['params'], lambda leaf: tuple(leaf.shape))
   wanted = _shapes(abstract_state.params, lambda leaf: tuple(leaf.shape))
   if saved == wanted:
+    _check_optimizer_layout(step_dir, tree, abstract_state)
     return
   for name in sorted(set(saved) | set(wanted)):
     if saved.get(name) != wanted.get(name):
@@ -176,6 +177,30 @@ def check_compatible(step_dir: epath.Path, abstract_state: Any) -> None:
           f'the checkpoint {step_dir} was written by a different model: parameter {name} is '
           f'{saved.get(name, "absent")} there and {wanted.get(name, "absent")} in this config. '
           'Use the config the run was trained with, or a fresh --workdir.')
+
+
+def _optimizer_links(opt_state_tree: Any) -> dict[str, int]:
+  """{group: number of links in its optimiser chain} of a multi_transform state as orbax
+  stores it (AdamW 4: clip, Adam, decay, schedule; Muon 3: clip, Muon, schedule); {} when
+  the tree is not of that form."""
+  try:
+    return {str(g): len(v['inner_state']) for g, v in opt_state_tree['inner_states'].items()}
+  except (KeyError, TypeError, AttributeError):
+    return {}
+
+
+def _check_optimizer_layout(step_dir: epath.Path, tree: dict, abstract_state: Any) -> None:
+  """Another optimiser (optim.<group>.algorithm) is a config error, not a damaged file."""
+  saved = _optimizer_links(tree.get('opt_state'))
+  wanted = _optimizer_links(ocp.tree.serialize_tree(abstract_state.opt_state,
+                                                    keep_empty_nodes=True))
+  for group in sorted(set(saved) & set(wanted)):
+    if saved[group] != wanted[group]:
+      raise ValueError(
+          f'the checkpoint {step_dir} holds the optimiser state of another algorithm for '
+          f'group {group!r} than this config (config.optim.{group}.algorithm): resume with '
+          'the optimiser the run was trained with, or start a fresh --workdir (to start G '
+          'from a trained F with another optimiser, use config.model.init_from).')
 
 
 def _has_iterator_state(step_dir: epath.Path) -> bool:

@@ -6,8 +6,8 @@ with F frozen), so everything here is per group:
 
 * The phase plan (``objective/phases.py``) says which groups train when and
   for how many steps (each group's schedule length).
-* ``make_optimizer`` builds ONE ``optax.multi_transform`` with one AdamW chain
-  per group (own clipping, own warmup-cosine schedule, own step count). The
+* ``make_optimizer`` builds ONE ``optax.multi_transform`` with one AdamW (or
+  Muon) chain per group (own clipping, own warmup-cosine schedule, own step count). The
   optimizer state has the same structure in every phase, so a checkpoint
   written in one phase restores in any other.
 * ``apply_gradients`` updates only the trainable groups; frozen groups keep
@@ -128,36 +128,84 @@ def _group_config(config: Any, group: str) -> Any:
   return getattr(config.optim, group)
 
 
-def _group_transform(group_config: Any, train_steps: int) -> optax.GradientTransformation:
-  """clip -> Adam -> decoupled weight decay (kernels only) -> -lr(count).
+def muon_dimension_numbers(params: PyTree) -> PyTree:
+  """Which leaves Muon orthogonalises: 2-D leaves named 'kernel' (x @ W, W (in, out)).
 
-  The last three links are exactly ``optax.adamw`` (decay is scaled by the
-  current lr, as in optax/PyTorch AdamW); they are spelled out so that the
-  group's step count lives in one known place, the ``ScaleByScheduleState``,
-  which ``group_steps`` and ``learning_rates`` read.
+  Flax's Dense kernels are (in, out), so the reduction axis is 0 and the output axis 1.
+  Every other leaf (biases, norm scales, embeddings, positional tables) is None, i.e.
+  left to the AdamW half of the optimizer, as in Muon's and Moonlight's recipes.
+  """
+  def spec(path, leaf):
+    last = path[-1] if path else None
+    name = getattr(last, 'key', getattr(last, 'name', None))
+    if name == 'kernel' and jnp.ndim(leaf) == 2:
+      return optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+    return None
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+# Muon's orthogonalised update has RMS about 1/sqrt(max(in, out)); scaled to RMS 0.2,
+# the RMS of a typical AdamW update, the same lr and weight decay serve both halves
+# (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv 2502.16982, section 2.2).
+MUON_UPDATE_RMS = 0.2
+
+
+def _muon(g: Any) -> optax.GradientTransformation:
+  """optax.contrib.muon at unit learning rate (a descent direction, sign included).
+
+  Newton-Schulz orthogonalised Nesterov momentum (beta ``muon_beta``) for 2-D kernels,
+  scaled to MUON_UPDATE_RMS and decayed by ``weight_decay``; Adam (Nesterov's form, as
+  optax.contrib.muon builds it) with b1, b2 and no decay for every other leaf. learning_rate=1.0 makes both halves end in a constant
+  scale(-1), so the group's one ScaleByScheduleState (its step count) stays the
+  schedule's that follows.
+  """
+  return optax.contrib.muon(
+      learning_rate=1.0, beta=float(getattr(g, 'muon_beta', 0.95)), eps=float(g.eps),
+      weight_decay=float(g.weight_decay), adam_b1=float(g.b1), adam_b2=float(g.b2),
+      muon_weight_dimension_numbers=muon_dimension_numbers,
+      consistent_rms=MUON_UPDATE_RMS)
+
+
+def _group_transform(group_config: Any, train_steps: int) -> optax.GradientTransformation:
+  """clip -> Adam -> decoupled weight decay (kernels only) -> -lr(count); or, with
+  ``algorithm='muon'``, clip -> Muon (its decay included) -> lr(count).
+
+  The AdamW links are exactly ``optax.adamw`` (decay is scaled by the current lr, as in
+  optax/PyTorch AdamW); they are spelled out so that the group's step count lives in one
+  known place, the ``ScaleByScheduleState``, which ``group_steps`` and
+  ``learning_rates`` read. (Their layout is also what every AdamW checkpoint holds.)
+  Raises ValueError for an unknown algorithm.
   """
   g = group_config
   clip = g.grad_clip
   clipping = (optax.clip_by_global_norm(float(clip)) if clip is not None and clip > 0
               else optax.identity())
-  return optax.chain(
-      clipping,
-      optax.scale_by_adam(b1=float(g.b1), b2=float(g.b2), eps=float(g.eps)),
-      optax.add_decayed_weights(float(g.weight_decay), mask=decay_mask),
-      optax.scale_by_learning_rate(lr_schedule(g, train_steps)),
-  )
+  schedule = lr_schedule(g, train_steps)
+  algorithm = getattr(g, 'algorithm', 'adamw')
+  if algorithm == 'adamw':
+    return optax.chain(
+        clipping,
+        optax.scale_by_adam(b1=float(g.b1), b2=float(g.b2), eps=float(g.eps)),
+        optax.add_decayed_weights(float(g.weight_decay), mask=decay_mask),
+        optax.scale_by_learning_rate(schedule),
+    )
+  if algorithm == 'muon':
+    return optax.chain(clipping, _muon(g), optax.scale_by_schedule(schedule))
+  raise ValueError(f"config.optim.<group>.algorithm={algorithm!r} is not one of "
+                   "('adamw', 'muon')")
 
 
 def make_optimizer(config: Any, plan: Sequence[Phase]) -> optax.GradientTransformation:
   """One ``optax.multi_transform`` over the labels {'forward', 'reverse'}.
 
   Each group gets its own clipping (global norm over that group's gradients
-  only), AdamW and warmup-cosine schedule whose length is
-  ``group_train_steps(plan, group)``. Reads ``config.optim.<group>.{lr,
-  warmup_steps, min_lr_ratio, weight_decay, b1, b2, eps, grad_clip}``;
-  grad_clip None or <= 0 turns clipping off.
+  only), AdamW or Muon, and warmup-cosine schedule whose length is
+  ``group_train_steps(plan, group)``. Reads ``config.optim.<group>.{algorithm,
+  lr, warmup_steps, min_lr_ratio, weight_decay, b1, b2, eps, grad_clip,
+  muon_beta}``; grad_clip None or <= 0 turns clipping off.
 
-  State: ``PartitionState(inner_states={'forward': MaskedState(inner_state=
+  State (AdamW): ``PartitionState(inner_states={'forward': MaskedState(inner_state=
   (clip, ScaleByAdamState, add_decayed_weights, ScaleByScheduleState)),
   'reverse': ...})`` -- the same in every phase. Use ``apply_gradients`` (not
   ``tx.update`` directly) so frozen groups do not advance.

@@ -154,8 +154,8 @@ def _update(tracked: dict, params: dict, counts: dict, gammas: dict) -> dict:
 class Tracker:
   """The post-hoc EMAs of a run being trained, their snapshots, and their resumption.
 
-  `start(state, step)` after the state is created or restored; `update(state)` after every
-  step (jitted, no host sync); `maybe_save(step, checkpointing)` writes a snapshot when
+  `start(state, step)` after the state is created or restored; `update(state,
+  phase.trainable)` after every step (jitted, no host sync); `maybe_save(step, checkpointing)` writes a snapshot when
   `step` is a multiple of posthoc_every or a checkpoint is being written at it.
   """
   workdir: epath.Path
@@ -217,10 +217,17 @@ class Tracker:
         f'every {self.every[g] or "checkpoint"} steps -> {self.workdir / DIRECTORY / g}'
         for g, rels in self.groups.items()))
 
-  def update(self, state) -> None:
-    params = {g: state.params[g] for g in self.groups}
-    counts = {g: c for g, c in optim.group_steps(state.opt_state).items() if g in self.groups}
-    self.tracked = self._step_fn(self.tracked, params, counts)
+  def update(self, state, trainable: Sequence[str] | None = None) -> None:
+    """One update of the tracked EMAs of the groups in `trainable` (a phase's, static; None:
+    every tracked group). A group that is not training keeps its EMAs as they are, without a
+    pass over its params (the values are the same either way: its count does not advance)."""
+    groups = [g for g in self.groups if trainable is None or g in trainable]
+    if not groups:
+      return
+    counts = optim.group_steps(state.opt_state)
+    stepped = self._step_fn({g: self.tracked[g] for g in groups},
+                            {g: state.params[g] for g in groups}, {g: counts[g] for g in groups})
+    self.tracked = {**self.tracked, **stepped}
 
   def maybe_save(self, step: int, checkpointing: bool) -> None:
     for group in self.groups:

@@ -194,7 +194,7 @@ def _train(config: ml_collections.ConfigDict, exp: Experiment, workdir: epath.Pa
       batch = exp.global_batch(next(data_iter))
       state, metrics = exp.step(state, batch, exp.frozen_params, phase)
       if tracker is not None:
-        tracker.update(state)
+        tracker.update(state, phase.trainable)
       step += 1
       pending.append(metrics)
       report(step, time.time())

@@ -3,7 +3,8 @@ ratios are fair on a shared machine (docs/experiments/mnist.md, E12; objective.m
 
     python docs/experiments/scripts/step_cost_by_variant.py SET ROUNDS
 
-SET: `half_batch` (G's step at batch 64 and at reverse_batch_size 32), `cfg_fraction` (G's
+SET: `half_batch` (G's step at batch 64 and at reverse_batch_size 32), `optimizer` (G's step
+with AdamW and with Muon, `optim.reverse.algorithm`), `cfg_fraction` (G's
 step with training-time CFG on every row, half or a quarter of them) or `objective` (the
 phases the joint-objective study's rows train). Each variant's phase is compiled with one
 step, then the variants alternate, ROUNDS rounds of 10 steps each. Prints one Markdown row
@@ -26,6 +27,10 @@ SETS = {  # set -> {variant: (overrides of configs/mnist.py, the phase timed)}
         'G, CFG on every row (the default)': ({}, 'reverse'),
         'G, CFG on half the rows': ({'objective.cfg_guided_fraction': 0.5}, 'reverse'),
         'G, CFG on a quarter of the rows': ({'objective.cfg_guided_fraction': 0.25}, 'reverse'),
+    },
+    'optimizer': {
+        'G, AdamW (the default)': ({}, 'reverse'),
+        'G, Muon': ({'optim.reverse.algorithm': 'muon'}, 'reverse'),
     },
     'half_batch': {
         'G, batch 64 (the default)': ({}, 'reverse'),

@@ -25,7 +25,7 @@ def optimizer_group(lr: float = 3e-4, warmup_steps: int = 200) -> ml_collections
   return ml_collections.ConfigDict(dict(
       # 'adamw', or 'muon': the hidden matrices (2-D 'kernel' leaves) step along their
       # orthogonalised momentum, scaled to AdamW's update RMS so lr keeps its meaning
-      # (Moonlight: Liu et al. 2025); every other leaf takes AdamW (training/optim.py).
+      # (Moonlight: Liu et al. 2025); every other leaf takes Adam, undecayed (training/optim.py).
       algorithm='adamw',
       muon_beta=0.95,        # Muon's momentum (Nesterov); AdamW's leaves use b1, b2
       lr=lr,                 # peak learning rate after warmup

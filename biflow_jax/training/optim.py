@@ -72,6 +72,12 @@ def param_labels(params: PyTree) -> PyTree:
       group: jax.tree.map(lambda _, g=group: g, sub) for group, sub in params.items()})
 
 
+def _leaf_key(path) -> Any:
+  """The last key of a leaf's path ('kernel', 'bias', ...): dict key or attribute name."""
+  last = path[-1] if path else None
+  return getattr(last, 'key', getattr(last, 'name', None))
+
+
 def decay_mask(params: PyTree) -> PyTree:
   """True for leaves that get weight decay: those named 'kernel' with ndim >= 2.
 
@@ -80,12 +86,8 @@ def decay_mask(params: PyTree) -> PyTree:
   ('embedding', positional tables) are not decayed even when 2-D. A custom
   module that wants its matrix decayed must name it 'kernel'.
   """
-  def is_kernel(path, leaf) -> bool:
-    last = path[-1] if path else None
-    name = getattr(last, 'key', getattr(last, 'name', None))
-    return name == 'kernel' and jnp.ndim(leaf) >= 2
-
-  return jax.tree_util.tree_map_with_path(is_kernel, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: _leaf_key(path) == 'kernel' and jnp.ndim(leaf) >= 2, params)
 
 
 # --------------------------------------------------------------------------
@@ -136,9 +138,7 @@ def muon_dimension_numbers(params: PyTree) -> PyTree:
   left to the AdamW half of the optimizer, as in Muon's and Moonlight's recipes.
   """
   def spec(path, leaf):
-    last = path[-1] if path else None
-    name = getattr(last, 'key', getattr(last, 'name', None))
-    if name == 'kernel' and jnp.ndim(leaf) == 2:
+    if _leaf_key(path) == 'kernel' and jnp.ndim(leaf) == 2:
       return optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
     return None
 
@@ -156,9 +156,9 @@ def _muon(g: Any) -> optax.GradientTransformation:
 
   Newton-Schulz orthogonalised Nesterov momentum (beta ``muon_beta``) for 2-D kernels,
   scaled to MUON_UPDATE_RMS and decayed by ``weight_decay``; Adam (Nesterov's form, as
-  optax.contrib.muon builds it) with b1, b2 and no decay for every other leaf. learning_rate=1.0 makes both halves end in a constant
-  scale(-1), so the group's one ScaleByScheduleState (its step count) stays the
-  schedule's that follows.
+  optax.contrib.muon builds it) with b1, b2 and no decay for every other leaf.
+  learning_rate=1.0 makes both halves end in a constant scale(-1), so the group's one
+  ScaleByScheduleState (its step count) stays the schedule's that follows.
   """
   return optax.contrib.muon(
       learning_rate=1.0, beta=float(getattr(g, 'muon_beta', 0.95)), eps=float(g.eps),

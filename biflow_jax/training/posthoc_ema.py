@@ -155,8 +155,9 @@ class Tracker:
   """The post-hoc EMAs of a run being trained, their snapshots, and their resumption.
 
   `start(state, step)` after the state is created or restored; `update(state,
-  phase.trainable)` after every step (jitted, no host sync); `maybe_save(step, checkpointing)` writes a snapshot when
-  `step` is a multiple of posthoc_every or a checkpoint is being written at it.
+  phase.trainable)` after every step (jitted, no host sync); `maybe_save(step,
+  checkpointing)` writes a snapshot when `step` is a multiple of posthoc_every or a
+  checkpoint is being written at it.
   """
   workdir: epath.Path
   groups: dict[str, tuple[float, ...]]

@@ -1,9 +1,10 @@
 """Which z-sensitivity number separates a collapsed G from a working one at CI size?
 The CI fixture's sizes (tests/test_reverse_training.biflow_config: tiny F 200 steps, G 400)
 under G recipes: the landed round-3 one (lr 2e-3, raw-F teacher, decay), the fixture's
-(lr 3e-3), round 4's default (default_g: lr 8e-3, EMA teacher), that with no decay (tuned) and
-round 6's default (adaptive: tuned + adaptive weighting; the fixture has no training-time CFG,
-so the default's CFG fraction does not apply). Usage: collapse_guard_measure.py RECIPES [SEEDS] [OUT_DIR], e.g. round3,default_g 0,1,2."""
+(lr 3e-3), round 4's default (default_g: lr 8e-3, EMA teacher), that with no decay (tuned),
+round 6's default (adaptive: tuned + adaptive weighting) and that with Muon for G (muon). The
+fixture has no training-time CFG, so the default's CFG fraction does not apply.
+Usage: collapse_guard_measure.py RECIPES [SEEDS] [OUT_DIR], e.g. round3,default_g 0,1,2."""
 import json, sys, time, shutil
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / 'tests'))
@@ -21,6 +22,9 @@ RECIPES = {
   'default_g': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema'},
   'adaptive': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema',
                'optim.reverse.min_lr_ratio': 1.0, 'objective.adaptive_p': 1.0},
+  'muon': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema',  # adaptive with Muon
+           'optim.reverse.min_lr_ratio': 1.0, 'objective.adaptive_p': 1.0,
+           'optim.reverse.algorithm': 'muon'},
 }
 names = sys.argv[1].split(',')
 seeds = [int(s) for s in sys.argv[2].split(',')] if len(sys.argv) > 2 else [0]

@@ -59,14 +59,17 @@ def test_reverse_samples_are_of_the_asked_class(shipped):
   """
   info, params, config = shipped
   accuracy = pretrained.reverse_class_accuracy(config, params)
-  # Measured 0.935 on the 200 draws (0.925 on 1,000 in --mode=eval) for the tuned MNIST
-  # default at w 1, t 1. The draws are fixed (seeded), so 0.9's margin of 0.035 (7 draws)
-  # is for float rounding across machines, not resampling; a G that collapses or loses the
-  # class is far below (an untrained G: about 0.1).
-  assert accuracy >= 0.9
+  # Measured 0.915 on the 200 draws for round 10's default (Muon's G, trained at the cell
+  # w 0.5, t 0.925; 0.866 there over 1,000 in tools/sweep: Muon's G trades some class
+  # accuracy for recall at the guided cells, AdamW's scored 0.935 at w 1, t 1). The floor
+  # 0.85 only says G makes digits of the asked class; a G that collapses to noise or loses
+  # the label is far below (an untrained G: about 0.1). The draws are fixed (seeded), so the
+  # check against the recorded value below is the precise one.
+  assert accuracy >= 0.85
   # Same seeds and weights as when packed: on any machine the samples differ by float
   # rounding only, so at most a few of the 200 may change class (0.03 = 6 draws). A guidance
-  # or temperature that is silently not applied moves it more (w 0 at t 1: 0.857 on 1,000).
+  # or temperature that is silently not applied moves it more (this G at w 0, t 1: 0.797 on
+  # 1,000, against 0.866 at its cell).
   assert accuracy == pytest.approx(info['checks']['stored']['reverse_class_accuracy'], abs=0.03)
 
 

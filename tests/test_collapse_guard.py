@@ -75,8 +75,8 @@ def test_default_recipe_reconstructs_held_out_digits(tmp_path):
 
 # A calibration check: it changes only when G's recipe or objective does, so it runs with the
 # guard's re-measurement (`pytest -m slow`), not in every CI run. The Muon default's guard
-# test costs about twice an AdamW one (its first compile), which CI's 25 minutes had no
-# room for beside this one.
+# test costs about twice this AdamW one (150 s against 71 s in one CI run beside another
+# job), which CI's 25 minutes had no room for beside this one.
 @pytest.mark.slow
 def test_guard_catches_round3_recipe(tmp_path):
   result = reconstruction(round3_recipe_config(), tmp_path / 'round3')

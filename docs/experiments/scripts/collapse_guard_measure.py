@@ -22,10 +22,8 @@ RECIPES = {
   'default_g': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema'},
   'adaptive': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema',
                'optim.reverse.min_lr_ratio': 1.0, 'objective.adaptive_p': 1.0},
-  'muon': {'optim.reverse.lr': 8e-3, 'objective.reverse_teacher': 'ema',  # adaptive with Muon
-           'optim.reverse.min_lr_ratio': 1.0, 'objective.adaptive_p': 1.0,
-           'optim.reverse.algorithm': 'muon'},
 }
+RECIPES['muon'] = {**RECIPES['adaptive'], 'optim.reverse.algorithm': 'muon'}
 names = sys.argv[1].split(',')
 seeds = [int(s) for s in sys.argv[2].split(',')] if len(sys.argv) > 2 else [0]
 out = {}

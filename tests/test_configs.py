@@ -175,6 +175,8 @@ def test_inverse_matching_refuses_a_feature_term_it_would_drop():
     ('optim.reverse.ema_warmup', 1.0, r'config.optim.reverse.ema_warmup=1.0 must be > 1'),
     ('optim.forward.ema_warmup', -3.0, r'config.optim.forward.ema_warmup=-3.0 must be > 1'),
     ('model.clip_form', 'soft', r"config.model.clip_form='soft' is not one of \('hard', 'tanh'\)"),
+    ('reverse.w_embed_scale', 0.0, r'config.reverse.w_embed_scale=0.0 must be a finite number > 0'),
+    ('reverse.w_embed_scale', float('inf'), r'config.reverse.w_embed_scale=inf must be a finite'),
 ])
 def test_ema_warmup_and_clip_form_are_checked_first(path, value, match):
   """c <= 1 makes the EMA's decay (1 + n) / (c + n) reach 1 (the EMA never moves) or pass

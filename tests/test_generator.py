@@ -197,3 +197,38 @@ def test_alignment_loss_reaches_the_trunk_at_init():
   norm = lambda tree: float(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(tree)))
   assert norm(grads['embed_in']) > 0 and norm(grads['blocks_0']['modulation']) > 0
   assert norm(grads['blocks_2']) == 0  # stage 1 and later do not feed projections[0]
+
+
+def test_w_embed_scale_sets_the_fourier_frequencies():
+  w = jnp.array([0.0, 0.25, 1.5])
+  np.testing.assert_allclose(generator.fourier_features(w, scale=10.0),
+                             generator.fourier_features(w / 100.0), rtol=1e-5, atol=1e-6)
+  # w = 0 is every feature's (cos 1, sin 0) whatever the scale: unguided G is unchanged
+  np.testing.assert_array_equal(generator.fourier_features(jnp.zeros(2), scale=10.0),
+                                generator.fourier_features(jnp.zeros(2)))
+  # the fastest feature moves at most `scale` radians per unit of w: at 10 a w step of 0.0025
+  # barely moves any feature, at the default 1000 it moves the fastest by 2.5 radians
+  grid = jnp.arange(0.0, 3.0, 0.0025)
+  for scale, lo, hi in ((10.0, 0.0, 0.03), (1000.0, 1.0, 3.0)):
+    step = jnp.max(jnp.abs(jnp.diff(generator.fourier_features(grid, scale=scale), axis=0)))
+    assert lo <= float(step) <= hi, (scale, float(step))
+
+
+def test_w_embed_scale_from_config_default_and_errors():
+  assert ReverseModel.from_config(ml_collections.ConfigDict(dict(size='tiny')),
+                                  MNIST).w_embed_scale == generator.W_EMBED_SCALE == 1000.0
+  m = ReverseModel.from_config(ml_collections.ConfigDict(dict(size='tiny', w_embed_scale=10)),
+                               MNIST)
+  assert m.w_embed_scale == 10.0
+  z, y, w = inputs()
+  model = make_model()
+  params = perturb(model.init(jax.random.key(0), z, y, w)['params'])
+  slow = model.clone(w_embed_scale=10.0)
+  w_guided = jnp.array([0.25, 0.25])
+  assert differs(slow.apply({'params': params}, z, y, w_guided)[0],
+                 model.apply({'params': params}, z, y, w_guided)[0])
+  np.testing.assert_array_equal(slow.apply({'params': params}, z, y, jnp.zeros(2))[0],
+                                model.apply({'params': params}, z, y, jnp.zeros(2))[0])
+  for bad in (0.0, -1.0, float('nan')):
+    with pytest.raises(ValueError, match='w_embed_scale'):
+      model.clone(w_embed_scale=bad).init(jax.random.key(0), z, y, w)

@@ -73,7 +73,7 @@ MLP_KINDS = ('swiglu', 'gelu')
 
 _NORM_EPS = 1e-6
 _W_FEATURES = 256       # Fourier features of w (DiT's timestep-embedding size)
-_W_SCALE = 1000.0       # w is embedded like a DiT timestep t = 1000 w
+W_EMBED_SCALE = 1000.0  # the default: w is embedded like a DiT timestep t = 1000 w
 _W_MAX_PERIOD = 10000.0
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -97,15 +97,18 @@ def swiglu_hidden(width: int, mlp_ratio: float) -> int:
   return max(8, 8 * round(2 * mlp_ratio * width / 3 / 8))
 
 
-def fourier_features(w: Array, num_features: int = _W_FEATURES) -> Array:
-  """(B,) -> (B, num_features) [cos, sin] features of w (DiT's timestep embedding of 1000 w).
+def fourier_features(w: Array, num_features: int = _W_FEATURES,
+                     scale: float = W_EMBED_SCALE) -> Array:
+  """(B,) -> (B, num_features) [cos, sin] features of w (DiT's timestep embedding of scale * w).
 
-  Angular frequencies run geometrically from 1000 down to 0.1 per unit of w, so both
-  small differences in w and its whole useful range (w up to ~30) are resolved.
+  Angular frequencies run geometrically from `scale` down to scale / 10,000 radians per
+  unit of w. At the default 1000 (DiT's t = 1000 w) the fastest feature's period is
+  0.0063 in w, so G's response to w can vary within a sweep's w step; a smaller scale
+  (reverse.w_embed_scale) makes every feature smooth over w's trained range.
   """
   half = num_features // 2
   freqs = jnp.exp(-math.log(_W_MAX_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)
-  angles = (_W_SCALE * w.astype(jnp.float32))[:, None] * freqs[None]
+  angles = (scale * w.astype(jnp.float32))[:, None] * freqs[None]
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
@@ -241,6 +244,9 @@ class ReverseModel(nn.Module):
   # heavy-tailed data whose scale moves from day to day (market returns) needs z's tails
   # and a multiplicative path.
   skip: str = 'none'
+  # w_embed_scale: the Fourier features of w use angular frequencies from w_embed_scale down
+  # to w_embed_scale / 10,000 per unit of w (fourier_features).
+  w_embed_scale: float = W_EMBED_SCALE
 
   @classmethod
   def from_config(cls, reverse_config, model_config) -> 'ReverseModel':
@@ -271,7 +277,8 @@ class ReverseModel(nn.Module):
                dtype=resolve_dtype(r.get('dtype', '') or m.dtype),
                attention=r.get('attention', '') or m.get('attention', 'einsum'),
                scan=bool(r.get('scan', False)), remat=r.get('remat', 'none'),
-               skip=r.get('skip', 'none'))
+               skip=r.get('skip', 'none'),
+               w_embed_scale=float(r.get('w_embed_scale', W_EMBED_SCALE)))
 
   @property
   def stage_depths(self) -> tuple[int, ...]:
@@ -309,6 +316,9 @@ class ReverseModel(nn.Module):
       raise ValueError(f'unknown mlp {self.mlp!r}; use one of {MLP_KINDS}')
     if self.skip not in SKIPS:
       raise ValueError(f'unknown skip {self.skip!r}; use one of {SKIPS}')
+    if not (math.isfinite(self.w_embed_scale) and self.w_embed_scale > 0):
+      raise ValueError(f'w_embed_scale={self.w_embed_scale} must be a finite number > 0 '
+                       '(config.reverse.w_embed_scale; the default is 1000)')
     stage_depths(self.depth, self.num_stages)  # raises if a stage would be empty
     layers.check_attention_impl(self.attention)
     layers.remat_policy(self.remat)
@@ -337,7 +347,7 @@ class ReverseModel(nn.Module):
     c = self.class_embed(idx).astype(jnp.float32)
     w = jnp.zeros((batch,), jnp.float32) if w is None else jnp.broadcast_to(
         jnp.asarray(w, jnp.float32), (batch,))
-    e = self.w_fc2(nn.silu(self.w_fc1(fourier_features(w))))
+    e = self.w_fc2(nn.silu(self.w_fc1(fourier_features(w, scale=self.w_embed_scale))))
     return c + e.astype(jnp.float32)
 
   def _head(self, mod: nn.Dense, proj: nn.Dense, h: Array, c_act: Array) -> Array:

@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
       remat='none',           # as model.remat
       skip='none',            # none | add (z + head) | affine (z * exp(s) + b from the head): how
                               # G's output uses z (heavy-tailed data: generator.ReverseModel)
-      w_embed_scale=1000.0,   # G's Fourier features of the guidance w use angular frequencies
+      w_embed_scale=generator.W_EMBED_SCALE,  # G's Fourier features of the guidance w use angular frequencies
                               # from this down to it / 10,000 per unit of w (1000: DiT's timestep
                               # embedding of 1000 w; generator.fourier_features)
   ))
@@ -457,7 +457,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.optim.{group}.ema_warmup={g.ema_warmup} must be > 1 (the EMA\'s '
                        'decay (1 + n) / (c + n) must stay below 1; 10 is the default)')
   _check_posthoc(config)
-  scale = config.reverse.get('w_embed_scale', 1000.0)
+  scale = config.reverse.get('w_embed_scale', generator.W_EMBED_SCALE)
   if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
     raise ValueError(f'config.reverse.w_embed_scale={scale!r} must be a finite number > 0 (the '
                      'fastest angular frequency of G\'s Fourier features of w, per unit of w; '

@@ -4,8 +4,8 @@
 (iTARFlow) learns by likelihood, then F is frozen and the reverse model G learns to
 invert it in one pass from F's own trajectories (hidden alignment, learned
 denoising, training-time CFG on half of each G batch, adaptive weighting, a feature term,
-Muon for G's weight matrices at lr 1.6e-2). With AdamW's G, 27.8 minutes on 2 idle CPU cores of the
-machine of rounds 4-6 (F 2.06, G 1.63 steps/s: docs/experiments/mnist.md, round 6); a Muon
+Muon for G's weight matrices at lr 1.6e-2). With AdamW's G, 27.8 minutes on 2 idle CPU
+cores of the machine of rounds 4-6 (F 2.06, G 1.63 steps/s: docs/experiments/mnist.md, round 6); a Muon
 step costs 1.09x (round 9); round 10's slower machine runs F at 1.16 and Muon's G at 0.85
 steps/s alone. Grids show
 G (1 NFE), F's exact inverse and F's fixed-point inverse side by side, from the same

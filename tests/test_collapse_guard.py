@@ -20,8 +20,8 @@ rounds 6, 10 and 11): reconstruction MSE
   0.0219;
 - lr 3e-3 (the two-stage fixture's): 0.0186, 0.0177, 0.0181.
 The threshold 0.0165 sits 0.0066 above the default's worst seed (0.0086 above round 10's
-recipe's, 0.0064 above round 6's, 0.0027 above round 4's) and 0.0045 below round 3's best. The control test (marked
-slow: run it with `pytest -m slow` whenever G's recipe changes) trains round 3's recipe and
+recipe's, 0.0064 above round 6's, 0.0027 above round 4's) and 0.0045 below round 3's
+best. The control test (marked slow: run it with `pytest -m slow` whenever G's recipe changes) trains round 3's recipe and
 checks that the guard would have caught it, so a change that lifts every recipe past the
 threshold makes the guard re-calibrate instead of passing silently.
 """

@@ -110,6 +110,8 @@ def base_config() -> ml_collections.ConfigDict:
       w_embed_scale=generator.W_EMBED_SCALE,  # G's Fourier features of the guidance w use angular frequencies
                               # from this down to it / 10,000 per unit of w (1000: DiT's timestep
                               # embedding of 1000 w; generator.fourier_features)
+      unguided_embed=False,   # a learned code added to G's conditioning where w = 0 exactly, so
+                              # unguided G keeps its own code under a smooth w embedding
   ))
 
   c.data = ml_collections.ConfigDict(dict(

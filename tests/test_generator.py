@@ -232,3 +232,30 @@ def test_w_embed_scale_from_config_default_and_errors():
   for bad in (0.0, -1.0, float('nan')):
     with pytest.raises(ValueError, match='w_embed_scale'):
       model.clone(w_embed_scale=bad).init(jax.random.key(0), z, y, w)
+
+
+def test_unguided_embed_changes_only_rows_at_w_zero():
+  assert not ReverseModel.from_config(ml_collections.ConfigDict(dict(size='tiny')),
+                                      MNIST).unguided_embed
+  assert ReverseModel.from_config(ml_collections.ConfigDict(dict(size='tiny', unguided_embed=True)),
+                                  MNIST).unguided_embed
+  z, y, _ = inputs()
+  base = make_model()
+  coded = base.clone(unguided_embed=True)
+  w = jnp.array([0.0, 0.25])
+  params = perturb(coded.init(jax.random.key(0), z, y, w)['params'])
+  assert params['unguided_embed'].shape == (base.width,)
+  assert 'unguided_embed' not in base.init(jax.random.key(0), z, y, w)['params']
+  shared = {k: v for k, v in params.items() if k != 'unguided_embed'}
+  # the code moves the conditioning of the w = 0 row by exactly the code, and no other row
+  c_coded = coded.apply({'params': params}, y, w, 2, method=ReverseModel.condition)
+  c_base = base.apply({'params': shared}, y, w, 2, method=ReverseModel.condition)
+  np.testing.assert_allclose(c_coded[0] - c_base[0], params['unguided_embed'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(c_coded[1], c_base[1])
+  out_coded = coded.apply({'params': params}, z, y, w)[0]
+  out_base = base.apply({'params': shared}, z, y, w)[0]
+  assert differs(out_coded[0], out_base[0])
+  np.testing.assert_array_equal(out_coded[1], out_base[1])
+  # the code is trained: the loss at w = 0 has a gradient for it
+  grads = jax.grad(lambda p: jnp.mean(coded.apply({'params': p}, z, y, jnp.zeros(2))[0] ** 2))(params)
+  assert float(jnp.sum(grads['unguided_embed'] ** 2)) > 0

@@ -247,6 +247,10 @@ class ReverseModel(nn.Module):
   # w_embed_scale: the Fourier features of w use angular frequencies from w_embed_scale down
   # to w_embed_scale / 10,000 per unit of w (fourier_features).
   w_embed_scale: float = W_EMBED_SCALE
+  # unguided_embed: a learned (width,) vector added to c where w == 0 exactly, so G's unguided
+  # mode has its own code however smooth the Fourier features of w are (as the class
+  # embedding's null row gives "no label" its own). Adds the param `unguided_embed`.
+  unguided_embed: bool = False
 
   @classmethod
   def from_config(cls, reverse_config, model_config) -> 'ReverseModel':
@@ -278,7 +282,8 @@ class ReverseModel(nn.Module):
                attention=r.get('attention', '') or m.get('attention', 'einsum'),
                scan=bool(r.get('scan', False)), remat=r.get('remat', 'none'),
                skip=r.get('skip', 'none'),
-               w_embed_scale=float(r.get('w_embed_scale', W_EMBED_SCALE)))
+               w_embed_scale=float(r.get('w_embed_scale', W_EMBED_SCALE)),
+               unguided_embed=bool(r.get('unguided_embed', False)))
 
   @property
   def stage_depths(self) -> tuple[int, ...]:
@@ -292,6 +297,8 @@ class ReverseModel(nn.Module):
     self.class_embed = nn.Embed(self.num_classes + 1, self.width, embedding_init=_EMBED_INIT)
     self.w_fc1 = nn.Dense(self.width, dtype=dtype)
     self.w_fc2 = nn.Dense(self.width, dtype=dtype)
+    if self.unguided_embed:
+      self.unguided_code = self.param('unguided_embed', _EMBED_INIT, (self.width,))
     stack = layers.stack_of(AdaLNBlock, self.depth, self.scan, self.remat, in_axes=nn.broadcast)
     kw = dict(width=self.width, num_heads=self.num_heads, mlp=self.mlp, mlp_ratio=self.mlp_ratio,
               qk_norm=self.qk_norm, dtype=dtype, attention=self.attention)
@@ -338,7 +345,10 @@ class ReverseModel(nn.Module):
                        f'[0, {self.num_classes}) or -1 for "no label"')
 
   def condition(self, y: Array | None, w: Array | None, batch: int) -> Array:
-    """c = class embedding (null row for -1 / None) + MLP(Fourier(w)); (B, width) float32."""
+    """c = class embedding (null row for -1 / None) + MLP(Fourier(w)); (B, width) float32.
+
+    With unguided_embed, rows whose w is exactly 0 also get the learned `unguided_embed`.
+    """
     null = self.num_classes
     if y is None:
       idx = jnp.full((batch,), null, jnp.int32)
@@ -348,7 +358,10 @@ class ReverseModel(nn.Module):
     w = jnp.zeros((batch,), jnp.float32) if w is None else jnp.broadcast_to(
         jnp.asarray(w, jnp.float32), (batch,))
     e = self.w_fc2(nn.silu(self.w_fc1(fourier_features(w, scale=self.w_embed_scale))))
-    return c + e.astype(jnp.float32)
+    c = c + e.astype(jnp.float32)
+    if self.unguided_embed:
+      c = c + jnp.where((w == 0)[:, None], self.unguided_code.astype(jnp.float32)[None], 0.0)
+    return c
 
   def _head(self, mod: nn.Dense, proj: nn.Dense, h: Array, c_act: Array) -> Array:
     shift, scale = jnp.split(mod(c_act).astype(jnp.float32)[:, None, :], 2, axis=-1)

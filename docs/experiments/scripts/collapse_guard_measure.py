@@ -3,7 +3,7 @@ The CI fixture's sizes (tests/test_reverse_training.biflow_config: tiny F 200 st
 under G recipes: the landed round-3 one (lr 2e-3, raw-F teacher, decay), the fixture's
 (lr 3e-3), round 4's default (default_g: lr 8e-3, EMA teacher), that with no decay (tuned),
 round 6's default (adaptive: tuned + adaptive weighting), that with Muon for G (muon) and
-that at twice the lr (muon_lr16). The
+that at twice the lr (muon_lr16) and four times (muon_lr32). The
 fixture has no training-time CFG, so the default's CFG fraction does not apply.
 Usage: collapse_guard_measure.py RECIPES [SEEDS] [OUT_DIR], e.g. round3,default_g 0,1,2."""
 import json, sys, time, shutil
@@ -26,6 +26,7 @@ RECIPES = {
 }
 RECIPES['muon'] = {**RECIPES['adaptive'], 'optim.reverse.algorithm': 'muon'}
 RECIPES['muon_lr16'] = {**RECIPES['muon'], 'optim.reverse.lr': 1.6e-2}  # round 11
+RECIPES['muon_lr32'] = {**RECIPES['muon'], 'optim.reverse.lr': 3.2e-2}  # round 12
 names = sys.argv[1].split(',')
 seeds = [int(s) for s in sys.argv[2].split(',')] if len(sys.argv) > 2 else [0]
 out = {}

@@ -13,7 +13,6 @@ from biflow_jax.training import restore
 WS = (0.0625, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0, 2.0)
 for run in sys.argv[1:]:
   config = restore.config_for_mode(mnist.get_config(), run, {}, 'configs/mnist.py')
-  config = config[0] if isinstance(config, tuple) else config
   _, state, _ = restore.restore_run(config, run)
   model = ReverseModel.from_config(config.reverse, config.model)
   w = jnp.array((0.0,) + WS)
